@@ -1,0 +1,42 @@
+"""funcdl: deep learning written as mathematics in JAX.
+
+Every layer and loss is a registered *primitive*: a reference forward in plain ``jax.numpy``, a forward that
+keeps residuals, and a hand-derived backward, wired into ``jax.custom_vjp``. ``jax.grad`` of anything built
+from them runs the hand-derived rules; ``funcdl.autodiff(fn)`` differentiates the references instead.
+"""
+
+from . import activations, init, linear, losses
+from . import dropout as _dropout_module
+from .activations import (
+    elu,
+    gelu,
+    get_activation,
+    hard_sigmoid,
+    hard_tanh,
+    identity,
+    leaky_relu,
+    log_softmax,
+    mish,
+    relu,
+    selu,
+    sigmoid,
+    silu,
+    softmax,
+    softplus,
+    swish,
+    tanh,
+)
+from .dropout import dropout
+from .linear import dense
+from .losses import cross_entropy, softmax_cross_entropy
+from .primitive import REGISTRY, Example, Primitive, autodiff, get, primitive, registered, use_reference
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "REGISTRY", "Example", "Primitive", "autodiff", "get", "primitive", "registered", "use_reference",
+    "activations", "init", "linear", "losses", "dense", "dropout", "cross_entropy", "softmax_cross_entropy",
+    "elu", "gelu", "get_activation", "hard_sigmoid", "hard_tanh", "identity", "leaky_relu", "log_softmax",
+    "mish", "relu", "selu", "sigmoid", "silu", "softmax", "softplus", "swish", "tanh",
+]
+del _dropout_module

@@ -1,0 +1,321 @@
+"""The primitive mechanism: one helper turns (reference, fwd, bwd) into a differentiable function.
+
+A primitive is written in the order a reader wants it (see DESIGN.md):
+
+    def _relu(x):                      # 1. reference forward in plain jax.numpy
+        return jnp.maximum(x, 0)
+
+    def _relu_fwd(x):                  # 2. forward that also returns the residuals
+        y = jnp.maximum(x, 0)
+        return y, (y,)
+
+    def _relu_bwd(res, dy):            # 3. the hand-derived backward
+        (y,) = res
+        return (dy * (y > 0),)
+
+    relu = primitive("relu", _relu, _relu_fwd, _relu_bwd, examples=...)   # 4. one registration
+
+Conventions
+-----------
+* Array inputs are the positional parameters of the reference; settings (stride, axis, epsilon, rate, ...)
+  are keyword-only parameters (after ``*``). Settings are static: they must be hashable and they select
+  which ``jax.custom_vjp`` function runs. Lists given as settings are turned into tuples.
+* ``bwd(residuals, cotangent, **settings)`` returns one cotangent per positional input. ``None`` stands for
+  "no gradient" and is what PRNG keys, integer inputs (labels, indices) and absent optional inputs get.
+* ``fwd`` is also the forward that runs when nothing is differentiated (XLA drops the unused residuals), so
+  a fast forward (say, blockwise attention) can differ from the plain reference it is checked against.
+* ``nondiff=("weight",)`` names float inputs that get no gradient by definition (class weights, fixed
+  masks); their cotangent is ``None`` and the checker leaves them out.
+* ``check(*args, **settings)``, when given, validates shapes and dtypes at trace time and raises a
+  ``ValueError`` naming the primitive; shapes are static, so this works inside ``jit`` too.
+
+Two ways to differentiate
+-------------------------
+By default a registered primitive runs its hand-derived ``bwd`` under ``jax.grad``. ``autodiff(fn)`` wraps a
+function so that, while it is traced, every primitive calls its reference instead and ``jax.grad``
+differentiates plain ``jax.numpy``. The switch is read at trace time by the wrapper itself, so ``jit`` of
+``fn`` and ``jit`` of ``autodiff(fn)`` are two different functions with two different caches: nothing hidden
+can leak from one trace into the other. (Jit the outer function, not the primitives inside it.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "Example",
+    "Primitive",
+    "REGISTRY",
+    "autodiff",
+    "get",
+    "primitive",
+    "registered",
+    "use_reference",
+]
+
+
+class Example(NamedTuple):
+    """One set of example inputs for the checker.
+
+    ``args`` are the positional (array) inputs, ``settings`` the keyword-only settings, ``label`` a short
+    description of the configuration (e.g. ``"stride=2 dilation=2 groups=4 SAME"``).
+    """
+
+    args: tuple
+    settings: dict = {}
+    label: str = ""
+
+
+# name -> Primitive; every check reads this one dictionary.
+REGISTRY: dict[str, Primitive] = {}
+
+_state = threading.local()
+
+
+def _reference_mode() -> bool:
+    return getattr(_state, "reference", False)
+
+
+@contextlib.contextmanager
+def use_reference(flag: bool = True):
+    """Context manager: primitives traced inside it run their reference forward (autodiff differentiates it).
+
+    Prefer :func:`autodiff`, which wraps a function so that the switch travels with the function object.
+    """
+    old = _reference_mode()
+    _state.reference = flag
+    try:
+        yield
+    finally:
+        _state.reference = old
+
+
+def autodiff(fn: Callable) -> Callable:
+    """Return ``fn`` with every primitive replaced by its reference forward while ``fn`` is traced.
+
+    ``jax.grad(autodiff(loss))`` is the pure-autodiff gradient of the same loss whose ``jax.grad(loss)`` runs
+    the hand-derived rules.
+    """
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with use_reference(True):
+            return fn(*args, **kwargs)
+
+    wrapped.__funcdl_autodiff__ = True
+    return wrapped
+
+
+def _freeze(value: Any) -> Any:
+    """Make a setting hashable (lists -> tuples, dicts -> sorted tuples)."""
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    try:
+        hash(value)
+    except TypeError as err:
+        raise TypeError(f"setting value {value!r} is not hashable; settings must be static") from err
+    return value
+
+
+class Primitive:
+    """A differentiable function with a hand-derived VJP, its reference and its example inputs."""
+
+    def __init__(
+        self,
+        name: str,
+        reference: Callable,
+        fwd: Callable,
+        bwd: Callable,
+        *,
+        examples: Callable[[jax.Array, Any], Sequence[Example]] | None = None,
+        check: Callable | None = None,
+        fd_step: float = 1e-4,
+        tolerance: dict | None = None,
+        nondiff: tuple[str, ...] = (),
+        doc: str | None = None,
+    ):
+        self.name = name
+        self.reference = reference
+        self.fwd = fwd
+        self.bwd = bwd
+        self.examples = examples
+        self.check = check
+        self.fd_step = fd_step
+        # float inputs that carry no gradient by definition (class weights, fixed masks); bwd returns None
+        self.nondiff = tuple(nondiff)
+        # per-check tolerances may be loosened by a primitive that has a good reason (documented there)
+        self.tolerance = dict(tolerance or {})
+        sig = inspect.signature(reference)
+        self.inputs: list[str] = []
+        self._input_defaults: dict[str, Any] = {}
+        self._settings_defaults: dict[str, Any] = {}
+        for p in sig.parameters.values():
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                self.inputs.append(p.name)
+                if p.default is not p.empty:
+                    self._input_defaults[p.name] = p.default
+            elif p.kind == p.KEYWORD_ONLY:
+                self._settings_defaults[p.name] = p.default if p.default is not p.empty else inspect.Parameter.empty
+            else:
+                raise TypeError(f"primitive {name}: reference must not take *args/**kwargs")
+        for n in self.nondiff:
+            if n not in self.inputs:
+                raise TypeError(f"primitive {name}: nondiff input {n!r} is not one of {self.inputs}")
+        self._cache: dict[tuple, Callable] = {}
+        self.__doc__ = doc or reference.__doc__
+        self.__name__ = name
+        self.__wrapped__ = reference
+
+    # -- calling -------------------------------------------------------------------------------------------
+    def _split(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if len(args) > len(self.inputs):
+            raise TypeError(
+                f"{self.name}() takes {len(self.inputs)} array inputs ({', '.join(self.inputs)}) but "
+                f"{len(args)} were given; settings are keyword-only"
+            )
+        values = dict(zip(self.inputs, args, strict=False))
+        settings = {}
+        for k, v in kwargs.items():
+            if k in self.inputs:
+                if k in values:
+                    raise TypeError(f"{self.name}() got multiple values for input {k!r}")
+                values[k] = v
+            elif k in self._settings_defaults:
+                settings[k] = v
+            else:
+                valid = ", ".join(self.inputs + list(self._settings_defaults))
+                raise TypeError(f"{self.name}() got an unexpected argument {k!r}; valid arguments: {valid}")
+        ordered = []
+        for k in self.inputs:
+            if k in values:
+                ordered.append(values[k])
+            elif k in self._input_defaults:
+                ordered.append(self._input_defaults[k])
+            else:
+                raise TypeError(f"{self.name}() missing required input {k!r}")
+        for k, d in self._settings_defaults.items():
+            if k not in settings:
+                if d is inspect.Parameter.empty:
+                    raise TypeError(f"{self.name}() missing required keyword setting {k!r}")
+                settings[k] = d
+        return tuple(ordered), settings
+
+    def _vjp_function(self, settings: dict) -> Callable:
+        key = tuple(sorted((k, _freeze(v)) for k, v in settings.items()))
+        fn = self._cache.get(key)
+        if fn is None:
+            fwd, bwd, name = self.fwd, self.bwd, self.name
+
+            @jax.custom_vjp
+            def fn(*args):
+                return fwd(*args, **settings)[0]
+
+            def fn_fwd(*args):
+                return fwd(*args, **settings)
+
+            def fn_bwd(res, g):
+                cts = bwd(res, g, **settings)
+                if not isinstance(cts, tuple):
+                    raise TypeError(f"{name}: bwd must return a tuple of cotangents, got {type(cts).__name__}")
+                return cts
+
+            fn.defvjp(fn_fwd, fn_bwd)
+            fn.__name__ = f"{name}_hand_vjp"
+            self._cache[key] = fn
+        return fn
+
+    def __call__(self, *args, **kwargs):
+        args, settings = self._split(args, kwargs)
+        if self.check is not None:
+            self.check(*args, **settings)
+        if _reference_mode():
+            return self.reference(*args, **settings)
+        return self._vjp_function(settings)(*args)
+
+    def hand(self, *args, **kwargs):
+        """Always the hand-derived rule, whatever mode is active (used by the checker)."""
+        args, settings = self._split(args, kwargs)
+        if self.check is not None:
+            self.check(*args, **settings)
+        return self._vjp_function(settings)(*args)
+
+    def ref(self, *args, **kwargs):
+        """Always the reference forward (plain jax.numpy, differentiated by autodiff)."""
+        args, settings = self._split(args, kwargs)
+        if self.check is not None:
+            self.check(*args, **settings)
+        return self.reference(*args, **settings)
+
+    def __repr__(self) -> str:
+        return f"<funcdl primitive {self.name}({', '.join(self.inputs)})>"
+
+
+def primitive(
+    name: str,
+    reference: Callable,
+    fwd: Callable,
+    bwd: Callable,
+    *,
+    examples: Callable | None = None,
+    check: Callable | None = None,
+    fd_step: float = 1e-4,
+    tolerance: dict | None = None,
+    nondiff: tuple[str, ...] = (),
+    register: bool = True,
+) -> Primitive:
+    """Wire a reference, a ``fwd`` with residuals and a hand-derived ``bwd`` into one registered primitive."""
+    if register and name in REGISTRY:
+        raise ValueError(f"a primitive named {name!r} is already registered")
+    p = Primitive(
+        name, reference, fwd, bwd, examples=examples, check=check, fd_step=fd_step, tolerance=tolerance,
+        nondiff=nondiff,
+    )
+    if register:
+        if examples is None:
+            raise ValueError(f"primitive {name!r}: a registered primitive needs an examples factory")
+        REGISTRY[name] = p
+    return p
+
+
+def registered() -> list[str]:
+    """Names of all registered primitives, in registration order."""
+    return list(REGISTRY)
+
+
+def get(name: str) -> Primitive:
+    """Look a primitive up by name; an unknown name lists the valid ones."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown primitive {name!r}; registered: {', '.join(sorted(REGISTRY))}") from None
+
+
+# -- helpers shared by primitive files -------------------------------------------------------------------
+
+
+def unbroadcast(g: jax.Array, shape: tuple) -> jax.Array:
+    """Sum a gradient over the axes along which an input of ``shape`` was broadcast."""
+    if g.shape == tuple(shape):
+        return g
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(i + lead for i, s in enumerate(shape) if s == 1 and g.shape[i + lead] != 1)
+    return jnp.sum(g, axis=axes).reshape(shape)
+
+
+def is_concrete(x: Any) -> bool:
+    """True when ``x`` holds values we can inspect now (not a tracer inside jit/vmap/grad)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def shape_error(name: str, message: str) -> ValueError:
+    return ValueError(f"{name}: {message}")

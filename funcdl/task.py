@@ -1,0 +1,40 @@
+"""What the generic training loop needs from a model: the contract between ``models`` and ``funcdl.train``.
+
+A ``Task`` is two pure functions and a kind:
+
+* ``init(key) -> (params, state)``: parameters and mutable statistics (``{}`` when there are none);
+* ``loss(params, state, batch, key, train) -> (loss, (state, metrics))``: the scalar training loss on a
+  batch (a dict of arrays, e.g. ``{"x": ..., "y": ...}``), the new state, and a dict of per-batch metrics
+  (means over the batch, e.g. ``{"loss": ..., "accuracy": ...}``). ``train`` is a Python bool (static);
+  ``key`` is a PRNG key for dropout and friends (``None`` in evaluation).
+* ``kind``: ``"classification"`` (reports accuracy), ``"language"`` (reports loss in nats per token) or
+  ``"regression"``.
+
+``funcdl.autodiff(task.loss)`` is the same loss differentiated through the references instead of the
+hand-derived rules; the training loop's ``grad="autodiff"`` uses exactly that.
+
+``DataInfo`` is what a data set tells a model builder: the shape of one input, the number of classes or
+the vocabulary size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+
+class Task(NamedTuple):
+    init: Callable[[Any], tuple[Any, Any]]
+    loss: Callable[..., tuple[Any, tuple[Any, dict]]]
+    kind: str = "classification"
+    apply: Callable | None = None       # (params, state, x) -> outputs, for plots and sampling
+    extras: dict | None = None          # anything else a command may use (config, sample function, ...)
+
+
+class DataInfo(NamedTuple):
+    name: str
+    input_shape: tuple
+    num_classes: int | None = None
+    vocab_size: int | None = None
+    kind: str = "classification"
+    extras: dict | None = None

@@ -1,0 +1,6 @@
+"""models: architectures composed from funcdl primitives, and the registry the command line reads."""
+
+from . import mlp
+from .registry import MODELS, ModelEntry, get_model, register
+
+__all__ = ["MODELS", "ModelEntry", "get_model", "register", "mlp"]
