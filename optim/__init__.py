@@ -5,5 +5,6 @@ The interface is optax's: ``opt.init(params)``, ``opt.update(grads, state, param
 
 from .base import GradientTransformation, apply_updates, chain, check_tree_match, resolve_lr
 from .optimizers import adam, sgd
+from .registry import OPTIMIZERS, create
 
-__all__ = ["GradientTransformation", "apply_updates", "chain", "check_tree_match", "resolve_lr", "adam", "sgd"]
+__all__ = ["GradientTransformation", "apply_updates", "chain", "check_tree_match", "resolve_lr", "adam", "sgd", "OPTIMIZERS", "create"]
