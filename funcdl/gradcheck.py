@@ -283,6 +283,24 @@ def summary(rows: list[Row]) -> str:
     )
 
 
+def markdown_table(rows: list[Row]) -> str:
+    """One line per primitive: configurations, worst errors per check, pass/fail (the README's feature table)."""
+    out = ["| primitive | configs | vjp float64 | vjp float32 | finite diff. | jit/vmap | ok |",
+           "|---|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r.name for r in rows):
+        mine = [r for r in rows if r.name == name]
+        worst = lambda pred, mine=mine: max((r.rel_error for r in mine if pred(r)), default=0.0)
+        out.append(
+            f"| `{name}` | {len({r.config for r in mine})} "
+            f"| {worst(lambda r: r.check == 'vjp' and r.dtype == 'float64'):.0e} "
+            f"| {worst(lambda r: r.check == 'vjp' and r.dtype == 'float32'):.0e} "
+            f"| {worst(lambda r: r.check == 'fd'):.0e} "
+            f"| {worst(lambda r: r.check in ('jit', 'vmap')):.0e} "
+            f"| {'pass' if all(r.passed for r in mine) else 'FAIL'} |"
+        )
+    return "\n".join(out)
+
+
 # -- whole models ----------------------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ def register(sub) -> None:
     )
     p.add_argument("names", nargs="*", help="primitives to check (default: all registered)")
     p.add_argument("--json", action="store_true", help="print the rows as a JSON list of objects")
+    p.add_argument("--markdown", action="store_true", help="print one summary line per primitive (Markdown)")
     p.add_argument("--failures", action="store_true", help="print only the failing rows")
     p.add_argument("--list", action="store_true", help="list the registered primitives and exit")
     p.add_argument("--seed", type=int, default=0)
@@ -38,7 +39,11 @@ def run(args) -> int:
         rows_out = [r for r in rows if not r.passed]
     else:
         rows_out = rows
-    if args.json:
+    if args.markdown:
+        print(gc.markdown_table(rows))
+        print()
+        print(gc.summary(rows))
+    elif args.json:
         json.dump([r.asdict() for r in rows_out], sys.stdout, indent=1)
         print()
     else:
