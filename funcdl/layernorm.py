@@ -1,0 +1,171 @@
+"""Layer normalisation and RMS normalisation over the last axis, with the backward in closed form.
+
+Layer norm (Ba et al. 2016; torch's ``F.layer_norm`` with ``normalized_shape = x.shape[-1:]``)
+------------------------------------------------------------------------------------------------
+For one row x of length D (every leading index is an independent row):
+
+    mu   = mean(x)                     rstd = 1 / sqrt(var(x) + eps)     (biased variance, as torch)
+    xhat = (x - mu) * rstd             y    = xhat * w + b               (w, b optional, shape (D,))
+
+Backward. Write g = dy * w (the cotangent of xhat; g = dy without a scale). xhat depends on x through x,
+mu and rstd; with d mu / d x_j = 1/D and d rstd / d x_j = -rstd^3 (x_j - mu) / D = -rstd^2 xhat_j / D:
+
+    dxhat_i / dx_j = rstd (delta_ij - 1/D - xhat_i xhat_j / D)
+
+so, contracting with g over i (the Jacobian is symmetric):
+
+    dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+    dw = sum over rows of dy * xhat          db = sum over rows of dy
+
+Residuals: x, mu and rstd (plus w). x is the layer's input and is alive anyway (in a transformer it is the
+residual stream), mu and rstd are one number per row; xhat = (x - mu) * rstd is *recomputed* in the
+backward (one fused multiply-add) rather than kept as a second array the size of x — the llm.c trade.
+
+RMS norm (Zhang and Sennrich 2019; torch's ``F.rms_norm``)
+----------------------------------------------------------
+    rrms = 1 / sqrt(mean(x^2) + eps)    xhat = x * rrms    y = xhat * w
+
+The same derivation without the mean: d rrms / d x_j = -rrms^3 x_j / D = -rrms^2 xhat_j / D, so
+
+    dx = rrms * (g - xhat * mean(g * xhat)),   dw = sum over rows of dy * xhat.
+
+Residuals: x and rrms (one number per row); xhat is recomputed.
+
+Both compute their statistics in at least float32 (a bfloat16 input is normalised in float32 and the
+result cast back), as torch does on CPU.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from .examples import Example, keys, normal
+from .primitive import primitive
+
+__all__ = ["layer_norm", "rms_norm"]
+
+
+def _stat_dtype(x):
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def _check_affine(name, x, w, b):
+    if x.ndim < 1:
+        raise ValueError(f"{name}: input must have at least one axis (normalised over the last), got a scalar")
+    d = x.shape[-1]
+    if w is not None and w.shape != (d,):
+        raise ValueError(
+            f"{name}: scale shape {w.shape} must be ({d},), the size of the input's last axis (input {x.shape})"
+        )
+    if b is not None and b.shape != (d,):
+        raise ValueError(
+            f"{name}: bias shape {b.shape} must be ({d},), the size of the input's last axis (input {x.shape})"
+        )
+
+
+# ------------------------------------------------------------------------------------------- layer_norm
+def _ln_check(x, w=None, b=None, *, eps=1e-5):
+    _check_affine("layer_norm", x, w, b)
+    if not eps >= 0:
+        raise ValueError(f"layer_norm: eps must be >= 0, got {eps}")
+
+
+def _ln_stats(x, eps):
+    xf = x.astype(_stat_dtype(x))
+    mu = jnp.mean(xf, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(xf - mu), axis=-1, keepdims=True)
+    return xf, mu, 1.0 / jnp.sqrt(var + eps)
+
+
+def _affine(xhat, w, b, dtype):
+    y = xhat if w is None else xhat * w
+    y = y if b is None else y + b
+    return y.astype(dtype)
+
+
+def _layer_norm(x, w=None, b=None, *, eps=1e-5):
+    """y = (x - mean(x)) / sqrt(var(x) + eps) * w + b over the last axis (torch ``F.layer_norm``)."""
+    xf, mu, rstd = _ln_stats(x, eps)
+    return _affine((xf - mu) * rstd, w, b, x.dtype)
+
+
+def _ln_fwd(x, w=None, b=None, *, eps=1e-5):
+    xf, mu, rstd = _ln_stats(x, eps)
+    y = _affine((xf - mu) * rstd, w, b, x.dtype)
+    return y, (x, mu, rstd, w, b is not None)
+
+
+def _row_sum(a, d):
+    return jnp.sum(a.reshape(-1, d), axis=0)
+
+
+def _ln_bwd(res, dy, *, eps=1e-5):
+    x, mu, rstd, w, has_b = res
+    d = x.shape[-1]
+    xhat = (x.astype(mu.dtype) - mu) * rstd                 # recomputed, not kept
+    dyf = dy.astype(mu.dtype)
+    g = dyf if w is None else dyf * w
+    dx = rstd * (g - jnp.mean(g, axis=-1, keepdims=True) - xhat * jnp.mean(g * xhat, axis=-1, keepdims=True))
+    dw = None if w is None else _row_sum(dyf * xhat, d).astype(w.dtype)
+    db = _row_sum(dyf, d).astype(dy.dtype) if has_b else None
+    return dx.astype(x.dtype), dw, db
+
+
+def _ln_examples(key, dtype):
+    k = keys(key, 8)
+    return [
+        Example((normal(k[0], (4, 6), dtype, 2.0, 0.5), normal(k[1], (6,), dtype, 1.0, 1.0),
+                 normal(k[2], (6,), dtype)), label="2-D scale+bias"),
+        Example((normal(k[3], (2, 3, 5), dtype), None, None), {"eps": 1e-3}, "3-D no affine eps=1e-3"),
+        Example((normal(k[4], (2, 3, 5), dtype), normal(k[5], (5,), dtype, 1.0, 1.0), None), label="scale only"),
+        Example((normal(k[6], (7,), dtype), None, normal(k[7], (7,), dtype)), label="1-D bias only"),
+    ]
+
+
+layer_norm = primitive("layer_norm", _layer_norm, _ln_fwd, _ln_bwd, examples=_ln_examples, check=_ln_check)
+
+
+# --------------------------------------------------------------------------------------------- rms_norm
+def _rms_check(x, w=None, *, eps=1e-6):
+    _check_affine("rms_norm", x, w, None)
+    if not eps >= 0:
+        raise ValueError(f"rms_norm: eps must be >= 0, got {eps}")
+
+
+def _rms_stats(x, eps):
+    xf = x.astype(_stat_dtype(x))
+    return xf, 1.0 / jnp.sqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + eps)
+
+
+def _rms_norm(x, w=None, *, eps=1e-6):
+    """y = x / sqrt(mean(x^2) + eps) * w over the last axis (torch ``F.rms_norm`` with an explicit eps)."""
+    xf, rrms = _rms_stats(x, eps)
+    return _affine(xf * rrms, w, None, x.dtype)
+
+
+def _rms_fwd(x, w=None, *, eps=1e-6):
+    xf, rrms = _rms_stats(x, eps)
+    return _affine(xf * rrms, w, None, x.dtype), (x, rrms, w)
+
+
+def _rms_bwd(res, dy, *, eps=1e-6):
+    x, rrms, w = res
+    d = x.shape[-1]
+    xhat = x.astype(rrms.dtype) * rrms                      # recomputed, not kept
+    dyf = dy.astype(rrms.dtype)
+    g = dyf if w is None else dyf * w
+    dx = rrms * (g - xhat * jnp.mean(g * xhat, axis=-1, keepdims=True))
+    dw = None if w is None else _row_sum(dyf * xhat, d).astype(w.dtype)
+    return dx.astype(x.dtype), dw
+
+
+def _rms_examples(key, dtype):
+    k = keys(key, 4)
+    return [
+        Example((normal(k[0], (4, 6), dtype, 2.0, 0.5), normal(k[1], (6,), dtype, 1.0, 1.0)), label="2-D scale"),
+        Example((normal(k[2], (2, 3, 5), dtype), None), {"eps": 1e-3}, "3-D no scale eps=1e-3"),
+        Example((normal(k[3], (7,), dtype), None), label="1-D"),
+    ]
+
+
+rms_norm = primitive("rms_norm", _rms_norm, _rms_fwd, _rms_bwd, examples=_rms_examples, check=_rms_check)
