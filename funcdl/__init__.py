@@ -27,6 +27,7 @@ from .activations import (
     tanh,
 )
 from .dropout import dropout
+from .embedding import embedding
 from .layernorm import layer_norm, rms_norm
 from .linear import dense
 from .losses import cross_entropy, softmax_cross_entropy
@@ -37,6 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "REGISTRY", "Example", "Primitive", "autodiff", "get", "primitive", "registered", "use_reference",
     "activations", "init", "linear", "losses", "dense", "dropout", "cross_entropy", "softmax_cross_entropy",
+    "embedding",
     "layer_norm", "rms_norm",
     "elu", "gelu", "get_activation", "hard_sigmoid", "hard_tanh", "identity", "leaky_relu", "log_softmax",
     "mish", "relu", "selu", "sigmoid", "silu", "softmax", "softplus", "swish", "tanh",
