@@ -26,6 +26,7 @@ from .activations import (
     swish,
     tanh,
 )
+from .attention import dot_product_attention, multi_head_attention
 from .dropout import dropout
 from .embedding import embedding
 from .layernorm import layer_norm, rms_norm
@@ -39,7 +40,7 @@ __all__ = [
     "REGISTRY", "Example", "Primitive", "autodiff", "get", "primitive", "registered", "use_reference",
     "activations", "init", "linear", "losses", "dense", "dropout", "cross_entropy", "softmax_cross_entropy",
     "embedding",
-    "layer_norm", "rms_norm",
+    "layer_norm", "rms_norm", "dot_product_attention", "multi_head_attention",
     "elu", "gelu", "get_activation", "hard_sigmoid", "hard_tanh", "identity", "leaky_relu", "log_softmax",
     "mish", "relu", "selu", "sigmoid", "silu", "softmax", "softplus", "swish", "tanh",
 ]
