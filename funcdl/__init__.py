@@ -31,7 +31,20 @@ from .dropout import dropout
 from .embedding import embedding
 from .layernorm import layer_norm, rms_norm
 from .linear import dense
-from .losses import cross_entropy, softmax_cross_entropy
+from .losses import (
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    huber_loss,
+    kl_div,
+    l1_loss,
+    mse_loss,
+    multi_margin_loss,
+    nll_loss,
+    smooth_l1_loss,
+    softmax_cross_entropy,
+    softmax_cross_entropy_with_probs,
+)
 from .primitive import REGISTRY, Example, Primitive, autodiff, get, primitive, registered, use_reference
 
 __version__ = "0.1.0"
@@ -39,6 +52,8 @@ __version__ = "0.1.0"
 __all__ = [
     "REGISTRY", "Example", "Primitive", "autodiff", "get", "primitive", "registered", "use_reference",
     "activations", "init", "linear", "losses", "dense", "dropout", "cross_entropy", "softmax_cross_entropy",
+    "softmax_cross_entropy_with_probs", "nll_loss", "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss",
+    "binary_cross_entropy_with_logits", "binary_cross_entropy", "kl_div", "multi_margin_loss",
     "embedding",
     "layer_norm", "rms_norm", "dot_product_attention", "multi_head_attention",
     "elu", "gelu", "get_activation", "hard_sigmoid", "hard_tanh", "identity", "leaky_relu", "log_softmax",
