@@ -7,18 +7,33 @@ An optimizer (or any gradient transformation) is a pair of pure functions:
     params = apply_updates(params, updates)          # p + u, leaf by leaf
 
 ``chain(t1, t2, ...)`` feeds the updates of one transformation into the next. A learning rate may be a
-number or a schedule ``step -> lr``.
+number or a schedule ``step -> lr``; every optimizer keeps the learning rate of its last update in its
+state, and ``current_lr(state)`` finds it through chains and wrappers.
+
+Conventions shared by every rule in this package:
+
+- ``None`` leaves (absent parameters) stay ``None`` in states and updates;
+- moments and updates keep each parameter's dtype (float32 and float64 both work), so an optimizer
+  state is a valid ``lax.scan`` carry;
+- nothing branches in Python on array values, so every rule works under ``jit`` and under ``vmap``
+  over a batch of independent problems;
+- hyper-parameters are checked when they are plain numbers (a traced learning rate, as in
+  meta-learning, is accepted as it is).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["GradientTransformation", "apply_updates", "chain", "resolve_lr", "check_tree_match"]
+__all__ = [
+    "GradientTransformation", "apply_updates", "chain", "resolve_lr", "check_tree_match", "current_lr",
+    "tree_map", "path_str", "tree_paths", "is_concrete",
+]
 
 
 class GradientTransformation(NamedTuple):
@@ -26,11 +41,20 @@ class GradientTransformation(NamedTuple):
     update: Callable[..., tuple[Any, Any]]
 
 
+def _is_none(x):
+    return x is None
+
+
+def tree_map(f, tree, *rest):
+    """``jax.tree.map`` that leaves ``None`` leaves of the first tree as ``None``."""
+    return jax.tree.map(lambda x, *r: None if x is None else f(x, *r), tree, *rest, is_leaf=_is_none)
+
+
 def apply_updates(params, updates):
     """``params + updates`` leaf by leaf, keeping each parameter's dtype; ``None`` leaves stay ``None``."""
     return jax.tree.map(
         lambda p, u: p if u is None else (p + u).astype(p.dtype) if p is not None else None,
-        params, updates, is_leaf=lambda x: x is None,
+        params, updates, is_leaf=_is_none,
     )
 
 
@@ -40,6 +64,10 @@ class ChainState(NamedTuple):
 
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
     """Compose transformations: the updates of each are the gradients of the next."""
+    for i, t in enumerate(transforms):
+        if not isinstance(t, GradientTransformation):
+            raise TypeError(f"chain: argument {i} is a {type(t).__name__}, not a GradientTransformation "
+                            "(call the factory, e.g. optim.sgd(0.1), not optim.sgd)")
 
     def init(params):
         return ChainState(tuple(t.init(params) for t in transforms))
@@ -61,22 +89,180 @@ def resolve_lr(learning_rate, step):
     return learning_rate
 
 
+def lr_record(lr):
+    """The learning rate as stored in a state: a float32 scalar (the same type at init and after updates)."""
+    return jnp.asarray(lr, jnp.float32)
+
+
+def is_concrete(x) -> bool:
+    """True for a plain number (or concrete array) that can be checked in Python; False for a tracer."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def path_str(keypath) -> str:
+    """A key path as ``"layers/0/w"`` (dict keys, sequence indices and attribute names joined by '/')."""
+    parts = []
+    for k in keypath:
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def tree_paths(tree) -> list[str]:
+    """The ``"a/b/0"`` path of every leaf (``None`` leaves included), in flattening order."""
+    return [path_str(k) for k, _ in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)[0]]
+
+
+def _flat_with_paths(tree):
+    return jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)[0]
+
+
 def check_tree_match(grads, params) -> None:
-    """Raise a ValueError naming the first path where ``grads`` and ``params`` differ in structure or shape."""
+    """Raise a ValueError naming the first path where ``grads`` and ``params`` differ in structure or shape.
+
+    Runs at trace time only (structures and shapes are static), so it costs nothing under ``jit``.
+    """
     if params is None:
         return
-    g_flat = jax.tree_util.tree_flatten_with_path(grads, is_leaf=lambda x: x is None)[0]
-    p_flat = jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: x is None)[0]
-    g_paths = {jax.tree_util.keystr(k): v for k, v in g_flat}
-    p_paths = {jax.tree_util.keystr(k): v for k, v in p_flat}
-    for path in sorted(set(g_paths) | set(p_paths)):
-        if path not in g_paths:
-            raise ValueError(f"grads tree does not match params tree: grads has no entry at {path}")
-        if path not in p_paths:
-            raise ValueError(f"grads tree does not match params tree: params has no entry at {path}")
-        g, p = g_paths[path], p_paths[path]
+    g_flat, p_flat = _flat_with_paths(grads), _flat_with_paths(params)
+    if len(g_flat) == len(p_flat) and all(
+        gk == pk for (gk, _), (pk, _) in zip(g_flat, p_flat, strict=True)
+    ):
+        pairs = [(path_str(k), g, p) for (k, g), (_, p) in zip(g_flat, p_flat, strict=True)]
+    else:
+        g_paths = {path_str(k): v for k, v in g_flat}
+        p_paths = {path_str(k): v for k, v in p_flat}
+        order = [path_str(k) for k, _ in p_flat] + [path_str(k) for k, _ in g_flat]
+        for path in order:
+            if path not in g_paths:
+                raise ValueError(f"grads tree does not match params tree: grads has no entry at '{path}' "
+                                 "(differentiate the loss with respect to the same params you pass to update)")
+            if path not in p_paths:
+                raise ValueError(f"grads tree does not match params tree: params has no entry at '{path}'")
+        pairs = [(path, g_paths[path], p_paths[path]) for path in p_paths]
+    for path, g, p in pairs:
         if (g is None) != (p is None) or (g is not None and jnp.shape(g) != jnp.shape(p)):
             raise ValueError(
-                f"grads tree does not match params tree at {path}: grad shape "
+                f"grads tree does not match params tree at '{path}': grad shape "
                 f"{None if g is None else jnp.shape(g)} vs param shape {None if p is None else jnp.shape(p)}"
             )
+
+
+def _find_field(state, field):
+    if hasattr(state, "_fields"):
+        if field in state._fields:
+            return getattr(state, field)
+        children = tuple(state)
+    elif isinstance(state, (tuple, list)):
+        children = state
+    elif isinstance(state, dict):
+        children = tuple(state.values())
+    else:
+        return None
+    for c in children:
+        found = _find_field(c, field)
+        if found is not None:
+            return found
+    return None
+
+
+def current_lr(state):
+    """The learning rate of the last update (at init: the rate for step 0), read from an optimizer state.
+
+    Works through ``chain`` and every wrapper: it returns the first ``lr`` entry found depth-first, i.e.
+    the learning rate of the first optimizer in a chain. Under ``vmap`` it has the batch shape.
+    """
+    lr = _find_field(state, "lr")
+    if lr is None:
+        raise ValueError("current_lr: this state holds no learning rate (a chain of transforms without an "
+                         "optimizer or scale_by_learning_rate/scale_by_schedule)")
+    return lr
+
+
+def find_state_field(state, field):
+    """The first entry named ``field`` in a (nested) optimizer state, e.g. ``"ema"`` or ``"slow"``."""
+    found = _find_field(state, field)
+    if found is None:
+        raise ValueError(f"no {field!r} entry in this optimizer state")
+    return found
+
+
+# ---- argument checks shared by the optimizers ----------------------------------------------------------
+
+def check_lr(name, learning_rate):
+    if callable(learning_rate) or not is_concrete(learning_rate):
+        return
+    try:
+        value = float(learning_rate)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: learning_rate must be a number or a schedule step -> lr, "
+                        f"got {type(learning_rate).__name__}") from None
+    if not value >= 0:
+        raise ValueError(f"{name}: learning_rate must be >= 0, got {learning_rate}")
+
+
+def check_range(name, arg, value, lo=0.0, hi=1.0, hi_open=True, lo_open=False):
+    """Reject ``value`` outside [lo, hi) (or the given openness); tracers pass."""
+    if value is None or not is_concrete(value):
+        return
+    v = float(value)
+    ok_lo = v > lo if lo_open else v >= lo
+    ok_hi = (v < hi if hi_open else v <= hi) if hi is not None else True
+    if not (ok_lo and ok_hi):
+        left = "(" if lo_open else "["
+        right = ("inf)" if hi is None else f"{hi})") if hi_open or hi is None else f"{hi}]"
+        raise ValueError(f"{name}: {arg} must lie in {left}{lo}, {right}, got {value}")
+
+
+def nonzero(x) -> bool:
+    """Whether a hyper-parameter is active: a concrete number != 0, or any traced value."""
+    return (not is_concrete(x)) or float(x) != 0.0
+
+
+def resolve_mask(mask, params):
+    """A pytree of bools shaped like ``params`` from ``None`` (all True), a callable ``params -> mask``,
+    a regex on leaf paths, or a pytree of bools."""
+    if mask is None:
+        return tree_map(lambda _: True, params)
+    if isinstance(mask, str):
+        pattern = re.compile(mask)
+        flat, treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_none)
+        return jax.tree_util.tree_unflatten(
+            treedef, [None if v is None else bool(pattern.search(path_str(k))) for k, v in flat])
+    if callable(mask):
+        mask = mask(params)
+    flat_p = _flat_with_paths(params)
+    flat_m = jax.tree_util.tree_flatten_with_path(mask, is_leaf=_is_none)[0]
+    if [path_str(k) for k, _ in flat_p] != [path_str(k) for k, _ in flat_m]:
+        for (kp, _), (km, _) in zip(flat_p, flat_m, strict=False):
+            if kp != km:
+                raise ValueError(f"mask tree does not match params tree at '{path_str(kp)}' "
+                                 f"(mask has '{path_str(km)}')")
+        raise ValueError(f"mask tree has {len(flat_m)} leaves but params has {len(flat_p)}")
+    return mask
+
+
+def prepare_grads(name, grads, params, *, maximize=False, weight_decay=0.0):
+    """Check the trees, negate for ``maximize`` and add the L2 term ``weight_decay * p`` (torch's order)."""
+    check_tree_match(grads, params)
+    if maximize:
+        grads = tree_map(jnp.negative, grads)
+    if nonzero(weight_decay):
+        if params is None:
+            raise ValueError(f"{name}: weight_decay needs the parameters: call update(grads, state, params)")
+        grads = tree_map(lambda g, p: g + weight_decay * p, grads, params)
+    return grads
+
+
+def need_params(name, params):
+    if params is None:
+        raise ValueError(f"{name}: this rule needs the parameters: call update(grads, state, params)")
+
+
+def scalar(x, like):
+    """A hyper-parameter or step-dependent scalar in the dtype of the leaf ``like``."""
+    return jnp.asarray(x, like.dtype)

@@ -2,24 +2,55 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
-from . import optimizers
+from . import adaptive, modern, optimizers
 
 OPTIMIZERS: dict[str, Callable] = {
     "sgd": optimizers.sgd,
-    "adam": optimizers.adam,
+    "adagrad": optimizers.adagrad,
+    "rmsprop": optimizers.rmsprop,
+    "adadelta": optimizers.adadelta,
+    "adam": adaptive.adam,
+    "adamw": adaptive.adamw,
+    "adamax": adaptive.adamax,
+    "nadam": adaptive.nadam,
+    "radam": adaptive.radam,
+    "lamb": modern.lamb,
+    "lion": modern.lion,
+    "adafactor": modern.adafactor,
 }
+
+
+def hyperparameters(name: str) -> dict:
+    """The hyper-parameters of optimizer ``name`` (other than the learning rate) with their defaults."""
+    factory = _get(name)
+    return {k: p.default for k, p in inspect.signature(factory).parameters.items() if k != "learning_rate"}
+
+
+def _get(name):
+    try:
+        return OPTIMIZERS[name]
+    except KeyError:
+        raise ValueError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(sorted(OPTIMIZERS))}") from None
 
 
 def create(name: str, learning_rate=1e-3, **hyper):
     """Build the optimizer ``name`` with ``learning_rate`` (number or schedule) and its hyper-parameters.
 
-    Hyper-parameters left as ``None`` take the optimizer's default.
+    Hyper-parameters left as ``None`` take the optimizer's default; ``betas=(b1, b2)`` is accepted as torch
+    spells it. A hyper-parameter the optimizer does not have is an error that lists the ones it has.
     """
-    try:
-        factory = OPTIMIZERS[name]
-    except KeyError:
-        raise ValueError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(sorted(OPTIMIZERS))}") from None
+    factory = _get(name)
     hyper = {k: v for k, v in hyper.items() if v is not None}
+    if "betas" in hyper:
+        b1, b2 = hyper.pop("betas")
+        hyper.setdefault("b1", b1)
+        hyper.setdefault("b2", b2)
+    valid = hyperparameters(name)
+    unknown = sorted(set(hyper) - set(valid))
+    if unknown:
+        raise ValueError(f"optimizer {name!r} has no hyper-parameter {', '.join(map(repr, unknown))}; "
+                         f"its hyper-parameters: {', '.join(f'{k}={v!r}' for k, v in valid.items())}")
     return factory(learning_rate=learning_rate, **hyper)
