@@ -1,0 +1,205 @@
+"""``funcdl train MODEL --data NAME ...``: train a registered model on a registered data set.
+
+Options come from three places, later ones winning: the training defaults of ``TrainConfig``, the model's
+registered ``defaults`` (see ``models/registry.py``), then the command line (``--lr``, ..., ``--set k=v``).
+``--set`` takes model options (``--set hidden=256,256``) and training options alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+# flag name -> TrainConfig field, for the options that have their own flag
+_FLAGS = ("epochs", "steps", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "warmup_steps",
+          "clip_norm", "grad", "seed", "eval_every", "patience", "freeze", "init_from")
+
+
+def _models():
+    import models
+
+    return models
+
+
+def _catalog_epilog() -> str:
+    try:
+        import funcdl.data as data
+
+        ms = _models().MODELS
+        lines = ["models:"] + [f"  {n:<18} {m.description}" for n, m in sorted(ms.items())]
+        lines += ["data sets:"] + [f"  {n:<18} {e.description}" for n, e in sorted(data.DATASETS.items())]
+        lines += ["  text:PATH          any local UTF-8 text file, character level"]
+        lines += ["", "examples:", "  funcdl train mlp --data mnist1d",
+                  "  funcdl train mlp --data mnist --data-dir ../shared/data/mnist --epochs 10",
+                  "  funcdl train mlp --set hidden=256,256 --lr 3e-3 --grad autodiff",
+                  "  funcdl train mlp --out runs/a --resume"]
+        return "\n".join(lines)
+    except Exception as err:  # the help must show even if a model module is broken
+        return f"(could not list models/data sets: {err})"
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a model on a data set (metrics, checkpoints, plots)",
+        description="Train a registered model with the generic jitted loop. Writes config.json, metrics.jsonl, "
+        "summary.json, checkpoint.npz and loss/accuracy/lr plots into the run directory.",
+        epilog=_catalog_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="model name (see the list below, or `funcdl models`)")
+    p.add_argument("--data", help="data set name (default: the model's; see `funcdl data`) or text:PATH")
+    p.add_argument("--data-dir", help="folder with the data set's files (instead of the cache / a download)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--epochs", type=int, help="passes over the training split")
+    g.add_argument("--steps", type=int, help="optimizer steps")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer", help="optimizer name (optim.create), e.g. adam, sgd")
+    p.add_argument("--lr", type=float, help="learning rate (peak value with a schedule)")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--schedule", help="learning-rate schedule name (constant; more from optim.schedules)")
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--clip-norm", type=float, help="clip the global gradient norm to this value")
+    p.add_argument("--grad", choices=("manual", "autodiff"),
+                   help="manual: hand-derived backward rules (default); autodiff: jax.grad of the references")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", help="run directory (default runs/MODEL-DATA-TIMESTAMP)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (or the latest matching run)")
+    p.add_argument("--init-from", help="checkpoint (file or run dir) whose params matching by path+shape are loaded")
+    p.add_argument("--freeze", help="regex on parameter paths (e.g. \"\\['layers'\\]\\[0\\]\"); those are not updated")
+    p.add_argument("--eval-every", type=int, help="steps between evaluations (default: one epoch)")
+    p.add_argument("--patience", type=int, help="early stopping: evaluations without validation improvement")
+    p.add_argument("--no-scan", action="store_true",
+                   help="a Python loop of jitted steps instead of whole epochs inside lax.scan (slower)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="model or training option, e.g. --set hidden=256,256 --set dropout=0.1 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+def parse_value(text: str):
+    """``"3"`` -> 3, ``"1e-3"`` -> 0.001, ``"true"`` -> True, ``"none"`` -> None, ``"256,256"`` -> (256, 256)."""
+    text = text.strip()
+    if "," in text:
+        return tuple(parse_value(t) for t in text.split(",") if t.strip())
+    low = text.lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_sets(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        for part in [item]:
+            if "=" not in part:
+                raise ValueError(f"--set expects KEY=VALUE, got {part!r}")
+            k, v = part.split("=", 1)
+            out[k.strip().replace("-", "_")] = parse_value(v)
+    return out
+
+
+def resolve_options(entry, args) -> tuple[str, dict, dict]:
+    """``(data name, training options, model options)`` from the model's defaults and the command line."""
+    from funcdl.train import TrainConfig
+    from models.registry import TRAIN_KEYS
+
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    merged = dict(entry.defaults)
+    for name in _FLAGS:
+        value = getattr(args, name, None)
+        if value is not None:
+            merged[name] = value
+            if name == "epochs":
+                merged.pop("steps", None)
+            if name == "steps":
+                merged.pop("epochs", None)
+    sets = parse_sets(args.set)
+    merged |= sets
+    if "epochs" in sets and "steps" not in sets:
+        merged.pop("steps", None)
+    data_name = args.data or merged.pop("data", None) or (entry.data[0] if entry.data else None)
+    merged.pop("data", None)
+    if data_name is None:
+        raise ValueError(f"model {entry.name!r} has no default data set; pass --data NAME")
+    train_opts = {k: v for k, v in merged.items() if k in TRAIN_KEYS}
+    model_opts = {k: v for k, v in merged.items() if k not in TRAIN_KEYS}
+    unknown = set(train_opts) - train_fields
+    if unknown:
+        raise ValueError(f"unknown training options {sorted(unknown)}")
+    if args.no_scan:
+        train_opts["scan"] = False
+    if args.quiet:
+        train_opts["progress"] = False
+    if args.stop_after is not None:
+        train_opts["stop_after"] = args.stop_after
+    return data_name, train_opts, model_opts
+
+
+def _latest_run(model: str, data: str | None) -> Path:
+    runs = sorted(Path("runs").glob(f"{model}-{data or '*'}-*"), key=lambda p: p.stat().st_mtime)
+    runs = [r for r in runs if (r / "checkpoint.npz").is_file()]
+    if not runs:
+        raise FileNotFoundError(f"--resume: no run of {model} with a checkpoint under runs/; pass --out RUN_DIR")
+    return runs[-1]
+
+
+def run(args) -> int:
+    import funcdl.data as fdata
+    from funcdl.train import TrainConfig, train
+
+    entry = _models().get_model(args.model)
+
+    if args.resume:
+        out = Path(args.out) if args.out else _latest_run(args.model, args.data)
+        cfg_path = out / "config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"--resume: no config.json in {out}")
+        saved = json.loads(cfg_path.read_text())
+        if saved.get("model") != args.model:
+            raise ValueError(f"--resume: {out} is a run of {saved.get('model')!r}, not {args.model!r}")
+        data_name, data_dir = saved["data"], args.data_dir or saved.get("data_dir")
+        train_opts, model_opts = saved["train"], saved.get("model_options", {})
+        train_opts["progress"] = not args.quiet
+        train_opts["stop_after"] = args.stop_after
+        for name in ("epochs", "steps"):          # a resumed run may be extended
+            if getattr(args, name) is not None:
+                train_opts[name] = getattr(args, name)
+                train_opts["steps" if name == "epochs" else "epochs"] = None
+    else:
+        data_name, train_opts, model_opts = resolve_options(entry, args)
+        data_dir = args.data_dir
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = Path(args.out) if args.out else Path("runs") / f"{args.model}-{data_name.replace(':', '_')}-{stamp}"
+        if args.out and (out / "checkpoint.npz").is_file():
+            raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+    config = TrainConfig(**train_opts)
+    data = fdata.load(data_name, data_dir=data_dir, val_fraction=config.val_fraction)
+    info = data.info(seq_len=config.seq_len if data.windowed else None)
+    try:
+        task = entry.build(info, **model_opts)
+    except TypeError as err:
+        raise ValueError(f"model {args.model!r} does not take these options {sorted(model_opts)}: {err}") from None
+    if task.kind != data.kind and not (task.kind == "classification" and data.kind == "classification"):
+        raise ValueError(f"model {args.model!r} is a {task.kind} model but {data_name!r} is {data.kind} data")
+    print(f"{args.model} on {data.describe()}; run directory {out}")
+    run_info = {"model": args.model, "data": data_name, "data_dir": data_dir, "model_options": model_opts}
+    result = train(task, data, config, out, resume=args.resume, run_info=run_info)
+    s = result.summary
+    keys = [k for k in ("test_accuracy", "test_loss", "val_accuracy", "val_loss") if k in s]
+    figures = ", ".join(f"{k} {s[k]:.4f}" for k in keys)
+    print(f"{s['stopped']} after {s['steps']} steps in {s['wall_seconds']:.1f} s "
+          f"({s['steps_per_second']} steps/s); {figures}")
+    print(f"wrote {out}/summary.json")
+    return 1 if s["stopped"] == "diverged" else 0
