@@ -316,19 +316,20 @@ def _softmax_cross_entropy_with_probs(logits, targets, weight=None, *, reduction
 def _cep_fwd(logits, targets, weight=None, *, reduction="mean", label_smoothing=0.0):
     logp, logp_safe, q, w = _cep_parts(logits, targets, weight, label_smoothing)
     per_example = -jnp.sum(w * q * logp_safe, axis=-1)
-    return _reduce_all(per_example, reduction), (logp_safe, q, w, _tag(targets))
+    return _reduce_all(per_example, reduction), (logp, q, w, _tag(targets))
 
 
 def _cep_bwd(res, g, *, reduction="mean", label_smoothing=0.0):
-    logp_safe, q, w, t_tag = res
-    scale = _seed(g, reduction, logp_safe.shape[:-1])
+    logp, q, w, t_tag = res
+    scale = _seed(g, reduction, logp.shape[:-1])
     if reduction == "none":
         scale = scale[..., None]
     wq = w * q
-    dz = (jnp.exp(logp_safe) * jnp.sum(wq, axis=-1, keepdims=True) - wq) * scale
+    # p = exp(log p) is exactly 0 at a -inf logit, so dz = 0 there (no NaN)
+    dz = (jnp.exp(logp) * jnp.sum(wq, axis=-1, keepdims=True) - wq) * scale
+    logp_safe = jnp.where((q == 0) & jnp.isneginf(logp), 0, logp)
     dt = -(1.0 - label_smoothing) * w * logp_safe * scale
-    # exp(logp_safe) is exactly 0 where logp = -inf and q > 0 is impossible there, so dz has no NaN
-    return dz.astype(logp_safe.dtype), dt.astype(t_tag.dtype), None
+    return dz.astype(logp.dtype), dt.astype(t_tag.dtype), None
 
 
 def _probs(key, shape, dtype, temperature=1.0):
@@ -816,7 +817,7 @@ def _mm_parts(x, labels, weight, margin):
     x_y = jnp.take_along_axis(x, safe[..., None], axis=-1)
     h = margin - x_y + x                                                # (..., C): the margin violations
     w = jnp.ones((n_classes,), x.dtype) if weight is None else weight.astype(x.dtype)
-    return safe, others, h, w[safe], bad
+    return safe, others, h, jnp.where(bad, 0, w[safe]), bad       # a bad label's row gets no gradient
 
 
 def _multi_margin_loss(input, labels, weight=None, *, p=1, margin=1.0, reduction="mean"):
