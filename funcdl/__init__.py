@@ -29,6 +29,7 @@ from .activations import (
 from .attention import dot_product_attention, multi_head_attention
 from .dropout import dropout
 from .embedding import embedding
+from .feedforward import gelu_mlp, swiglu, tied_softmax_cross_entropy
 from .layernorm import layer_norm, rms_norm
 from .linear import dense
 from .losses import (
@@ -56,6 +57,7 @@ __all__ = [
     "binary_cross_entropy_with_logits", "binary_cross_entropy", "kl_div", "multi_margin_loss",
     "embedding",
     "layer_norm", "rms_norm", "dot_product_attention", "multi_head_attention",
+    "gelu_mlp", "swiglu", "tied_softmax_cross_entropy",
     "elu", "gelu", "get_activation", "hard_sigmoid", "hard_tanh", "identity", "leaky_relu", "log_softmax",
     "mish", "relu", "selu", "sigmoid", "silu", "softmax", "softplus", "swish", "tanh",
 ]

@@ -46,7 +46,7 @@ from .primitive import primitive, unbroadcast
 
 __all__ = [
     "dot_product_attention", "scaled_dot_product_attention", "causal_mask", "padding_mask", "multi_head_attention",
-    "mha_init", "split_heads", "merge_heads", "qkv_projection",
+    "mha_init", "split_heads", "merge_heads", "qkv_projection", "attend", "packed_causal_attention",
 ]
 
 
@@ -363,3 +363,81 @@ def multi_head_attention(params, x, context=None, *, n_heads: int, n_kv_heads: i
     o, w = out if return_weights else (out, None)
     y = dense(merge_heads(o), params["w_o"], params.get("b_o"))
     return (y, w) if return_weights else y
+
+
+# ------------------------------------------------------------------------------ packed causal attention
+def _packed_check(qkv, key=None, *, n_heads, dropout_rate=0.0, scale=None):
+    name = "packed_causal_attention"
+    if qkv.ndim != 3 or qkv.shape[-1] % 3:
+        raise ValueError(f"{name}: qkv must be (batch, time, 3 * width) from a fused projection, got {qkv.shape}")
+    width = qkv.shape[-1] // 3
+    if n_heads <= 0 or width % n_heads:
+        raise ValueError(f"{name}: the number of heads ({n_heads}) must divide the width ({width}); "
+                         f"choose n_heads among the divisors of {width}")
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"{name}: dropout_rate must lie in [0, 1), got {dropout_rate}")
+    if dropout_rate > 0 and key is None:
+        raise ValueError(f"{name}: dropout_rate > 0 needs a PRNG key")
+
+
+def _unpack(qkv, n_heads):
+    b, t, three_w = qkv.shape
+    w = three_w // 3
+    x = qkv.reshape(b, t, 3, n_heads, w // n_heads)
+    return x[:, :, 0], x[:, :, 1], x[:, :, 2]                     # each (B, T, H, dh)
+
+
+def _packed_probs(q, k, scale):
+    t = q.shape[1]
+    s = jnp.einsum("bthd,bshd->bhts", q, k) * jnp.asarray(_scale(q, scale), q.dtype)
+    s = jnp.where(causal_mask(t), s, -jnp.inf)
+    m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))   # finite: the diagonal is always allowed
+    e = jnp.exp(s - m)
+    return e / jnp.sum(e, axis=-1, keepdims=True)
+
+
+def _packed(qkv, key=None, *, n_heads, dropout_rate=0.0, scale=None):
+    """Causal multi-head attention straight from a fused projection: qkv (B, T, 3D) -> (B, T, D).
+
+    The same mathematics as ``dot_product_attention(..., causal=True)`` on the split heads; the heads stay in
+    the (B, T, H, dh) layout the projection produced (einsum contracts over it), so no transposes are
+    materialised, and the backward returns d qkv in the packed layout directly.
+    """
+    q, k, v = _unpack(qkv, n_heads)
+    p = _dropped(_packed_probs(q, k, scale), key, dropout_rate)
+    o = jnp.einsum("bhts,bshd->bthd", p, v)
+    return o.reshape(o.shape[0], o.shape[1], -1)
+
+
+def _packed_fwd(qkv, key=None, *, n_heads, dropout_rate=0.0, scale=None):
+    q, k, v = _unpack(qkv, n_heads)
+    p = _packed_probs(q, k, scale)
+    o = jnp.einsum("bhts,bshd->bthd", _dropped(p, key, dropout_rate), v)
+    return o.reshape(o.shape[0], o.shape[1], -1), (qkv, o, p, key)
+
+
+def _packed_bwd(res, do, *, n_heads, dropout_rate=0.0, scale=None):
+    qkv, o, p, key = res
+    q, k, v = _unpack(qkv, n_heads)
+    do = do.reshape(o.shape)
+    dv = jnp.einsum("bhts,bthd->bshd", _dropped(p, key, dropout_rate), do)
+    dp = _dropped(jnp.einsum("bthd,bshd->bhts", do, v), key, dropout_rate)
+    d = jnp.swapaxes(jnp.sum(do * o, axis=-1), 1, 2)[..., None]      # rowsum(dO * O): (B, H, T, 1)
+    ds = p * (dp - d) * jnp.asarray(_scale(q, scale), q.dtype)
+    dq = jnp.einsum("bhts,bshd->bthd", ds, k)
+    dk = jnp.einsum("bhts,bthd->bshd", ds, q)
+    return jnp.stack([dq, dk, dv], axis=2).reshape(qkv.shape), None
+
+
+def _packed_examples(key, dtype):
+    k = keys(key, 2)
+    return [
+        Example((normal(k[0], (2, 5, 12), dtype),), {"n_heads": 2}, "B=2 T=5 H=2 dh=2"),
+        Example((normal(k[1], (2, 4, 18), dtype), jax.random.PRNGKey(5)), {"n_heads": 3, "dropout_rate": 0.2},
+                "H=3 dropout 0.2"),
+    ]
+
+
+packed_causal_attention = primitive(
+    "packed_causal_attention", _packed, _packed_fwd, _packed_bwd, examples=_packed_examples, check=_packed_check,
+)

@@ -1,0 +1,257 @@
+"""Position-wise feed-forward blocks of a transformer, and its tied output head with the loss, each fused into
+one primitive with one hand-derived backward.
+
+GELU-MLP (GPT-2, BERT, ViT)
+---------------------------
+    z = x W1 + b1      a = gelu(z)      y = a W2 + b2         x (..., D), W1 (D, F), W2 (F, D)
+
+    dW2 = a^T dy    db2 = sum dy    da = dy W2^T
+    dz  = da * gelu'(z),   gelu'(z) = Phi(z) + z phi(z)   (tanh form: see ``funcdl.activations.gelu``)
+    dW1 = x^T dz    db1 = sum dz    dx = dz W1^T
+Residuals: x and z. a = gelu(z) is recomputed in the backward together with gelu'(z) — both need Phi(z), so
+recomputing a costs one multiply — instead of keeping a second (..., F) array.
+
+SwiGLU (Shazeer 2020; LLaMA's MLP, no biases)
+----------------------------------------------
+    g = x Wg    u = x Wu    h = silu(g) * u    y = h Wd
+
+    dWd = h^T dy    dh = dy Wd^T    du = dh * silu(g)    dg = dh * u * silu'(g)
+    silu'(g) = s (1 + g (1 - s)),  s = sigmoid(g)
+    dWg = x^T dg    dWu = x^T du    dx = dg Wg^T + du Wu^T
+Residuals: x, g and u; s and h are recomputed.
+
+Tied output head + cross-entropy (GPT's last step)
+--------------------------------------------------
+    logits = h E^T     (N, V), E the (V, D) token embedding shared with the input
+    loss = mean_n [ logsumexp(logits_n) - logits_n,y_n ]
+
+    dlogits = g (softmax(logits) - onehot(y)) / N
+    dh = dlogits E      dE = dlogits^T h     (added to the embedding's own scatter-add gradient by jax)
+Residuals: h, E, y and the (N, V) logits with their row log-sum-exp; the softmax is exp(logits - lse).
+Fusing the two saves autodiff's separate passes for the matmul transpose and the log-softmax.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import erf
+
+from .examples import Example, keys, normal
+from .primitive import is_concrete, primitive
+
+__all__ = ["gelu_mlp", "swiglu", "tied_softmax_cross_entropy", "gelu_mlp_init", "swiglu_init"]
+
+_SQRT_HALF = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_C = 0.044715
+
+
+def _gelu_and_grad(z, approximate):
+    """gelu(z) and gelu'(z) sharing their common factors."""
+    if approximate:
+        u = _SQRT_2_OVER_PI * (z + _GELU_C * z ** 3)
+        t = jnp.tanh(u)
+        a = 0.5 * z * (1.0 + t)
+        da = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_C * z * z)
+        return a, da
+    phi_cdf = 0.5 * (1.0 + erf(z * _SQRT_HALF))
+    return z * phi_cdf, phi_cdf + z * _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
+
+
+def _gelu(z, approximate):
+    if approximate:
+        return 0.5 * z * (1.0 + jnp.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z ** 3)))
+    return z * 0.5 * (1.0 + erf(z * _SQRT_HALF))
+
+
+def _flat_sum(a, n):
+    return jnp.sum(a.reshape(-1, n), axis=0)
+
+
+def _flat_t_matmul(x, dy):
+    """x^T dy over all leading axes: (..., n) x (..., m) -> (n, m)."""
+    return jnp.matmul(x.reshape(-1, x.shape[-1]).T, dy.reshape(-1, dy.shape[-1]))
+
+
+# ---------------------------------------------------------------------------------------------- gelu_mlp
+def _mlp_check(x, w1, b1=None, w2=None, b2=None, *, approximate=False):
+    name = "gelu_mlp"
+    if w2 is None:
+        raise ValueError(f"{name}: the second weight w2 is required (inputs: x, w1, b1, w2, b2)")
+    if w1.ndim != 2 or w2.ndim != 2:
+        raise ValueError(f"{name}: weights must be 2-D, got w1 {w1.shape}, w2 {w2.shape}")
+    if x.shape[-1] != w1.shape[0] or w1.shape[1] != w2.shape[0]:
+        raise ValueError(f"{name}: shapes do not chain: x {x.shape} -> w1 {w1.shape} -> w2 {w2.shape} "
+                         "(need x[-1] == w1[0] and w1[1] == w2[0])")
+    if b1 is not None and b1.shape != (w1.shape[1],):
+        raise ValueError(f"{name}: b1 shape {b1.shape} must be ({w1.shape[1]},)")
+    if b2 is not None and b2.shape != (w2.shape[1],):
+        raise ValueError(f"{name}: b2 shape {b2.shape} must be ({w2.shape[1]},)")
+
+
+def _mlp_ref(x, w1, b1=None, w2=None, b2=None, *, approximate=False):
+    """y = gelu(x W1 + b1) W2 + b2."""
+    z = jnp.matmul(x, w1)
+    z = z if b1 is None else z + b1
+    y = jnp.matmul(_gelu(z, approximate), w2)
+    return y if b2 is None else y + b2
+
+
+def _mlp_fwd(x, w1, b1=None, w2=None, b2=None, *, approximate=False):
+    z = jnp.matmul(x, w1)
+    z = z if b1 is None else z + b1
+    y = jnp.matmul(_gelu(z, approximate), w2)
+    y = y if b2 is None else y + b2
+    return y, (x, w1, w2, z, b1 is not None, b2 is not None)
+
+
+def _mlp_bwd(res, dy, *, approximate=False):
+    x, w1, w2, z, has_b1, has_b2 = res
+    a, dadz = _gelu_and_grad(z, approximate)
+    dw2 = _flat_t_matmul(a, dy)
+    db2 = _flat_sum(dy, dy.shape[-1]) if has_b2 else None
+    dz = jnp.matmul(dy, w2.T) * dadz
+    dw1 = _flat_t_matmul(x, dz)
+    db1 = _flat_sum(dz, dz.shape[-1]) if has_b1 else None
+    dx = jnp.matmul(dz, w1.T)
+    return dx, dw1, db1, dw2, db2
+
+
+def _mlp_examples(key, dtype):
+    k = keys(key, 8)
+    return [
+        Example((normal(k[0], (2, 3, 4), dtype), normal(k[1], (4, 6), dtype, 0.7), normal(k[2], (6,), dtype),
+                 normal(k[3], (6, 4), dtype, 0.7), normal(k[4], (4,), dtype)), {}, "exact, biases"),
+        Example((normal(k[5], (5, 4), dtype), normal(k[6], (4, 6), dtype, 0.7), None,
+                 normal(k[7], (6, 3), dtype, 0.7), None), {"approximate": True}, "tanh, no biases"),
+    ]
+
+
+gelu_mlp = primitive("gelu_mlp", _mlp_ref, _mlp_fwd, _mlp_bwd, examples=_mlp_examples, check=_mlp_check)
+
+
+def gelu_mlp_init(key, d_model: int, d_hidden: int | None = None, *, bias: bool = True, std: float = 0.02,
+                  out_std: float | None = None) -> dict:
+    """``{"w1": (D, F), "b1", "w2": (F, D), "b2"}`` with F = 4 D by default; weights N(0, std)."""
+    d_hidden = 4 * d_model if d_hidden is None else d_hidden
+    k1, k2 = jax.random.split(key)
+    p = {"w1": std * jax.random.normal(k1, (d_model, d_hidden)),
+         "w2": (std if out_std is None else out_std) * jax.random.normal(k2, (d_hidden, d_model))}
+    if bias:
+        p["b1"], p["b2"] = jnp.zeros((d_hidden,)), jnp.zeros((d_model,))
+    return p
+
+
+# ------------------------------------------------------------------------------------------------ swiglu
+def _swiglu_check(x, w_gate, w_up, w_down):
+    if not (w_gate.ndim == w_up.ndim == w_down.ndim == 2):
+        raise ValueError(f"swiglu: weights must be 2-D, got {w_gate.shape}, {w_up.shape}, {w_down.shape}")
+    if w_gate.shape != w_up.shape or x.shape[-1] != w_gate.shape[0] or w_down.shape[0] != w_gate.shape[1]:
+        raise ValueError(
+            f"swiglu: shapes do not chain: x {x.shape}, w_gate {w_gate.shape}, w_up {w_up.shape}, "
+            f"w_down {w_down.shape} (need w_gate == w_up == (D, F) with D = x[-1], and w_down (F, D_out))"
+        )
+
+
+def _swiglu_ref(x, w_gate, w_up, w_down):
+    """y = (silu(x Wg) * (x Wu)) Wd."""
+    g = jnp.matmul(x, w_gate)
+    return jnp.matmul(g * jax.nn.sigmoid(g) * jnp.matmul(x, w_up), w_down)
+
+
+def _swiglu_fwd(x, w_gate, w_up, w_down):
+    g = jnp.matmul(x, w_gate)
+    u = jnp.matmul(x, w_up)
+    return jnp.matmul(g * jax.nn.sigmoid(g) * u, w_down), (x, w_gate, w_up, w_down, g, u)
+
+
+def _swiglu_bwd(res, dy):
+    x, w_gate, w_up, w_down, g, u = res
+    s = jax.nn.sigmoid(g)
+    silu = g * s
+    dw_down = _flat_t_matmul(silu * u, dy)
+    dh = jnp.matmul(dy, w_down.T)
+    du = dh * silu
+    dg = dh * u * s * (1.0 + g * (1.0 - s))
+    dx = jnp.matmul(dg, w_gate.T) + jnp.matmul(du, w_up.T)
+    return dx, _flat_t_matmul(x, dg), _flat_t_matmul(x, du), dw_down
+
+
+def _swiglu_examples(key, dtype):
+    k = keys(key, 4)
+    return [Example((normal(k[0], (2, 3, 4), dtype), normal(k[1], (4, 6), dtype), normal(k[2], (4, 6), dtype),
+                     normal(k[3], (6, 5), dtype, 0.5)), {}, "D=4 F=6 out=5")]
+
+
+swiglu = primitive("swiglu", _swiglu_ref, _swiglu_fwd, _swiglu_bwd, examples=_swiglu_examples, check=_swiglu_check)
+
+
+def swiglu_init(key, d_model: int, d_hidden: int | None = None, *, std: float = 0.02) -> dict:
+    """``{"w_gate", "w_up": (D, F), "w_down": (F, D)}``; F = 8 D / 3 rounded up to a multiple of 8 by default."""
+    d_hidden = d_hidden or 8 * (-(-8 * d_model // 3) // 8)
+    k = jax.random.split(key, 3)
+    return {"w_gate": std * jax.random.normal(k[0], (d_model, d_hidden)),
+            "w_up": std * jax.random.normal(k[1], (d_model, d_hidden)),
+            "w_down": std * jax.random.normal(k[2], (d_hidden, d_model))}
+
+
+# ----------------------------------------------------------------------------- tied head + cross-entropy
+def _tied_check(h, table, targets):
+    name = "tied_softmax_cross_entropy"
+    if table.ndim != 2 or h.shape[-1] != table.shape[1]:
+        raise ValueError(f"{name}: hidden states {h.shape} and embedding table {table.shape} do not match "
+                         "(need h (..., D) and table (V, D))")
+    if targets.shape != h.shape[:-1]:
+        raise ValueError(f"{name}: targets shape {targets.shape} must be the hidden shape without its last axis "
+                         f"{h.shape[:-1]}")
+    if not jnp.issubdtype(targets.dtype, jnp.integer):
+        raise TypeError(f"{name}: targets must be integer token ids, got {targets.dtype}")
+    if is_concrete(targets) and targets.size:
+        v = table.shape[0]
+        if bool(jnp.any((targets < 0) | (targets >= v))):
+            raise ValueError(f"{name}: a target id is outside the vocabulary 0..{v - 1}")
+
+
+def _tied_logits(h, table):
+    return jnp.matmul(h.reshape(-1, h.shape[-1]), table.T)
+
+
+def _tied_ref(h, table, targets):
+    """mean cross-entropy of softmax(h E^T) against the targets."""
+    logits = _tied_logits(h, table)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, targets.reshape(-1, 1), axis=-1))
+
+
+def _tied_fwd(h, table, targets):
+    logits = _tied_logits(h, table)
+    m = jnp.max(logits, axis=-1, keepdims=True)
+    lse = m + jnp.log(jnp.sum(jnp.exp(logits - m), axis=-1, keepdims=True))
+    t = targets.reshape(-1, 1)
+    value = jnp.mean(lse - jnp.take_along_axis(logits, t, axis=-1))
+    return value, (h, table, t, logits, lse)
+
+
+def _tied_bwd(res, g):
+    h, table, t, logits, lse = res
+    n, v = logits.shape
+    p = jnp.exp(logits - lse)
+    dlogits = (p - (jnp.arange(v)[None, :] == t).astype(p.dtype)) * (g / n)
+    dh = jnp.matmul(dlogits, table).reshape(h.shape)
+    dtable = jnp.matmul(dlogits.T, h.reshape(n, -1))
+    return dh, dtable, None
+
+
+def _tied_examples(key, dtype):
+    k = keys(key, 3)
+    return [Example((normal(k[0], (2, 3, 4), dtype), normal(k[1], (7, 4), dtype),
+                     jax.random.randint(k[2], (2, 3), 0, 7)), {}, "N=6 V=7 D=4")]
+
+
+tied_softmax_cross_entropy = primitive(
+    "tied_softmax_cross_entropy", _tied_ref, _tied_fwd, _tied_bwd, examples=_tied_examples, check=_tied_check,
+)

@@ -1,0 +1,383 @@
+"""A decoder-only GPT (the nanoGPT architecture), with a KV cache for incremental decoding and sampling.
+
+    x_0 = wte[tokens] + wpe[positions]                               (B, T, D)
+    for each block:  x = x + attn(layer_norm_1(x))                     causal multi-head self-attention
+                     x = x + mlp(layer_norm_2(x))                      dense(4D) -> GELU -> dense(D)
+    logits = layer_norm_f(x) wte^T                                     the unembedding is the embedding (tied)
+    loss = cross_entropy(logits, next tokens)
+
+Pre-norm (GPT-2): every residual branch reads a normalised copy of the stream and adds its result back, so
+the stream itself is never normalised until the end. Initialisation as GPT-2 / nanoGPT: weights N(0, 0.02),
+the two projections that write into the residual stream N(0, 0.02 / sqrt(2 L)), biases 0, norm scales 1.
+
+Every piece is a funcdl primitive (``embedding``, ``layer_norm``, ``dense``, ``dot_product_attention``,
+``gelu``, ``dropout``, ``softmax_cross_entropy``), or — with ``fused=True``, the fast path used for training
+— the fused transformer primitives of :mod:`funcdl.transformer_ops` (one hand-derived backward per
+attention sublayer, per GELU-MLP and for the tied unembedding + cross-entropy). Both give the same numbers;
+``funcdl.autodiff`` of either differentiates the plain-``jax.numpy`` references.
+
+Decoding: ``generate`` runs the prompt through the model once ("prefill"), keeping every layer's keys and
+values in a cache of ``block_size`` positions, then feeds one token at a time, attending over the cache. The
+reference ``generate_recompute`` reruns the whole window for every new token; for the same key both give
+exactly the same tokens (tests/test_gpt.py). Past ``block_size`` tokens the window slides, every position
+changes, and the cache is no longer valid, so ``generate`` continues by recomputation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+import funcdl as fd
+from funcdl import attention as attn_ops
+from funcdl import feedforward as ff
+from funcdl.attention import merge_heads, split_heads
+from funcdl.task import DataInfo, Task
+
+from .registry import register
+
+__all__ = ["GPTConfig", "init", "apply", "loss", "make_task", "generate", "generate_recompute", "init_cache",
+           "sample_logits", "count_params", "PRESETS"]
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int = 65
+    block_size: int = 64           # context length (the positional table's size)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0           # on the embeddings, the attention weights and each residual branch
+    bias: bool = False             # biases in dense layers and layer norms (nanoGPT's bias=False drops both)
+    fused: bool = True             # use the fused transformer primitives (fast path); False: one primitive per op
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig: n_head ({self.n_head}) must divide n_embd ({self.n_embd})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig: dropout must lie in [0, 1), got {self.dropout}")
+        for f in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, f) <= 0:
+                raise ValueError(f"GPTConfig: {f} must be positive, got {getattr(self, f)}")
+
+
+# the nanoGPT configurations: "baby" is its CPU example, "shakespeare-char" its GPU config
+PRESETS = {
+    "baby": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, steps=2000, dropout=0.0,
+                 lr=1e-3, min_lr=1e-4, warmup_steps=100, eval_interval=250, eval_iters=20),
+    "shakespeare-char": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, steps=5000,
+                             dropout=0.2, lr=1e-3, min_lr=1e-4, warmup_steps=100, eval_interval=250,
+                             eval_iters=200),
+}
+
+
+def init(key, config: GPTConfig) -> dict:
+    d, v, L = config.n_embd, config.vocab_size, config.n_layer
+    std, proj_std = 0.02, 0.02 / math.sqrt(2 * L)
+    keys = jax.random.split(key, 2 + 4 * L)
+
+    def norm():
+        p = {"w": jnp.ones((d,))}
+        if config.bias:
+            p["b"] = jnp.zeros((d,))
+        return p
+
+    def lin(k, n_in, n_out, s):
+        p = {"w": s * jax.random.normal(k, (n_in, n_out))}
+        if config.bias:
+            p["b"] = jnp.zeros((n_out,))
+        return p
+
+    blocks = []
+    for i in range(L):
+        k = keys[2 + 4 * i: 6 + 4 * i]
+        blocks.append({
+            "ln_1": norm(),
+            "attn": {"qkv": lin(k[0], d, 3 * d, std), "proj": lin(k[1], d, d, proj_std)},
+            "ln_2": norm(),
+            "mlp": {"fc": lin(k[2], d, 4 * d, std), "proj": lin(k[3], 4 * d, d, proj_std)},
+        })
+    return {
+        "wte": std * jax.random.normal(keys[0], (v, d)),
+        "wpe": std * jax.random.normal(keys[1], (config.block_size, d)),
+        "blocks": blocks,
+        "ln_f": norm(),
+    }
+
+
+def count_params(params, *, non_embedding: bool = True) -> int:
+    n = sum(int(x.size) for x in jax.tree.leaves(params))
+    return n - int(params["wpe"].size) if non_embedding else n
+
+
+def _check_tokens(tokens, config: GPTConfig, start: int = 0):
+    if tokens.ndim != 2:
+        raise ValueError(f"gpt: tokens must be (batch, time) integers, got shape {tokens.shape}")
+    t = tokens.shape[1]
+    if start + t > config.block_size:
+        raise ValueError(
+            f"gpt: a sequence of {start + t} positions is longer than the positional table (block_size = "
+            f"{config.block_size}); crop the input to the last {config.block_size} tokens or build the model with a "
+            "larger block_size"
+        )
+
+
+def _ln(p, x):
+    return fd.layer_norm(x, p["w"], p.get("b"))
+
+
+def _dense(p, x):
+    return fd.dense(x, p["w"], p.get("b"))
+
+
+def _drop(x, key, rate, train):
+    if not train or rate == 0.0:
+        return x
+    return fd.dropout(x, key, rate=rate)
+
+
+def _embed(params, tokens, config, start=0):
+    pos = params["wpe"][start: start + tokens.shape[1]]
+    return fd.embedding(params["wte"], tokens) + pos
+
+
+def _attention(p, x, config: GPTConfig, key, train, cache=None, start=0):
+    """Causal self-attention sublayer (without the norm); with ``cache`` (k, v) arrays (B, H, block, dh), the
+    new keys/values are written at ``start`` and the queries attend over positions <= their own."""
+    rate = config.dropout if train else 0.0
+    k_attn, k_out = (jax.random.split(key) if key is not None else (None, None))
+    if cache is None and config.fused:
+        y = attn_ops.packed_causal_attention(_dense(p["qkv"], x), k_attn, n_heads=config.n_head, dropout_rate=rate)
+    else:
+        qkv = _dense(p["qkv"], x)
+        d = config.n_embd
+        q, k, v = (split_heads(qkv[..., i * d:(i + 1) * d], config.n_head) for i in range(3))
+        mask = None
+        if cache is not None:
+            ck, cv = cache
+            k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, 0, start, 0))
+            v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, 0, start, 0))
+            cache = (k, v)
+            t, s = x.shape[1], k.shape[2]
+            mask = jnp.arange(s)[None, :] <= start + jnp.arange(t)[:, None]
+        o = fd.dot_product_attention(q, k, v, None, mask, k_attn, causal=cache is None, dropout_rate=rate)
+        y = merge_heads(o)
+    y = _drop(_dense(p["proj"], y), k_out, config.dropout, train)
+    return y, cache
+
+
+def _mlp(p, x, config, key, train):
+    if config.fused:
+        y = ff.gelu_mlp(x, p["fc"]["w"], p["fc"].get("b"), p["proj"]["w"], p["proj"].get("b"))
+    else:
+        y = _dense(p["proj"], fd.gelu(_dense(p["fc"], x)))
+    return _drop(y, key, config.dropout, train)
+
+
+def hidden(params, tokens, config: GPTConfig, *, key=None, train: bool = False, cache=None, start=0):
+    """The final normalised hidden states (B, T, D) (and the updated cache when one is given)."""
+    _check_tokens(tokens, config, 0 if cache is not None else start)
+    train = train and config.dropout > 0 and key is not None
+    keys = jax.random.split(key, 1 + 3 * config.n_layer) if train else [None] * (1 + 3 * config.n_layer)
+    x = _drop(_embed(params, tokens, config, start), keys[0], config.dropout, train)
+    new_cache = []
+    for i, blk in enumerate(params["blocks"]):
+        a, c = _attention(blk["attn"], _ln(blk["ln_1"], x), config, keys[1 + 3 * i], train,
+                          None if cache is None else cache[i], start)
+        new_cache.append(c)
+        x = x + a
+        x = x + _mlp(blk["mlp"], _ln(blk["ln_2"], x), config, keys[2 + 3 * i], train)
+    h = _ln(params["ln_f"], x)
+    return (h, new_cache) if cache is not None else h
+
+
+def apply(params, tokens, config: GPTConfig, *, key=None, train: bool = False):
+    """Logits (B, T, V) for a batch of token ids (B, T)."""
+    return jnp.matmul(hidden(params, tokens, config, key=key, train=train), params["wte"].T)
+
+
+def loss(params, tokens, targets, config: GPTConfig, *, key=None, train: bool = False):
+    """Mean next-token cross-entropy (nats per token)."""
+    h = hidden(params, tokens, config, key=key, train=train)
+    if config.fused:
+        return ff.tied_softmax_cross_entropy(h, params["wte"], targets)
+    return fd.softmax_cross_entropy(jnp.matmul(h, params["wte"].T), targets)
+
+
+def make_task(config: GPTConfig) -> Task:
+    def task_init(key):
+        return init(key, config), {}
+
+    def task_loss(params, state, batch, key, train):
+        value = loss(params, batch["x"], batch["y"], config, key=key, train=train)
+        return value, (state, {"loss": value})
+
+    return Task(task_init, task_loss, "language",
+                apply=lambda params, state, x: apply(params, x, config),
+                extras={"config": config, "generate": functools.partial(generate, config=config),
+                        "weight_decay_mask": weight_decay_mask})
+
+
+def weight_decay_mask(params):
+    """nanoGPT decays every 2-D tensor (dense weights, embeddings) and no bias or norm scale."""
+    return jax.tree.map(lambda x: x.ndim >= 2, params)
+
+
+# ------------------------------------------------------------------------------------------------- sampling
+def sample_logits(key, logits, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None):
+    """Draw one token per row of ``logits`` (B, V) after temperature, top-k and top-p (nucleus) filtering.
+
+    temperature 0 is greedy (argmax). top-k keeps the k largest logits; top-p keeps the smallest set of tokens,
+    taken in order of probability, whose total probability reaches p (always at least the most likely one).
+    """
+    if temperature < 0:
+        raise ValueError(f"sample: temperature must be >= 0, got {temperature}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"sample: top_p must lie in (0, 1], got {top_p}")
+    if top_k is not None and top_k <= 0:
+        raise ValueError(f"sample: top_k must be positive, got {top_k}")
+    logits = logits.astype(jnp.float32)
+    if temperature == 0:
+        return jnp.argmax(logits, axis=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p is not None and top_p < 1.0:
+        order = jnp.argsort(-logits, axis=-1)
+        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs          # probability mass strictly before each token
+        drop_sorted = before >= top_p
+        drop = jnp.zeros_like(drop_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(drop_sorted)
+        logits = jnp.where(drop, -jnp.inf, logits)
+    return jax.random.categorical(key, logits, axis=-1)
+
+
+def init_cache(config: GPTConfig, batch: int, dtype=jnp.float32):
+    shape = (batch, config.n_head, config.block_size, config.n_embd // config.n_head)
+    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(config.n_layer)]
+
+
+def _check_prompt(prompt, config, max_new_tokens):
+    prompt = jnp.asarray(prompt)
+    if prompt.ndim == 1:
+        prompt = prompt[None]
+    if prompt.ndim != 2 or prompt.shape[1] == 0:
+        raise ValueError(f"generate: the prompt must be a non-empty (batch, time) array of ids, got {prompt.shape}")
+    if max_new_tokens < 0:
+        raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
+    return prompt.astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "temperature", "top_k", "top_p"))
+def _next_recompute(params, window, length, key, *, config, temperature, top_k, top_p):
+    """Next token from a fixed-size window (B, block) whose first ``length`` entries are real."""
+    h = hidden(params, window, config)
+    last = jax.lax.dynamic_index_in_dim(h, length - 1, axis=1, keepdims=False)
+    return sample_logits(key, jnp.matmul(last, params["wte"].T), temperature=temperature, top_k=top_k, top_p=top_p)
+
+
+def generate_recompute(params, prompt, key, max_new_tokens: int, *, config: GPTConfig, temperature: float = 1.0,
+                       top_k: int | None = None, top_p: float | None = None):
+    """Reference decoder: every new token reruns the model on the (cropped) context. Returns (B, T + new)."""
+    prompt = _check_prompt(prompt, config, max_new_tokens)
+    tokens = prompt
+    n_keys = max_new_tokens + 1
+    keys = jax.random.split(key, n_keys)
+    for i in range(max_new_tokens):
+        t = tokens.shape[1]
+        if t >= config.block_size:
+            window, length = tokens[:, -config.block_size:], config.block_size
+        else:
+            window = jnp.pad(tokens, ((0, 0), (0, config.block_size - t)))
+            length = t
+        nxt = _next_recompute(params, window, length, keys[i], config=config, temperature=temperature,
+                              top_k=top_k, top_p=top_p)
+        tokens = jnp.concatenate([tokens, nxt[:, None].astype(jnp.int32)], axis=1)
+    return tokens
+
+
+def generate(params, prompt, key, max_new_tokens: int, *, config: GPTConfig, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, use_cache: bool = True):
+    """Sample ``max_new_tokens`` tokens after ``prompt`` (B, T) or (T,). Returns (B, T + max_new_tokens).
+
+    With the KV cache the prompt is processed once and each new token costs one single-position forward; the
+    random keys are split exactly as in ``generate_recompute``, so both give the same tokens. Once the sequence
+    outgrows ``block_size`` the rest is produced by recomputation over the sliding window.
+    """
+    prompt = _check_prompt(prompt, config, max_new_tokens)
+    config = dataclasses.replace(config, dropout=0.0)
+    if not use_cache or max_new_tokens == 0:
+        return generate_recompute(params, prompt, key, max_new_tokens, config=config, temperature=temperature,
+                                  top_k=top_k, top_p=top_p)
+    t = prompt.shape[1]
+    if t >= config.block_size:
+        return generate_recompute(params, prompt, key, max_new_tokens, config=config, temperature=temperature,
+                                  top_k=top_k, top_p=top_p)
+    keys = jax.random.split(key, max_new_tokens + 1)
+    # positions t .. block_size - 1 can be filled through the cache: that is block_size - t new tokens
+    n_cached = min(max_new_tokens, config.block_size - t)
+    stacked = jnp.stack(list(keys[:n_cached]))
+    out = _decode_cached_keys(params, prompt, stacked, config=config, temperature=temperature, top_k=top_k,
+                              top_p=top_p)
+    tokens = jnp.concatenate([prompt, out.astype(jnp.int32)], axis=1)
+    for i in range(n_cached, max_new_tokens):
+        t = tokens.shape[1]
+        window, length = (tokens[:, -config.block_size:], config.block_size) if t >= config.block_size else (
+            jnp.pad(tokens, ((0, 0), (0, config.block_size - t))), t)
+        nxt = _next_recompute(params, window, length, keys[i], config=config, temperature=temperature,
+                              top_k=top_k, top_p=top_p)
+        tokens = jnp.concatenate([tokens, nxt[:, None].astype(jnp.int32)], axis=1)
+    return tokens
+
+
+@functools.partial(jax.jit, static_argnames=("config", "temperature", "top_k", "top_p"))
+def _decode_cached_keys(params, prompt, keys, *, config, temperature, top_k, top_p):
+    """As ``_decode_cached`` but with the per-token keys given (the same ones ``generate_recompute`` uses)."""
+    b, t = prompt.shape
+    n = keys.shape[0]
+    cache = init_cache(config, b)
+    h, cache = hidden(params, prompt, config, cache=cache, start=0)
+    first = sample_logits(keys[0], jnp.matmul(h[:, -1], params["wte"].T), temperature=temperature, top_k=top_k,
+                          top_p=top_p)
+    if n == 1:
+        return first[:, None]
+
+    def step(carry, inp):
+        cache, tok = carry
+        pos, k = inp
+        h, cache = hidden(params, tok[:, None], config, cache=cache, start=pos)
+        nxt = sample_logits(k, jnp.matmul(h[:, -1], params["wte"].T), temperature=temperature, top_k=top_k,
+                            top_p=top_p)
+        return (cache, nxt), nxt
+
+    _, rest = jax.lax.scan(step, (cache, first), (t + jnp.arange(n - 1), keys[1:]))
+    return jnp.concatenate([first[:, None], jnp.swapaxes(rest, 0, 1)], axis=1)
+
+
+# ------------------------------------------------------------------------------------------------- registry
+def _build(info: DataInfo, n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False, fused=True,
+           **_):
+    if info.vocab_size is None:
+        raise ValueError(f"gpt needs a language (token) data set; {info.name!r} has no vocabulary")
+    return make_task(GPTConfig(vocab_size=info.vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
+                               n_embd=n_embd, dropout=dropout, bias=bias, fused=fused))
+
+
+register(
+    "gpt", _build, data=("tinyshakespeare",),
+    defaults={
+        "data": "tinyshakespeare", "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "seq_len": 64,
+        "bias": False, "dropout": 0.0, "batch_size": 12, "steps": 2000, "optimizer": "adamw", "lr": 1e-3,
+        "min_lr": 1e-4, "warmup_steps": 100, "schedule": "cosine", "betas": (0.9, 0.99), "b1": 0.9, "b2": 0.99,
+        "weight_decay": 0.1, "clip_norm": 1.0, "eval_interval": 250, "eval_iters": 20,
+        "presets": {"shakespeare-char": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256,
+                                         "seq_len": 256, "batch_size": 64, "steps": 5000, "dropout": 0.2}},
+    },
+    description="decoder-only GPT (nanoGPT baby-GPT: 4 layers, 4 heads, width 128, context 64, no biases)",
+)
