@@ -67,13 +67,18 @@ def uniform(key, shape, dtype=jnp.float32, *, low=0.0, high=1.0):
 
 
 def normal(key, shape, dtype=jnp.float32, *, mean=0.0, std=1.0):
-    return (mean + std * jax.random.normal(key, shape, dtype)).astype(dtype)
+    return (mean + std * jax.random.normal(key, shape, _work_dtype(dtype))).astype(dtype)
 
 
 def truncated_normal(key, shape, dtype=jnp.float32, *, mean=0.0, std=1.0, a=-2.0, b=2.0):
     """Normal(mean, std) restricted to [a, b] (absolute bounds, as torch.nn.init.trunc_normal_)."""
-    z = jax.random.truncated_normal(key, (a - mean) / std, (b - mean) / std, shape, jnp.float32)
+    z = jax.random.truncated_normal(key, (a - mean) / std, (b - mean) / std, shape, _work_dtype(dtype))
     return (mean + std * z).astype(dtype)
+
+
+def _work_dtype(dtype):
+    """Draw in the target precision, and at least in float32 (half-precision weights are drawn in float32)."""
+    return jnp.promote_types(dtype, jnp.float32)
 
 
 def _fan(shape, mode):
@@ -119,7 +124,7 @@ def orthogonal(key, shape, dtype=jnp.float32, *, gain=1.0):
     if len(shape) < 2:
         raise ValueError(f"orthogonal needs at least 2 dimensions, got shape {shape}")
     rows, cols = math.prod(shape[:-1]), shape[-1]
-    a = jax.random.normal(key, (max(rows, cols), min(rows, cols)), jnp.float32)
+    a = jax.random.normal(key, (max(rows, cols), min(rows, cols)), _work_dtype(dtype))
     q, r = jnp.linalg.qr(a)
     q = q * jnp.sign(jnp.diag(r))          # make the decomposition unique (Mezzadri 2007)
     if rows < cols:
