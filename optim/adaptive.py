@@ -20,22 +20,21 @@ from .base import (
     GradientTransformation,
     check_lr,
     check_range,
+    float_dtype,
     lr_record,
     need_params,
     nonzero,
+    one_minus_pow,
+    pow_,
     prepare_grads,
     resolve_lr,
     resolve_mask,
     scalar,
+    step_float,
     tree_map,
 )
 
 __all__ = ["adam", "adamw", "adamax", "nadam", "radam"]
-
-
-def _FLOAT():
-    # the default float dtype (float64 when jax_enable_x64 is on) for step-only scalars
-    return jax.dtypes.canonicalize_dtype(jnp.float64)
 
 
 def _check_betas(name, b1, b2):
@@ -72,11 +71,12 @@ def _adam_core(name, learning_rate, b1, b2, eps, weight_decay, amsgrad, maximize
         nu_max = tree_map(jnp.maximum, state.nu_max, nu) if amsgrad else None
         second = nu_max if amsgrad else nu
 
+        tf = step_float(t)
+        step_size = lr / one_minus_pow(b1, tf)                 # step scalars in the widest float, as torch
+        bc2_sqrt = jnp.sqrt(one_minus_pow(b2, tf))
+
         def step(m, v):
-            tf = t.astype(m.dtype)
-            bc1 = 1 - b1 ** tf
-            bc2_sqrt = jnp.sqrt(1 - b2 ** tf)
-            return -(scalar(lr, m) / bc1) * m / (jnp.sqrt(v) / bc2_sqrt + eps)
+            return -scalar(step_size, m) * m / (jnp.sqrt(v) / scalar(bc2_sqrt, m) + eps)
 
         updates = tree_map(step, mu, second)
         if decoupled and nonzero(weight_decay):
@@ -149,9 +149,10 @@ def adamax(learning_rate=2e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, max
         mu = tree_map(lambda m, g: m + (1 - b1) * (g - m), state.mu, grads)
         u = tree_map(lambda u, g: jnp.maximum(b2 * u, jnp.abs(g) + eps), state.inf_norm, grads)
 
+        clr = lr / one_minus_pow(b1, step_float(t))
+
         def step(m, u):
-            clr = scalar(lr, m) / (1 - b1 ** t.astype(m.dtype))
-            return (-clr * m / u).astype(m.dtype)
+            return (-scalar(clr, m) * m / u).astype(m.dtype)
 
         return tree_map(step, mu, u), AdamaxState(t, mu, u, lr_record(lr))
 
@@ -187,7 +188,7 @@ def nadam(learning_rate=2e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, mome
 
     def init(params):
         z = tree_map(jnp.zeros_like, params)
-        return NAdamState(jnp.zeros([], jnp.int32), jnp.ones([], _FLOAT()), z, z,
+        return NAdamState(jnp.zeros([], jnp.int32), jnp.ones([], float_dtype()), z, z,
                           lr_record(resolve_lr(learning_rate, 0)))
 
     def update(grads, state, params=None):
@@ -195,22 +196,22 @@ def nadam(learning_rate=2e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, mome
                               weight_decay=0.0 if decoupled_weight_decay else weight_decay)
         t = state.count + 1
         lr = resolve_lr(learning_rate, state.count)
-        tf = t.astype(_FLOAT())
-        mu_t = b1 * (1.0 - 0.5 * 0.96 ** (tf * momentum_decay))
-        mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((tf + 1) * momentum_decay))
+        tf = step_float(t)
+        mu_t = b1 * (1.0 - 0.5 * pow_(0.96, tf * momentum_decay))
+        mu_next = b1 * (1.0 - 0.5 * pow_(0.96, (tf + 1) * momentum_decay))
         mu_product = state.mu_product * mu_t
+        bc2 = one_minus_pow(b2, tf)
+        c_g = -lr * (1 - mu_t) / (1 - mu_product)
+        c_m = -lr * mu_next / (1 - mu_product * mu_next)
         mu = tree_map(lambda m, g: m + (1 - b1) * (g - m), state.mu, grads)
         nu = tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, grads)
 
         def step(g, m, v, p):
             dt = g.dtype
-            lr_ = scalar(lr, g)
-            denom = jnp.sqrt(v / (1 - b2 ** t.astype(dt))) + eps
-            c_g = -lr_ * (1 - mu_t.astype(dt)) / (1 - mu_product.astype(dt))
-            c_m = -lr_ * mu_next.astype(dt) / (1 - (mu_product * mu_next).astype(dt))
-            u = c_g * g / denom + c_m * m / denom
-            if decoupled_weight_decay and nonzero(weight_decay):
-                u = u - lr_ * weight_decay * p
+            denom = jnp.sqrt(v / scalar(bc2, g)) + eps
+            u = scalar(c_g, g) * g / denom + scalar(c_m, g) * m / denom
+            if p is not None:
+                u = u - scalar(lr, g) * weight_decay * p
             return u.astype(dt)
 
         if decoupled_weight_decay and nonzero(weight_decay):
@@ -262,18 +263,20 @@ def radam(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, deco
         mu = tree_map(lambda m, g: m + (1 - b1) * (g - m), state.mu, grads)
         nu = tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, grads)
 
+        tf = step_float(t)
+        bc1, bc2 = one_minus_pow(b1, tf), one_minus_pow(b2, tf)
+        rho_inf = 2 / (1 - b2) - 1
+        rho_t = rho_inf - 2 * tf * pow_(b2, tf) / bc2
+        rectify = rho_t > 5
+        safe_rho = jnp.where(rectify, rho_t, 6.0)          # keeps the unused branch finite (and its gradient)
+        rect = jnp.sqrt((safe_rho - 4) * (safe_rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * safe_rho))
+
         def step(m, v, p):
             dt = m.dtype
-            tf = t.astype(dt)
-            bc1, bc2 = 1 - b1 ** tf, 1 - b2 ** tf
-            m_hat = m / bc1
-            rho_inf = 2 / (1 - b2) - 1
-            rho_t = rho_inf - 2 * tf * b2 ** tf / bc2
-            safe_rho = jnp.where(rho_t > 5, rho_t, 6.0)    # keeps the unused branch finite (and its gradient)
-            rect = jnp.sqrt((safe_rho - 4) * (safe_rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * safe_rho))
-            adaptive = jnp.sqrt(bc2) / (jnp.sqrt(v) + eps)
+            m_hat = m / scalar(bc1, m)
+            adaptive = scalar(jnp.sqrt(bc2), m) / (jnp.sqrt(v) + eps)
             lr_ = scalar(lr, m)
-            u = jnp.where(rho_t > 5, -m_hat * lr_ * adaptive * rect, -m_hat * lr_)
+            u = jnp.where(rectify, -(m_hat * lr_ * adaptive * scalar(rect, m)), -(m_hat * lr_))
             if p is not None:
                 u = u - lr_ * weight_decay * p
             return u.astype(dt)

@@ -23,6 +23,7 @@ Conventions shared by every rule in this package:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -266,3 +267,31 @@ def need_params(name, params):
 def scalar(x, like):
     """A hyper-parameter or step-dependent scalar in the dtype of the leaf ``like``."""
     return jnp.asarray(x, like.dtype)
+
+
+def float_dtype():
+    """The widest enabled float dtype (float64 with jax_enable_x64, else float32), used for step scalars
+    such as bias corrections so that 1 - b2^t keeps its digits as torch's Python-float arithmetic does."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
+def step_float(count):
+    return jnp.asarray(count).astype(float_dtype())
+
+
+def one_minus_pow(b, t):
+    """``1 - b^t`` without cancellation (as -expm1(t log b)) for a concrete ``b``; ``t`` a float array."""
+    if is_concrete(b):
+        b = float(b)
+        if b == 0.0:
+            return jnp.ones_like(t)
+        return -jnp.expm1(t * math.log(b))
+    return 1 - b**t
+
+
+def pow_(b, t):
+    """``b^t`` as exp(t log b) for a concrete ``b``."""
+    if is_concrete(b):
+        b = float(b)
+        return jnp.where(t == 0, 1.0, 0.0).astype(t.dtype) if b == 0.0 else jnp.exp(t * math.log(b))
+    return b**t

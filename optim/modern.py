@@ -18,10 +18,12 @@ from .base import (
     lr_record,
     need_params,
     nonzero,
+    one_minus_pow,
     prepare_grads,
     resolve_lr,
     resolve_mask,
     scalar,
+    step_float,
     tree_map,
 )
 
@@ -68,9 +70,11 @@ def lamb(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.0, mask=
         nu = tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, grads)
         keep = resolve_mask(mask, params)
 
+        tf = step_float(t)
+        bc1, bc2 = one_minus_pow(b1, tf), one_minus_pow(b2, tf)
+
         def step(m, v, p, k):
-            tf = t.astype(m.dtype)
-            r = (m / (1 - b1 ** tf)) / (jnp.sqrt(v / (1 - b2 ** tf)) + eps)
+            r = (m / scalar(bc1, m)) / (jnp.sqrt(v / scalar(bc2, m)) + eps)
             if nonzero(weight_decay):
                 r = r + weight_decay * p * k
             p_norm, r_norm = _norm(p), _norm(r)
@@ -172,6 +176,9 @@ def adafactor(learning_rate=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, wei
         grads = prepare_grads("adafactor", grads, params, maximize=maximize)
         t = state.count + 1
         lr = resolve_lr(learning_rate, state.count)
+        tf = step_float(t)
+        w_all = tf**beta2_decay                                        # 1 - beta2_t
+        rho_all = jnp.minimum(lr, 1 / jnp.sqrt(tf))
         flat_g, treedef = jax.tree.flatten(grads, is_leaf=lambda x: x is None)
         flat_p = treedef.flatten_up_to(params)
         flat_row = treedef.flatten_up_to(state.row)
@@ -184,10 +191,7 @@ def adafactor(learning_rate=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, wei
                 continue
             dt = g.dtype
             e1 = jnp.finfo(dt).eps if eps1 is None else eps1
-            tf = t.astype(dt)
-            w = tf ** beta2_decay                                    # 1 - beta2_t
-            lr_ = scalar(lr, g)
-            rho = jnp.minimum(lr_, 1 / jnp.sqrt(tf))
+            w, lr_, rho = scalar(w_all, g), scalar(lr, g), scalar(rho_all, g)
             alpha = jnp.maximum(eps2, _norm(p) / jnp.sqrt(float(p.size))) * rho
             g2 = g * g
             if g.ndim >= 2:

@@ -22,6 +22,7 @@ from .base import (
     prepare_grads,
     resolve_lr,
     scalar,
+    step_float,
     tree_map,
 )
 
@@ -112,9 +113,10 @@ def adagrad(learning_rate=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumula
         lr = resolve_lr(learning_rate, state.count)
         s = tree_map(lambda s, g: s + g * g, state.sum_sq, grads)
 
+        clr = lr / (1 + step_float(state.count) * lr_decay)
+
         def step(g, s):
-            clr = scalar(lr, g) / (1 + state.count.astype(g.dtype) * lr_decay)
-            return (-clr * g / (jnp.sqrt(s) + eps)).astype(g.dtype)
+            return (-scalar(clr, g) * g / (jnp.sqrt(s) + eps)).astype(g.dtype)
 
         return tree_map(step, grads, s), AdagradState(state.count + 1, s, lr_record(lr))
 
