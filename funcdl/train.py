@@ -336,12 +336,17 @@ def train(task: Task, data: Dataset, config: TrainConfig | None = None, out_dir=
         return loss_fn(params, state, batch, key, True)
 
     def train_step(params, opt_state, state, batch, key):
-        (loss, (state, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(params, state, batch, key)
+        (loss, (new_state, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(params, state, batch,
+                                                                                           key)
+        # keep every carried array's dtype (mixed float32/float64 models under jax_enable_x64 would promote)
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+        state = jax.tree.map(lambda n, o: jnp.asarray(n).astype(jnp.asarray(o).dtype), new_state, state)
         gnorm = _global_norm(grads)
         if config.clip_norm is not None:
             scale = jnp.minimum(1.0, config.clip_norm / (gnorm + 1e-6))
             grads = jax.tree.map(lambda g: (g * scale).astype(g.dtype), grads)
-        updates, opt_state = opt.update(grads, opt_state, params)
+        updates, new_opt_state = opt.update(grads, opt_state, params)
+        opt_state = jax.tree.map(lambda n, o: jnp.asarray(n).astype(jnp.asarray(o).dtype), new_opt_state, opt_state)
         if n_frozen:
             updates = jax.tree.map(lambda u, m: jnp.zeros_like(u) if m else u, updates, mask)
         params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), params, updates)
