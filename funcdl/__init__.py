@@ -27,6 +27,7 @@ from .activations import (
     tanh,
 )
 from .attention import dot_product_attention, multi_head_attention
+from .bptt import gru, lengths_to_mask, lstm, rnn
 from .dropout import dropout
 from .embedding import embedding
 from .feedforward import gelu_mlp, swiglu, tied_softmax_cross_entropy
@@ -47,6 +48,7 @@ from .losses import (
     softmax_cross_entropy_with_probs,
 )
 from .primitive import REGISTRY, Example, Primitive, autodiff, get, primitive, registered, use_reference
+from .recurrent import gru_cell, lstm_cell, rnn_cell
 
 __version__ = "0.1.0"
 
@@ -55,7 +57,7 @@ __all__ = [
     "activations", "init", "linear", "losses", "dense", "dropout", "cross_entropy", "softmax_cross_entropy",
     "softmax_cross_entropy_with_probs", "nll_loss", "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss",
     "binary_cross_entropy_with_logits", "binary_cross_entropy", "kl_div", "multi_margin_loss",
-    "embedding",
+    "embedding", "rnn_cell", "lstm_cell", "gru_cell", "rnn", "lstm", "gru", "lengths_to_mask",
     "layer_norm", "rms_norm", "dot_product_attention", "multi_head_attention",
     "gelu_mlp", "swiglu", "tied_softmax_cross_entropy",
     "elu", "gelu", "get_activation", "hard_sigmoid", "hard_tanh", "identity", "leaky_relu", "log_softmax",

@@ -1,0 +1,347 @@
+"""Whole sequences: ``rnn``, ``lstm``, ``gru`` with backpropagation through time written out.
+
+Shapes (batch-first): x (B, T, I), initial states h0 (B, H) [c0 (B, H)], weights as in ``funcdl.recurrent``,
+mask (B, T) boolean (True = a real step, False = padding; ``None`` = all real). Outputs: the per-step
+outputs ys (B, T, H) and the final state(s) h_T [c_T].
+
+Forward: a ``lax.scan`` over the cell, with the input projection hoisted out of the loop — ``A = X W_ih +
+b_ih`` for all steps is one big matrix product; only ``h W_hh`` has to wait for the previous step. A padded
+step leaves the state unchanged and outputs zero (torch's ``pack_padded_sequence`` / ``pad_packed_sequence``):
+
+    h~_t = cell(x_t, h_{t-1}),   h_t = m_t ? h~_t : h_{t-1},   y_t = m_t ? h_t : 0
+
+``reverse=True`` runs from t = T-1 down to 0 (the backward half of a bidirectional layer). With right-padded
+sequences the padded tail then comes first and leaves h0 untouched, so each sequence really starts at its
+own last step, exactly as torch's packed bidirectional RNNs do.
+
+Backward (BPTT). The loss reaches h_t two ways: through the output y_t and through the next state h_{t+1}.
+Carry g_t = dL/dh_t backwards in time, starting from the cotangent of the final state:
+
+    g_T = dL/dh_T (given);   for t = T..1:
+        G   = g_t + m_t dy_t                         total gradient at h_t
+        da_t = phi'(.) * (m_t G)                      (cell backward, from ``funcdl.recurrent``)
+        g_{t-1} = da_t W_hh^T + (1 - m_t) G           (a padded step passes the gradient straight through)
+    dh0 = g_0
+
+For the LSTM the carry is the pair (dL/dh_t, dL/dc_t); the cell state's gradient flows through the forget
+gate, dc_{t-1} = dc~_t * f_t, which is why LSTM gradients vanish more slowly than the tanh RNN's
+(whose carry is multiplied by diag(1 - h^2) W_hh^T at every step). Only the carry is sequential: the scan
+emits the pre-activation gradients dA_t, and every weight gradient is then one matrix product over all steps
+
+    dX = dA W_ih^T,   dW_ih = X^T dA,   dW_hh = H_prev^T dA,   db = sum_{b,t} dA
+
+(H_prev = the states shifted by one step, h0 first). Residuals, by design the least the derivation needs:
+RNN the states h_t (B,T,H); LSTM the states h_t, c_t and the four gate activations (6H per step, plus P for
+a projection's h); GRU h_t, the gates r, z, n and u_n = h W_hn + b_hn (5H). Pre-activations are never kept.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .examples import Example, keys, normal
+from .primitive import primitive
+from .recurrent import (
+    affine,
+    check_recurrent,
+    gru_forward_step,
+    gru_step_bwd,
+    lstm_gates,
+    lstm_step_bwd,
+    phi,
+    phi_grad,
+)
+
+__all__ = ["rnn", "lstm", "gru", "lengths_to_mask"]
+
+
+def lengths_to_mask(lengths, max_len: int):
+    """(B,) sequence lengths -> (B, max_len) boolean mask, True on the first ``lengths[b]`` steps."""
+    return jnp.arange(max_len)[None, :] < jnp.asarray(lengths)[:, None]
+
+
+def _tm(a):
+    """batch-first (B, T, ...) <-> time-major (T, B, ...)."""
+    return jnp.swapaxes(a, 0, 1)
+
+
+def _time_mask(mask):
+    return None if mask is None else _tm(jnp.asarray(mask).astype(bool))[..., None]   # (T, B, 1)
+
+
+def _keep(m, new, old):
+    return new if m is None else jnp.where(m, new, old)
+
+
+def _out(m, h):
+    return h if m is None else jnp.where(m, h, 0)
+
+
+def _prev(states, s0, reverse):
+    """The state each step started from, in array order: h0 then h_0..h_{T-2} (reversed scan: shifted the
+    other way)."""
+    s0 = s0[None]
+    return jnp.concatenate([s0, states[:-1]]) if not reverse else jnp.concatenate([states[1:], s0])
+
+
+def _bias_sum(d, has):
+    return jnp.sum(d, axis=(0, 1)) if has else None
+
+
+def _check_mask(name, mask):
+    if mask is not None and not (jnp.issubdtype(mask.dtype, jnp.bool_) or jnp.issubdtype(mask.dtype, jnp.number)):
+        raise TypeError(f"{name}: mask must be boolean (True = real step), got dtype {mask.dtype}")
+
+
+# -------------------------------------------------------------------------------------------------- rnn
+def _rnn_check(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, mask=None, *, nonlinearity="tanh", reverse=False):
+    phi(nonlinearity)
+    _check_mask("rnn", mask)
+    check_recurrent("rnn", "rnn", x, h0, w_ih, w_hh, b_ih, b_hh, mask=mask, sequence=True)
+
+
+def _rnn(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, mask=None, *, nonlinearity="tanh", reverse=False):
+    """Reference: a scan over the plain cell, each step computing its own x_t W_ih (autodiff through this is
+    ``jax.grad`` through ``lax.scan``)."""
+    act = phi(nonlinearity)
+
+    def step(h, inp):
+        x_t, m_t = inp
+        h = _keep(m_t, act(affine(x_t, w_ih, b_ih) + affine(h, w_hh, b_hh)), h)
+        return h, _out(m_t, h)
+
+    h_last, ys = lax.scan(step, h0, (_tm(x), _time_mask(mask)), reverse=reverse)
+    return _tm(ys), h_last
+
+
+def _rnn_fwd(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, mask=None, *, nonlinearity="tanh", reverse=False):
+    act = phi(nonlinearity)
+    m = _time_mask(mask)
+
+    def step(h, inp):
+        a_t, m_t = inp
+        h = _keep(m_t, act(a_t + affine(h, w_hh, b_hh)), h)
+        return h, h
+
+    h_last, hs = lax.scan(step, h0, (_tm(affine(x, w_ih, b_ih)), m), reverse=reverse)   # hs (T, B, H)
+    return (_tm(_out(m, hs)), h_last), (x, h0, w_ih, w_hh, b_ih, b_hh, hs, m)
+
+
+def _rnn_bwd(res, cts, *, nonlinearity="tanh", reverse=False):
+    x, h0, w_ih, w_hh, b_ih, b_hh, hs, m = res
+    dys, dh_last = cts
+    w_hh_t = w_hh.T
+
+    def step(g, inp):
+        dy_t, h_t, m_t = inp
+        total = g + _out(m_t, dy_t)                       # dL/dh_t: from the output and from step t+1
+        da = phi_grad(h_t, _out(m_t, total), nonlinearity)
+        g_prev = da @ w_hh_t
+        return (g_prev if m_t is None else g_prev + jnp.where(m_t, 0, total)), da
+
+    dh0, da = lax.scan(step, dh_last, (_tm(dys), hs, m), reverse=not reverse)    # da (T, B, H)
+    h_prev = _prev(hs, h0, reverse)
+    dx = _tm(da @ w_ih.T)
+    dw_ih = jnp.einsum("bti,tbh->ih", x, da)
+    dw_hh = jnp.einsum("tbk,tbh->kh", h_prev, da)
+    return dx, dh0, dw_ih, dw_hh, _bias_sum(da, b_ih is not None), _bias_sum(da, b_hh is not None), None
+
+
+# ------------------------------------------------------------------------------------------------- lstm
+def _lstm_check(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, mask=None, *, reverse=False):
+    _check_mask("lstm", mask)
+    check_recurrent("lstm", "lstm", x, h0, w_ih, w_hh, b_ih, b_hh, c=c0, w_hr=w_hr, mask=mask, sequence=True)
+
+
+def _lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, mask=None, *, reverse=False):
+    """Reference: a scan over the plain LSTM cell (torch's ``nn.LSTM`` with optional ``proj_size``)."""
+
+    def step(carry, inp):
+        h, c = carry
+        x_t, m_t = inp
+        i, f, g, o = lstm_gates(affine(x_t, w_ih, b_ih) + affine(h, w_hh, b_hh))
+        c_new = f * c + i * g
+        r = o * jnp.tanh(c_new)
+        h_new = r if w_hr is None else r @ w_hr
+        h, c = _keep(m_t, h_new, h), _keep(m_t, c_new, c)
+        return (h, c), _out(m_t, h)
+
+    (h_last, c_last), ys = lax.scan(step, (h0, c0), (_tm(x), _time_mask(mask)), reverse=reverse)
+    return _tm(ys), h_last, c_last
+
+
+def _lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, mask=None, *, reverse=False):
+    m = _time_mask(mask)
+
+    def step(carry, inp):
+        h, c = carry
+        a_t, m_t = inp
+        acts = jnp.concatenate(lstm_gates(a_t + affine(h, w_hh, b_hh)), axis=-1)
+        i, f, g, o = jnp.split(acts, 4, axis=-1)
+        c_new = f * c + i * g
+        h_new = o * jnp.tanh(c_new)
+        if w_hr is not None:
+            h_new = h_new @ w_hr
+        h, c = _keep(m_t, h_new, h), _keep(m_t, c_new, c)
+        return (h, c), (h, c, acts)
+
+    (h_last, c_last), (hs, cs, acts) = lax.scan(step, (h0, c0), (_tm(affine(x, w_ih, b_ih)), m), reverse=reverse)
+    res = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, hs, cs, acts, m)
+    return (_tm(_out(m, hs)), h_last, c_last), res
+
+
+def _lstm_bwd(res, cts, *, reverse=False):
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, hs, cs, acts, m = res
+    dys, dh_last, dc_last = cts
+    c_prev = _prev(cs, c0, reverse)
+    w_hh_t = w_hh.T
+    w_hr_t = None if w_hr is None else w_hr.T
+
+    def step(carry, inp):
+        gh, gc = carry
+        dy_t, acts_t, c_t, cp_t, m_t = inp
+        total = gh + _out(m_t, dy_t)                      # dL/dh_t
+        dh_new, dc_new = _out(m_t, total), _out(m_t, gc)  # what reaches this step's cell (zero if padded)
+        dr = dh_new if w_hr is None else dh_new @ w_hr_t
+        dz, dc = lstm_step_bwd(dr, dc_new, acts_t, cp_t, c_t)
+        gh_prev = dz @ w_hh_t
+        if m_t is not None:
+            gh_prev = gh_prev + jnp.where(m_t, 0, total)
+            dc = dc + jnp.where(m_t, 0, gc)
+        return (gh_prev, dc), (dz, dh_new if w_hr is not None else None)
+
+    (dh0, dc0), (dz, dh_cell) = lax.scan(step, (dh_last, dc_last), (_tm(dys), acts, cs, c_prev, m),
+                                         reverse=not reverse)
+    h_prev = _prev(hs, h0, reverse)
+    dx = _tm(dz @ w_ih.T)
+    dw_ih = jnp.einsum("bti,tbg->ig", x, dz)
+    dw_hh = jnp.einsum("tbk,tbg->kg", h_prev, dz)
+    dw_hr = None
+    if w_hr is not None:
+        r = acts[..., 3 * cs.shape[-1]:] * jnp.tanh(cs)           # recomputed: r = o tanh(c)
+        dw_hr = jnp.einsum("tbh,tbp->hp", r, dh_cell)
+    return dx, dh0, dc0, dw_ih, dw_hh, _bias_sum(dz, b_ih is not None), _bias_sum(dz, b_hh is not None), dw_hr, None
+
+
+# -------------------------------------------------------------------------------------------------- gru
+def _gru_check(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, mask=None, *, reverse=False):
+    _check_mask("gru", mask)
+    check_recurrent("gru", "gru", x, h0, w_ih, w_hh, b_ih, b_hh, mask=mask, sequence=True)
+
+
+def _gru(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, mask=None, *, reverse=False):
+    """Reference: a scan over the plain GRU cell (torch's ``nn.GRU``)."""
+
+    def step(h, inp):
+        x_t, m_t = inp
+        h = _keep(m_t, gru_forward_step(affine(x_t, w_ih, b_ih), h, w_hh, b_hh)[0], h)
+        return h, _out(m_t, h)
+
+    h_last, ys = lax.scan(step, h0, (_tm(x), _time_mask(mask)), reverse=reverse)
+    return _tm(ys), h_last
+
+
+def _gru_fwd(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, mask=None, *, reverse=False):
+    m = _time_mask(mask)
+
+    def step(h, inp):
+        a_t, m_t = inp
+        h_new, rzn, un = gru_forward_step(a_t, h, w_hh, b_hh)
+        h = _keep(m_t, h_new, h)
+        return h, (h, jnp.concatenate(rzn, axis=-1), un)
+
+    h_last, (hs, rzn, un) = lax.scan(step, h0, (_tm(affine(x, w_ih, b_ih)), m), reverse=reverse)
+    return (_tm(_out(m, hs)), h_last), (x, h0, w_ih, w_hh, b_ih, b_hh, hs, rzn, un, m)
+
+
+def _gru_bwd(res, cts, *, reverse=False):
+    x, h0, w_ih, w_hh, b_ih, b_hh, hs, rzn, un, m = res
+    dys, dh_last = cts
+    h_prev = _prev(hs, h0, reverse)
+    w_hh_t = w_hh.T
+
+    def step(g, inp):
+        dy_t, rzn_t, un_t, hp_t, m_t = inp
+        total = g + _out(m_t, dy_t)
+        da, du, dh_direct = gru_step_bwd(_out(m_t, total), rzn_t, un_t, hp_t)
+        g_prev = dh_direct + du @ w_hh_t
+        if m_t is not None:
+            g_prev = g_prev + jnp.where(m_t, 0, total)
+        return g_prev, (da, du)
+
+    dh0, (da, du) = lax.scan(step, dh_last, (_tm(dys), rzn, un, h_prev, m), reverse=not reverse)
+    dx = _tm(da @ w_ih.T)
+    dw_ih = jnp.einsum("bti,tbg->ig", x, da)
+    dw_hh = jnp.einsum("tbk,tbg->kg", h_prev, du)
+    return dx, dh0, dw_ih, dw_hh, _bias_sum(da, b_ih is not None), _bias_sum(du, b_hh is not None), None
+
+
+# --------------------------------------------------------------------------------------------- examples
+def _seq_inputs(k, dtype, gates, batch=2, steps=4, n_in=3, hidden=3, out=None, bias=True):
+    out = hidden if out is None else out
+    return [normal(k[0], (batch, steps, n_in), dtype), normal(k[1], (batch, out), dtype, 0.5),
+            normal(k[2], (n_in, gates * hidden), dtype, 0.6), normal(k[3], (out, gates * hidden), dtype, 0.6),
+            normal(k[4], (gates * hidden,), dtype, 0.3) if bias else None,
+            normal(k[5], (gates * hidden,), dtype, 0.3) if bias else None]
+
+
+def _mask(lengths, steps):
+    return lengths_to_mask(jnp.array(lengths), steps)
+
+
+def _rnn_examples(key, dtype):
+    k = keys(key, 18)
+    x, h0, w_ih, w_hh, b_ih, b_hh = _seq_inputs(k[:6], dtype, 1)
+    x2, h02, w_ih2, w_hh2, _, _ = _seq_inputs(k[6:12], dtype, 1, bias=False)
+    gap = jnp.array([[True, True, False, True], [True, True, True, False]])
+    return [
+        Example((x, h0, w_ih, w_hh, b_ih, b_hh, None), {"nonlinearity": "tanh"}, "tanh T=4 h0"),
+        Example((x2, h02, w_ih2, w_hh2, None, None, gap), {"nonlinearity": "relu", "reverse": True},
+                "relu reverse, mask with a gap, no bias"),
+    ]
+
+
+def _lstm_examples(key, dtype):
+    k = keys(key, 20)
+    x, h0, w_ih, w_hh, b_ih, b_hh = _seq_inputs(k[:6], dtype, 4)
+    x2, h02, w_ih2, w_hh2, b_ih2, b_hh2 = _seq_inputs(k[6:12], dtype, 4, hidden=3, out=2)
+    c0 = normal(k[12], (2, 3), dtype, 0.5)
+    c02 = normal(k[13], (2, 3), dtype, 0.5)
+    w_hr = normal(k[14], (3, 2), dtype, 0.6)
+    return [
+        Example((x, h0, c0, w_ih, w_hh, b_ih, b_hh, None, None), {}, "T=4 h0 c0"),
+        Example((x2, h02, c02, w_ih2, w_hh2, b_ih2, b_hh2, w_hr, _mask([2, 4], 4)), {"reverse": True},
+                "projection P=2, reverse, lengths 2,4"),
+    ]
+
+
+def _gru_examples(key, dtype):
+    k = keys(key, 12)
+    x, h0, w_ih, w_hh, b_ih, b_hh = _seq_inputs(k[:6], dtype, 3)
+    x2, h02, w_ih2, w_hh2, b_ih2, b_hh2 = _seq_inputs(k[6:], dtype, 3, batch=3, steps=5)
+    return [
+        Example((x, h0, w_ih, w_hh, b_ih, b_hh, None), {}, "T=4 h0"),
+        Example((x2, h02, w_ih2, w_hh2, None, b_hh2, _mask([5, 1, 3], 5)), {"reverse": True},
+                "reverse, lengths 5,1,3, no b_ih"),
+    ]
+
+
+def _jit(fn, *settings):
+    """Compile once per shape and setting: a scan called eagerly (as the checker does) would otherwise be
+    traced and compiled anew on every call. Inside an outer ``jit`` this is inlined and changes nothing."""
+    return functools.wraps(fn)(jax.jit(fn, static_argnames=settings))
+
+
+rnn = primitive("rnn", _jit(_rnn, "nonlinearity", "reverse"), _jit(_rnn_fwd, "nonlinearity", "reverse"),
+                _jit(_rnn_bwd, "nonlinearity", "reverse"), examples=_rnn_examples, check=_rnn_check,
+                nondiff=("mask",))
+lstm = primitive("lstm", _jit(_lstm, "reverse"), _jit(_lstm_fwd, "reverse"), _jit(_lstm_bwd, "reverse"),
+                 examples=_lstm_examples, check=_lstm_check, nondiff=("mask",))
+gru = primitive("gru", _jit(_gru, "reverse"), _jit(_gru_fwd, "reverse"), _jit(_gru_bwd, "reverse"),
+                examples=_gru_examples, check=_gru_check, nondiff=("mask",))
+for _p in (rnn, lstm, gru):
+    _p.__doc__ = __doc__ + "\n" + (_p.reference.__doc__ or "")
