@@ -155,12 +155,13 @@ def _build_logreg(info: DataInfo, **_):
 
 register(
     "mlp", _build_mlp, data=("mnist1d", "mnist", "digits", "fashion_mnist"),
-    defaults={"data": "mnist1d", "hidden": (100, 100), "epochs": 60, "batch_size": 100, "optimizer": "adam",
-              "lr": 1e-2},
+    # MNIST-1D: ~70% test accuracy (the paper's MLP: 68%); a wide net with dropout overfits its 3600 examples less
+    defaults={"data": "mnist1d", "hidden": (512, 512), "dropout": 0.3, "epochs": 60, "batch_size": 100,
+              "optimizer": "adam", "lr": 1e-3},
     description="multi-layer perceptron (dense + activation), softmax cross-entropy",
 )
 register(
     "logreg", _build_logreg, data=("mnist1d", "mnist", "digits", "fashion_mnist"),
-    defaults={"data": "mnist1d", "epochs": 60, "batch_size": 100, "optimizer": "adam", "lr": 1e-2},
+    defaults={"data": "mnist1d", "epochs": 60, "batch_size": 100, "optimizer": "adam", "lr": 3e-3},
     description="logistic (softmax) regression: one dense layer, softmax cross-entropy",
 )
