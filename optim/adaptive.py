@@ -30,6 +30,7 @@ from .base import (
     resolve_lr,
     resolve_mask,
     scalar,
+    sqrt0,
     step_float,
     tree_map,
 )
@@ -76,7 +77,7 @@ def _adam_core(name, learning_rate, b1, b2, eps, weight_decay, amsgrad, maximize
         bc2_sqrt = jnp.sqrt(one_minus_pow(b2, tf))
 
         def step(m, v):
-            return -scalar(step_size, m) * m / (jnp.sqrt(v) / scalar(bc2_sqrt, m) + eps)
+            return -scalar(step_size, m) * m / (sqrt0(v) / scalar(bc2_sqrt, m) + eps)
 
         updates = tree_map(step, mu, second)
         if decoupled and nonzero(weight_decay):
@@ -208,7 +209,7 @@ def nadam(learning_rate=2e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, mome
 
         def step(g, m, v, p):
             dt = g.dtype
-            denom = jnp.sqrt(v / scalar(bc2, g)) + eps
+            denom = sqrt0(v / scalar(bc2, g)) + eps
             u = scalar(c_g, g) * g / denom + scalar(c_m, g) * m / denom
             if p is not None:
                 u = u - scalar(lr, g) * weight_decay * p
@@ -274,7 +275,7 @@ def radam(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, deco
         def step(m, v, p):
             dt = m.dtype
             m_hat = m / scalar(bc1, m)
-            adaptive = scalar(jnp.sqrt(bc2), m) / (jnp.sqrt(v) + eps)
+            adaptive = scalar(jnp.sqrt(bc2), m) / (sqrt0(v) + eps)
             lr_ = scalar(lr, m)
             u = jnp.where(rectify, -(m_hat * lr_ * adaptive * scalar(rect, m)), -(m_hat * lr_))
             if p is not None:

@@ -295,3 +295,10 @@ def pow_(b, t):
         b = float(b)
         return jnp.where(t == 0, 1.0, 0.0).astype(t.dtype) if b == 0.0 else jnp.exp(t * math.log(b))
     return b**t
+
+
+def sqrt0(x):
+    """``sqrt(x)`` whose derivative at x = 0 is 0 instead of inf, so that differentiating *through* an
+    optimizer (meta-learning) gives no NaN where a moment is exactly zero; values are unchanged."""
+    positive = x > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1)), 0)

@@ -23,6 +23,7 @@ from .base import (
     resolve_lr,
     resolve_mask,
     scalar,
+    sqrt0,
     step_float,
     tree_map,
 )
@@ -31,7 +32,7 @@ __all__ = ["lamb", "lion", "adafactor"]
 
 
 def _norm(x):
-    return jnp.sqrt(jnp.sum(jnp.square(x)))
+    return sqrt0(jnp.sum(jnp.square(x)))
 
 
 class LambState(NamedTuple):
@@ -74,7 +75,7 @@ def lamb(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.0, mask=
         bc1, bc2 = one_minus_pow(b1, tf), one_minus_pow(b2, tf)
 
         def step(m, v, p, k):
-            r = (m / scalar(bc1, m)) / (jnp.sqrt(v / scalar(bc2, m)) + eps)
+            r = (m / scalar(bc1, m)) / (sqrt0(v / scalar(bc2, m)) + eps)
             if nonzero(weight_decay):
                 r = r + weight_decay * p * k
             p_norm, r_norm = _norm(p), _norm(r)

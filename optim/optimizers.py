@@ -22,6 +22,7 @@ from .base import (
     prepare_grads,
     resolve_lr,
     scalar,
+    sqrt0,
     step_float,
     tree_map,
 )
@@ -116,7 +117,7 @@ def adagrad(learning_rate=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumula
         clr = lr / (1 + step_float(state.count) * lr_decay)
 
         def step(g, s):
-            return (-scalar(clr, g) * g / (jnp.sqrt(s) + eps)).astype(g.dtype)
+            return (-scalar(clr, g) * g / (sqrt0(s) + eps)).astype(g.dtype)
 
         return tree_map(step, grads, s), AdagradState(state.count + 1, s, lr_record(lr))
 
@@ -162,10 +163,10 @@ def rmsprop(learning_rate=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum
         v = tree_map(lambda v, g: alpha * v + (1 - alpha) * g * g, state.square_avg, grads)
         if centered:
             a = tree_map(lambda a, g: a + (1 - alpha) * (g - a), state.grad_avg, grads)
-            denom = tree_map(lambda v, a: jnp.sqrt(v - a * a) + eps, v, a)
+            denom = tree_map(lambda v, a: sqrt0(v - a * a) + eps, v, a)
         else:
             a = None
-            denom = tree_map(lambda v: jnp.sqrt(v) + eps, v)
+            denom = tree_map(lambda v: sqrt0(v) + eps, v)
         if use_momentum:
             buf = tree_map(lambda b, g, d: momentum * b + g / d, state.momentum, grads, denom)
             updates = tree_map(lambda b: (-scalar(lr, b) * b).astype(b.dtype), buf)

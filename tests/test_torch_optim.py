@@ -188,7 +188,8 @@ def test_simple_schedulers_match_torch():
     sch = torch.optim.lr_scheduler
     pairs = [
         (lambda o: sch.StepLR(o, step_size=7, gamma=0.5), optim.step_decay(lr, 7, 0.5)),
-        (lambda o: sch.MultiStepLR(o, milestones=[10, 25, 40], gamma=0.3), optim.multistep_decay(lr, [10, 25, 40], 0.3)),
+        (lambda o: sch.MultiStepLR(o, milestones=[10, 25, 40], gamma=0.3),
+         optim.multistep_decay(lr, [10, 25, 40], 0.3)),
         (lambda o: sch.ExponentialLR(o, gamma=0.95), optim.exponential_decay(lr, 0.95)),
         (lambda o: sch.CosineAnnealingLR(o, T_max=59, eta_min=0.01), optim.cosine_decay(lr, 59, 0.01)),
         (lambda o: sch.PolynomialLR(o, total_iters=40, power=2.0), optim.polynomial_decay(lr, 40, 2.0)),
