@@ -125,6 +125,9 @@ def resolve_options(entry, args) -> tuple[str, dict, dict]:
             if name == "steps":
                 merged.pop("epochs", None)
     sets = parse_sets(args.set)
+    for k, v in sets.items():            # "--set hidden=64" for a tuple-valued default means (64,)
+        if isinstance(entry.defaults.get(k), tuple | list) and not isinstance(v, tuple | list) and v is not None:
+            sets[k] = (v,)
     merged |= sets
     if "epochs" in sets and "steps" not in sets:
         merged.pop("steps", None)
