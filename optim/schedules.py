@@ -332,3 +332,8 @@ def make_schedule(name: str, peak_lr, total_steps: int, warmup_steps: int = 0, m
         return SCHEDULES[name](peak_lr, total_steps, warmup_steps, min_lr, **options)
     except TypeError as err:
         raise TypeError(f"schedule {name!r}: {err}") from None
+
+
+def create(name: str, learning_rate, total_steps: int, warmup_steps: int = 0, min_lr=0.0, **options) -> Schedule:
+    """``make_schedule`` with the keyword names the training loop uses (``learning_rate`` is the peak)."""
+    return make_schedule(name, learning_rate, total_steps, warmup_steps, min_lr, **options)
