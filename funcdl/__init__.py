@@ -28,6 +28,7 @@ from .activations import (
 )
 from .attention import dot_product_attention, multi_head_attention
 from .bptt import gru, lengths_to_mask, lstm, rnn
+from .conv import conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d
 from .dropout import dropout
 from .embedding import embedding
 from .feedforward import gelu_mlp, swiglu, tied_softmax_cross_entropy
@@ -53,6 +54,7 @@ from .recurrent import gru_cell, lstm_cell, rnn_cell
 __version__ = "0.1.0"
 
 __all__ = [
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
     "REGISTRY", "Example", "Primitive", "autodiff", "get", "primitive", "registered", "use_reference",
     "activations", "init", "linear", "losses", "dense", "dropout", "cross_entropy", "softmax_cross_entropy",
     "softmax_cross_entropy_with_probs", "nll_loss", "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss",

@@ -1,0 +1,522 @@
+"""Convolutions (1-D, 2-D, 3-D) and transposed convolutions, with the backward derived as convolutions.
+
+Layouts (DESIGN.md): inputs channels-last ``(N, *spatial, C)`` (NWC, NHWC, NDHWC); kernels ``(*k, C_in/G, C_out)``
+(WIO, HWIO, DHWIO). Like torch (and every framework) the "convolution" is a cross-correlation.
+
+Forward, written for one spatial axis (every spatial axis behaves the same way, independently). With stride s,
+dilation d, kernel size K, padding (lo, hi) and G groups, channel ``co`` of the output belongs to group
+``g = co // (C_out/G)`` and reads only input channels ``g*C_in/G + i``:
+
+    y[n, o, co] = b[co] + sum_{k < K} sum_{i < C_in/G} xp[n, o*s + k*d, g*C_in/G + i] * w[k, i, co]
+    xp = x padded with lo zeros before and hi after;    O = floor((L + lo + hi - (K-1)d - 1) / s) + 1
+
+Backward. Everything is linear, so each gradient is the same sum read the other way round.
+
+* Input gradient (a transposed convolution). Input position p = o*s + k*d - lo receives dy[n, o, co] w[k, i, co]:
+
+      dx[n, p, ci] = sum_{o, k: o*s + k*d = p + lo} sum_co dy[n, o, co] w[k, i, co]
+
+  Put s-1 zeros between the entries of dy (``lhs_dilation = s``: the stride becomes a dilation of dy), flip the
+  kernel (k -> K-1-k) and the condition becomes an ordinary correlation with the kernel dilated by d
+  (``rhs_dilation = d``), padded by (K-1)d - lo before and L + lo - (O-1)s - 1 after (either may be negative:
+  rows of the input that no window reached get zero gradient, and the crop is what a negative pad does).
+  Groups: the roles of C_in and C_out swap, group by group: w (K, C_in/G, G, C_out/G) is regrouped to
+  (K, C_out/G, G, C_in/G) -> (K, C_out/G, C_in) and the same ``feature_group_count = G`` applies.
+
+* Kernel gradient (a correlation of the input with the output gradient):
+
+      dw[k, i, co] = sum_n sum_o xp[n, o*s + k*d, g*C_in/G + i] * dy[n, o, co]
+
+  Read as a convolution whose "batch" is the input channel, whose "features" are the examples n, and whose
+  kernel is dy: the output index is k, which moves the window by d (``window_strides = d``: dilation becomes a
+  stride) and the kernel taps o are s apart (``rhs_dilation = s``: stride becomes a dilation). Padding lo before;
+  after, (K-1)d + (O-1)s + 1 - L - lo, which drops input rows no window used. Groups pair input-channel group g
+  with output-channel group g: ``batch_group_count = G``.
+
+* Bias gradient: db[co] = sum over n and positions of dy[n, o, co].
+
+Residuals: x and w (both live already; nothing is recomputed). For depthwise kernels (C_in/G = 1) the kernel
+gradient is instead summed tap by tap, K elementwise products reduced over (n, o) -- XLA on CPU runs that
+much faster than the grouped correlation (see benchmarks/bench_conv.py).
+
+Transposed convolution ``conv_transpose`` is, by definition (torch's), the input gradient of a convolution:
+with the kernel stored ``(*k, C_in, C_out/G)`` (torch's (C_in, C_out/G, *k) moved to channels-last), it is the
+input-gradient formula above applied to x with the convolution kernel ``w_c = swap(w)`` (*k, C_out/G, C_in).
+Its output length is (L-1)s - lo - hi + (K-1)d + 1 + output_padding (torch: lo = hi = padding). Its own
+backward therefore needs no new formula: dx is the *forward* convolution of dy with w_c (stride s, dilation d,
+padding (lo, hi - output_padding)), and dw is the kernel-gradient formula with the roles of input and output
+gradient exchanged (dy plays the input, x the output gradient), transposed back.
+
+Padding settings: ``"VALID"`` (none), ``"SAME"`` (output ceil(L/s), JAX's split: the extra zero goes after),
+``"CAUSAL"`` (1-D only: (K-1)d zeros before, none after, so y[t] sees x[<= t]), an int p (p on both sides of
+every axis), a tuple of ints (one per axis) or a tuple of (lo, hi) pairs.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .examples import Example, keys, normal
+from .primitive import primitive
+
+__all__ = [
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_output_shape",
+    "normalize_padding", "conv_nd",
+]
+
+_SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
+_LAYOUT = {1: "(N, W, C)", 2: "(N, H, W, C)", 3: "(N, D, H, W, C)"}
+_KLAYOUT = {1: "(K, C_in/groups, C_out)", 2: "(KH, KW, C_in/groups, C_out)", 3: "(KD, KH, KW, C_in/groups, C_out)"}
+
+
+def _tuple(name, value, n, what):
+    if isinstance(value, int):
+        return (value,) * n
+    value = tuple(value)
+    if len(value) != n or not all(isinstance(v, int) for v in value):
+        raise ValueError(f"{name}: {what} must be an int or a tuple of {n} ints, got {value!r}")
+    return value
+
+
+def normalize_padding(name, padding, n, in_spatial, kernel, stride, dilation):
+    """Padding as a tuple of (lo, hi) pairs, one per spatial axis (see the module docstring for the forms)."""
+    eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilation, strict=True)]
+    if isinstance(padding, str):
+        mode = padding.upper()
+        if mode == "VALID":
+            return ((0, 0),) * n
+        if mode == "SAME":
+            pads = []
+            for length, e, s in zip(in_spatial, eff, stride, strict=True):
+                out = -(-length // s)
+                total = max((out - 1) * s + e - length, 0)
+                pads.append((total // 2, total - total // 2))
+            return tuple(pads)
+        if mode == "CAUSAL":
+            if n != 1:
+                raise ValueError(f"{name}: padding='CAUSAL' is for 1-D convolutions only")
+            return ((eff[0] - 1, 0),)
+        raise ValueError(f"{name}: unknown padding {padding!r}; use 'VALID', 'SAME', 'CAUSAL' (1-D), an int, "
+                         "a tuple of ints or a tuple of (lo, hi) pairs")
+    if isinstance(padding, int):
+        return ((padding, padding),) * n
+    padding = tuple(padding)
+    if len(padding) == n and all(isinstance(p, int) for p in padding):
+        return tuple((p, p) for p in padding)
+    if len(padding) == n and all(isinstance(p, tuple) and len(p) == 2 for p in padding):
+        return tuple((int(a), int(b)) for a, b in padding)
+    raise ValueError(f"{name}: padding {padding!r} must be a string, an int, {n} ints or {n} (lo, hi) pairs")
+
+
+def conv_output_shape(in_spatial, kernel, stride, pads, dilation):
+    return tuple((length + lo + hi - (k - 1) * d - 1) // s + 1
+                 for length, k, s, (lo, hi), d in zip(in_spatial, kernel, stride, pads, dilation, strict=True))
+
+
+def _dn(n):
+    sp = _SPATIAL[n]
+    return ("N" + sp + "C", sp + "IO", "N" + sp + "C")
+
+
+# -- the three convolutions every rule is made of ---------------------------------------------------------------
+
+
+def _is_depthwise(cin, groups):
+    return groups > 1 and groups == cin
+
+
+def conv_nd(x, w, stride, pads, dilation, groups):
+    """The forward correlation (no bias); all settings already normalised to tuples."""
+    n = x.ndim - 2
+    return lax.conv_general_dilated(x, w, window_strides=stride, padding=pads, rhs_dilation=dilation,
+                                    dimension_numbers=_dn(n), feature_group_count=groups)
+
+
+def conv_fast(x, w, stride, pads, dilation, groups):
+    """The forward the hand-derived path runs: ``conv_nd``, or tap by tap for depthwise kernels."""
+    if _is_depthwise(x.shape[-1], groups):
+        return depthwise_fwd(x, w, stride, pads, dilation)
+    return conv_nd(x, w, stride, pads, dilation, groups)
+
+
+def _regroup_flip(w, groups):
+    """(*k, C_in/G, C_out) -> flipped (*k, C_out/G, C_in): the kernel of the input-gradient convolution."""
+    n = w.ndim - 2
+    *ks, cig, cout = w.shape
+    cog = cout // groups
+    w = w.reshape(*ks, cig, groups, cog)
+    w = jnp.transpose(w, (*range(n), n + 2, n + 1, n)).reshape(*ks, cog, groups * cig)
+    return jnp.flip(w, axis=tuple(range(n)))
+
+
+def input_grad(dy, w, in_spatial, stride, pads, dilation, groups):
+    """dx: transposed convolution of dy (dilated by the stride) with the flipped, regrouped kernel."""
+    n = dy.ndim - 2
+    if _is_depthwise(w.shape[-2] * groups, groups):
+        return depthwise_input_grad(dy, w, in_spatial, stride, pads, dilation, groups)
+    ks = w.shape[:n]
+    out_spatial = dy.shape[1:1 + n]
+    tpads = []
+    for length, k, s, (lo, _), d, o in zip(in_spatial, ks, stride, pads, dilation, out_spatial, strict=True):
+        tpads.append(((k - 1) * d - lo, length + lo - (o - 1) * s - 1))
+    return lax.conv_general_dilated(dy, _regroup_flip(w, groups), window_strides=(1,) * n, padding=tpads,
+                                    lhs_dilation=stride, rhs_dilation=dilation, dimension_numbers=_dn(n),
+                                    feature_group_count=groups)
+
+
+def kernel_grad(x, dy, kernel, stride, pads, dilation, groups):
+    """dw: correlation of the (padded) input with dy, over examples and positions."""
+    n = x.ndim - 2
+    in_spatial = x.shape[1:1 + n]
+    out_spatial = dy.shape[1:1 + n]
+    kpads = []
+    for length, k, s, (lo, _), d, o in zip(in_spatial, kernel, stride, pads, dilation, out_spatial, strict=True):
+        kpads.append((lo, (k - 1) * d + (o - 1) * s + 1 - length - lo))
+    if _is_depthwise(x.shape[-1], groups):
+        return depthwise_kernel_grad(x, dy, kernel, stride, kpads, dilation)
+    sp = _SPATIAL[n]
+    return lax.conv_general_dilated(x, dy, window_strides=dilation, padding=kpads, rhs_dilation=stride,
+                                    dimension_numbers=("C" + sp + "N", "I" + sp + "O", sp + "NC"),
+                                    batch_group_count=groups)
+
+
+def _taps(kernel, dilation, stride, out_spatial):
+    """For every kernel tap: the (start, limit, strides) of the strided slice of the padded input it reads."""
+    for idx in _ndindex(kernel):
+        start = tuple(i * d for i, d in zip(idx, dilation, strict=True))
+        limit = tuple(st + (o - 1) * s + 1 for st, o, s in zip(start, out_spatial, stride, strict=True))
+        yield idx, start, limit
+
+
+def _pad_spatial(x, pads, value=0.0):
+    return lax.pad(x, jnp.asarray(value, x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)))
+
+
+def depthwise_fwd(x, w, stride, pads, dilation):
+    """y[n, o, c*m + j] = sum_k xp[n, o*s + k*d, c] w[k, 0, c*m + j]: one strided slice and one fused
+    multiply-add per tap (XLA's grouped convolution with one channel per group is slow on CPU)."""
+    n = x.ndim - 2
+    cin, cout = x.shape[-1], w.shape[-1]
+    mult = cout // cin
+    xp = _pad_spatial(x, pads)
+    out_spatial = conv_output_shape(x.shape[1:1 + n], w.shape[:n], stride, pads, dilation)
+    wr = w.reshape(*w.shape[:n], cin, mult)
+    y = None
+    for idx, start, limit in _taps(w.shape[:n], dilation, stride, out_spatial):
+        patch = lax.slice(xp, (0, *start, 0), (xp.shape[0], *limit, cin), (1, *stride, 1))   # (N, *O, C)
+        term = patch[..., None] * wr[idx]                                                      # (N, *O, C, m)
+        y = term if y is None else y + term
+    return y.reshape(*y.shape[:-2], cout)
+
+
+def depthwise_input_grad(dy, w, in_spatial, stride, pads, dilation, cin):
+    """dxp[n, o*s + k*d, c] += sum_j dy[n, o, c*m + j] w[k, 0, c*m + j]: each tap's contribution is put back
+    on the strided grid it was read from (``lax.pad`` with interior padding s-1), then the padding is cropped."""
+    n = dy.ndim - 2
+    cout = dy.shape[-1]
+    kernel = w.shape[:n]
+    m = cout // cin
+    out_spatial = dy.shape[1:1 + n]
+    padded = tuple(length + lo + hi for length, (lo, hi) in zip(in_spatial, pads, strict=True))
+    dyr = dy.reshape(*dy.shape[:-1], cin, m)
+    wr = w.reshape(*kernel, cin, m)
+    zero = jnp.zeros((), dy.dtype)
+    dxp = None
+    for idx, start, limit in _taps(kernel, dilation, stride, out_spatial):
+        g = jnp.sum(dyr * wr[idx], axis=-1)                                                   # (N, *O, C)
+        cfg = ((0, 0, 0), *((st, p - lim, s - 1) for st, lim, p, s in zip(start, limit, padded, stride,
+                                                                             strict=True)), (0, 0, 0))
+        term = lax.pad(g, zero, cfg)
+        dxp = term if dxp is None else dxp + term
+    crop = ((0, 0, 0), *((-lo, -hi, 0) for lo, hi in pads), (0, 0, 0))
+    return lax.pad(dxp, zero, crop)
+
+
+def depthwise_kernel_grad(x, dy, kernel, stride, kpads, dilation):
+    """dw[k, 0, c*m + j] = sum_{n,o} xp[n, o*s + k*d, c] dy[n, o, c*m + j]: one strided slice per tap."""
+    n = x.ndim - 2
+    cin, cout = x.shape[-1], dy.shape[-1]
+    mult = cout // cin
+    out_spatial = dy.shape[1:1 + n]
+    xp = _pad_spatial(x, tuple((lo, max(hi, 0)) for lo, hi in kpads))
+    dyr = dy.reshape(*dy.shape[:-1], cin, mult)
+    taps = []
+    for _, start, limit in _taps(kernel, dilation, stride, out_spatial):
+        patch = lax.slice(xp, (0, *start, 0), (xp.shape[0], *limit, cin), (1, *stride, 1))   # (N, *O, C_in)
+        taps.append(jnp.einsum("n...c,n...cm->cm", patch, dyr).reshape(cout))
+    return jnp.stack(taps).reshape(*kernel, 1, cout)
+
+
+def _ndindex(shape):
+    if not shape:
+        return [()]
+    return [(i, *rest) for i in range(shape[0]) for rest in _ndindex(shape[1:])]
+
+
+# -- convolution --------------------------------------------------------------------------------------------------
+
+
+def _settings(name, n, x, w, stride, padding, dilation):
+    stride = _tuple(name, stride, n, "stride")
+    dilation = _tuple(name, dilation, n, "dilation")
+    pads = normalize_padding(name, padding, n, x.shape[1:1 + n], w.shape[:n], stride, dilation)
+    return stride, pads, dilation
+
+
+def _make_check(name, n):
+    def check(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1):
+        if w.ndim != n + 2:
+            raise ValueError(f"{name}: kernel must be {n + 2}-D {_KLAYOUT[n]}, got shape {w.shape}")
+        if x.ndim != n + 2:
+            raise ValueError(f"{name}: input must be {n + 2}-D {_LAYOUT[n]} (channels last), got shape {x.shape}; "
+                             f"add a batch axis with x[None] for a single example")
+        if not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"{name}: groups must be a positive int, got {groups!r}")
+        cin, cig, cout = x.shape[-1], w.shape[-2], w.shape[-1]
+        if cout % groups:
+            raise ValueError(f"{name}: output channels {cout} (kernel shape {w.shape}) are not divisible by "
+                             f"groups={groups}")
+        if cin != cig * groups:
+            hint = ""
+            if x.shape[1] == cig * groups:
+                hint = ("; the input looks channels-first (NCHW): funcdl is channels-last, transpose it with "
+                        "jnp.moveaxis(x, 1, -1)")
+            elif cin % groups:
+                hint = f"; input channels {cin} are not divisible by groups={groups}"
+            raise ValueError(f"{name}: input shape {x.shape} has {cin} channels (last axis) but the kernel "
+                             f"{w.shape} with groups={groups} expects {cig} x {groups} = {cig * groups}{hint}")
+        if b is not None and b.shape != (cout,):
+            raise ValueError(f"{name}: bias shape {b.shape} must be ({cout},) for kernel shape {w.shape}")
+        st, pads, dil = _settings(name, n, x, w, stride, padding, dilation)
+        if any(s < 1 for s in st) or any(d < 1 for d in dil):
+            raise ValueError(f"{name}: stride {st} and dilation {dil} must be >= 1")
+        for length, k, d, (lo, hi) in zip(x.shape[1:1 + n], w.shape[:n], dil, pads, strict=True):
+            if (k - 1) * d + 1 > length + lo + hi:
+                raise ValueError(f"{name}: kernel {w.shape} (size {k}, dilation {d}, span {(k - 1) * d + 1}) is "
+                                 f"larger than the padded input: input {x.shape} padded by {(lo, hi)} gives "
+                                 f"{length + lo + hi}; use a smaller kernel or more padding")
+    return check
+
+
+def _make_conv(name, n):
+    def reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1):
+        st, pads, dil = _settings(name, n, x, w, stride, padding, dilation)
+        y = conv_nd(x, w, st, pads, dil, groups)
+        return y if b is None else y + b
+
+    def fwd(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1):
+        st, pads, dil = _settings(name, n, x, w, stride, padding, dilation)
+        y = conv_fast(x, w, st, pads, dil, groups)
+        return (y if b is None else y + b), (x, w, b is not None)
+
+    def bwd(res, dy, *, stride=1, padding="VALID", dilation=1, groups=1):
+        x, w, has_bias = res
+        st, pads, dil = _settings(name, n, x, w, stride, padding, dilation)
+        dx = input_grad(dy, w, x.shape[1:1 + n], st, pads, dil, groups)
+        dw = kernel_grad(x, dy, w.shape[:n], st, pads, dil, groups)
+        db = jnp.sum(dy, axis=tuple(range(n + 1))) if has_bias else None
+        return dx, dw, db
+
+    reference.__doc__ = __doc__
+    reference.__name__ = name
+    return reference, fwd, bwd
+
+
+# -- transposed convolution ---------------------------------------------------------------------------------------
+
+
+def _t_settings(name, n, w, stride, padding, output_padding, dilation):
+    stride = _tuple(name, stride, n, "stride")
+    dilation = _tuple(name, dilation, n, "dilation")
+    opad = _tuple(name, output_padding, n, "output_padding")
+    if isinstance(padding, str):
+        if padding.upper() != "VALID":
+            raise ValueError(f"{name}: padding must be 'VALID', an int, {n} ints or {n} (lo, hi) pairs, got "
+                             f"{padding!r}")
+        padding = 0
+    pads = normalize_padding(name, padding, n, (0,) * n, w.shape[:n], stride, dilation)
+    return stride, pads, opad, dilation
+
+
+def _t_out_spatial(x, w, stride, pads, opad, dilation):
+    n = x.ndim - 2
+    return tuple((length - 1) * s - lo - hi + (k - 1) * d + 1 + op for length, s, (lo, hi), k, d, op in
+                 zip(x.shape[1:1 + n], stride, pads, w.shape[:n], dilation, opad, strict=True))
+
+
+def _swap(w):
+    """(*k, C_in, C_out/G) <-> (*k, C_out/G, C_in): the transposed-conv kernel as the kernel of the conv it
+    transposes."""
+    return jnp.swapaxes(w, -1, -2)
+
+
+def _make_t_check(name, n):
+    def check(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
+        if w.ndim != n + 2:
+            raise ValueError(f"{name}: kernel must be {n + 2}-D (*k, C_in, C_out/groups), got shape {w.shape}")
+        if x.ndim != n + 2:
+            raise ValueError(f"{name}: input must be {n + 2}-D {_LAYOUT[n]} (channels last), got shape {x.shape}")
+        cin = w.shape[-2]
+        if cin % groups:
+            raise ValueError(f"{name}: kernel input channels {cin} (kernel {w.shape}) not divisible by "
+                             f"groups={groups}")
+        if x.shape[-1] != cin:
+            hint = ""
+            if x.shape[1] == cin:
+                hint = "; the input looks channels-first (NCHW): transpose it with jnp.moveaxis(x, 1, -1)"
+            raise ValueError(f"{name}: input shape {x.shape} has {x.shape[-1]} channels (last axis) but the kernel "
+                             f"{w.shape} expects {cin}{hint}")
+        cout = w.shape[-1] * groups
+        if b is not None and b.shape != (cout,):
+            raise ValueError(f"{name}: bias shape {b.shape} must be ({cout},)")
+        st, pads, op, dil = _t_settings(name, n, w, stride, padding, output_padding, dilation)
+        for o, s, d in zip(op, st, dil, strict=True):
+            if not 0 <= o < max(s, d):
+                raise ValueError(f"{name}: output_padding {op} must be smaller than the stride {st} or the "
+                                 f"dilation {dil} (as torch)")
+        out = _t_out_spatial(x, w, st, pads, op, dil)
+        if any(o < 1 for o in out):
+            raise ValueError(f"{name}: input {x.shape} with kernel {w.shape}, padding {pads} gives an empty "
+                             f"output {out}; reduce the padding")
+    return check
+
+
+def _make_conv_t(name, n):
+    def reference(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
+        st, pads, op, dil = _t_settings(name, n, w, stride, padding, output_padding, dilation)
+        out = _t_out_spatial(x, w, st, pads, op, dil)
+        # plain statement of the definition: the input gradient of conv_nd, by autodiff of conv_nd
+        cpads = tuple((lo, hi - o) for (lo, hi), o in zip(pads, op, strict=True))
+        wc = _swap(w)
+        zeros = jnp.zeros((x.shape[0], *out, wc.shape[-2] * groups), x.dtype)
+        _, pull = jax.vjp(lambda z: conv_nd(z, wc, st, cpads, dil, groups), zeros)
+        (y,) = pull(x)
+        return y if b is None else y + b
+
+    def fwd(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
+        st, pads, op, dil = _t_settings(name, n, w, stride, padding, output_padding, dilation)
+        out = _t_out_spatial(x, w, st, pads, op, dil)
+        cpads = tuple((lo, hi - o) for (lo, hi), o in zip(pads, op, strict=True))
+        y = input_grad(x, _swap(w), out, st, cpads, dil, groups)
+        return (y if b is None else y + b), (x, w, b is not None)
+
+    def bwd(res, dy, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
+        x, w, has_bias = res
+        st, pads, op, dil = _t_settings(name, n, w, stride, padding, output_padding, dilation)
+        cpads = tuple((lo, hi - o) for (lo, hi), o in zip(pads, op, strict=True))
+        wc = _swap(w)
+        dx = conv_fast(dy, wc, st, cpads, dil, groups)
+        dw = _swap(kernel_grad(dy, x, w.shape[:n], st, cpads, dil, groups))
+        db = jnp.sum(dy, axis=tuple(range(n + 1))) if has_bias else None
+        return dx, dw, db
+
+    reference.__doc__ = __doc__
+    reference.__name__ = name
+    return reference, fwd, bwd
+
+
+# -- example factories ----------------------------------------------------------------------------------------------
+
+# (stride, dilation, groups, padding, bias) for 2-D; input (2, 7, 8, 4), kernel (3, 3, 4/groups, cout)
+_CONV2D_CONFIGS = [
+    (1, 1, 1, "VALID", True), (1, 1, 1, "SAME", False), (2, 1, 1, "VALID", True), (2, 1, 1, "SAME", True),
+    (1, 2, 1, "VALID", True), (1, 2, 1, "SAME", False), (2, 2, 1, "SAME", True), (3, 1, 1, ((1, 2), (0, 1)), True),
+    (1, 1, 2, "VALID", True), (2, 1, 2, "SAME", False), (1, 2, 2, 1, True), (2, 2, 2, ((2, 0), (1, 1)), True),
+    (1, 1, 4, "SAME", True), (2, 1, 4, "SAME", True), (1, 2, 4, "VALID", False), (2, 2, 4, 2, True),
+    ((1, 2), (2, 1), 1, (1, 2), True), ((2, 1), 1, 2, "SAME", True), (1, (1, 2), 4, ((0, 0), (3, 1)), True),
+    (2, 1, 1, 1, False), (3, 2, 2, "SAME", True), (1, 1, 1, ((-1, 0), (0, 0)), True),
+]
+
+
+def _conv2d_examples(key, dtype):
+    exs = []
+    for j, (s, d, g, p, bias) in enumerate(_CONV2D_CONFIGS):
+        k = keys(jax.random.fold_in(key, j), 3)
+        cout = 8 if g == 4 and j % 2 else 4 if g != 2 else 6
+        kh, kw = (3, 3) if j % 3 else (3, 2)
+        x = normal(k[0], (2, 7, 8, 4), dtype)
+        w = normal(k[1], (kh, kw, 4 // g, cout), dtype, scale=0.5)
+        b = normal(k[2], (cout,), dtype) if bias else None
+        exs.append(Example((x, w, b), {"stride": s, "dilation": d, "groups": g, "padding": p},
+                           f"s={s} d={d} g={g} pad={p}{'' if bias else ' nobias'}"))
+    return exs
+
+
+_CONV1D_CONFIGS = [
+    (1, 1, 1, "VALID"), (1, 1, 1, "SAME"), (1, 1, 1, "CAUSAL"), (1, 2, 1, "CAUSAL"), (1, 4, 2, "CAUSAL"),
+    (2, 1, 1, "SAME"), (2, 2, 1, 1), (3, 1, 2, ((2, 1),)), (1, 2, 4, "SAME"), (2, 1, 4, "CAUSAL"),
+    (2, 3, 2, "VALID"), (1, 1, 4, 2),
+]
+
+
+def _conv1d_examples(key, dtype):
+    exs = []
+    for j, (s, d, g, p) in enumerate(_CONV1D_CONFIGS):
+        k = keys(jax.random.fold_in(key, j), 3)
+        kk = 3 if j % 2 else 2
+        x = normal(k[0], (2, 13, 4), dtype)
+        w = normal(k[1], (kk, 4 // g, 4), dtype, scale=0.5)
+        b = normal(k[2], (4,), dtype) if j % 3 else None
+        exs.append(Example((x, w, b), {"stride": s, "dilation": d, "groups": g, "padding": p},
+                           f"s={s} d={d} g={g} pad={p}"))
+    return exs
+
+
+def _conv3d_examples(key, dtype):
+    configs = [(1, 1, 1, "VALID"), (2, 1, 2, "SAME"), (1, 2, 1, 1), ((1, 2, 1), 1, 4, ((1, 0), (0, 1), (1, 1)))]
+    exs = []
+    for j, (s, d, g, p) in enumerate(configs):
+        k = keys(jax.random.fold_in(key, j), 3)
+        x = normal(k[0], (2, 5, 6, 5, 4), dtype)
+        w = normal(k[1], (2, 3, 2, 4 // g, 4), dtype, scale=0.5)
+        b = normal(k[2], (4,), dtype)
+        exs.append(Example((x, w, b), {"stride": s, "dilation": d, "groups": g, "padding": p},
+                           f"s={s} d={d} g={g} pad={p}"))
+    return exs
+
+
+# (stride, padding, output_padding, dilation, groups, kernel)
+_CONVT2D_CONFIGS = [
+    (1, 0, 0, 1, 1, (3, 3)), (2, 0, 0, 1, 1, (3, 3)), (2, 1, 1, 1, 1, (3, 3)), (2, 1, 0, 1, 1, (4, 4)),
+    (3, 1, 2, 1, 2, (3, 2)), (1, 1, 0, 2, 1, (3, 3)), (2, 2, 1, 2, 4, (3, 3)), ((2, 1), (1, 0), (1, 0), 1, 2, (4, 3)),
+    (2, ((1, 0), (0, 2)), 0, 1, 1, (3, 3)), (1, 0, 0, (1, 2), 4, (2, 3)),
+]
+
+
+def _convt2d_examples(key, dtype):
+    exs = []
+    for j, (s, p, op, d, g, ks) in enumerate(_CONVT2D_CONFIGS):
+        k = keys(jax.random.fold_in(key, j), 3)
+        x = normal(k[0], (2, 4, 5, 4), dtype)
+        w = normal(k[1], (*ks, 4, 8 // g), dtype, scale=0.5)
+        b = normal(k[2], (8,), dtype) if j % 2 == 0 else None
+        exs.append(Example((x, w, b), {"stride": s, "padding": p, "output_padding": op, "dilation": d, "groups": g},
+                           f"s={s} p={p} op={op} d={d} g={g}"))
+    return exs
+
+
+def _convt1d_examples(key, dtype):
+    configs = [(1, 0, 0, 1, 1), (2, 1, 1, 1, 1), (3, 2, 1, 2, 2), (2, 0, 0, 1, 4), (2, ((2, 1),), 1, 3, 1)]
+    exs = []
+    for j, (s, p, op, d, g) in enumerate(configs):
+        k = keys(jax.random.fold_in(key, j), 3)
+        x = normal(k[0], (2, 6, 4), dtype)
+        w = normal(k[1], (3, 4, 8 // g), dtype, scale=0.5)
+        b = normal(k[2], (8,), dtype) if j % 2 else None
+        exs.append(Example((x, w, b), {"stride": s, "padding": p, "output_padding": op, "dilation": d, "groups": g},
+                           f"s={s} p={p} op={op} d={d} g={g}"))
+    return exs
+
+
+def _register(name, n, maker, check_maker, examples):
+    ref, fwd, bwd = maker(name, n)
+    return primitive(name, ref, fwd, bwd, examples=examples, check=check_maker(name, n))
+
+
+conv1d = _register("conv1d", 1, _make_conv, _make_check, _conv1d_examples)
+conv2d = _register("conv2d", 2, _make_conv, _make_check, _conv2d_examples)
+conv3d = _register("conv3d", 3, _make_conv, _make_check, _conv3d_examples)
+conv_transpose1d = _register("conv_transpose1d", 1, _make_conv_t, _make_t_check, _convt1d_examples)
+conv_transpose2d = _register("conv_transpose2d", 2, _make_conv_t, _make_t_check, _convt2d_examples)
