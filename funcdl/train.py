@@ -74,7 +74,7 @@ class TrainConfig:
     patience: int | None = None            # early stopping: evaluations without improvement
     monitor: str = "val_loss"              # val_loss (lower is better) or val_accuracy (higher is better)
     scan: bool = True                      # many steps per compiled call (lax.scan) vs one call per step
-    freeze: str | None = None              # regex on parameter paths; matching leaves are not updated
+    freeze: str | None = None              # regex on parameter paths ("layers/0/w"); those are not updated
     init_from: str | None = None           # checkpoint whose matching params replace the initial ones
     log_every: int = 10                    # steps per train record in metrics.jsonl
     progress: bool = True                  # tqdm progress bar
@@ -123,24 +123,13 @@ class TrainingDiverged(RuntimeError):
 
 
 def make_schedule(name: str, lr: float, total_steps: int, warmup_steps: int = 0):
-    """A learning-rate schedule by name: a float for ``constant``, else a function ``step -> lr``.
-
-    Uses ``optim.schedules`` (``create(name, learning_rate, total_steps=..., warmup_steps=...)`` or a function
-    of that name) when it is available.
-    """
+    """A learning-rate schedule by name (``optim.make_schedule``): a float for ``constant`` without warm-up,
+    else a function ``step -> lr``. Names: ``optim.SCHEDULES`` (constant, cosine, linear, one_cycle, ...)."""
     if name in (None, "", "constant") and not warmup_steps:
         return float(lr)
     import optim
 
-    schedules = getattr(optim, "schedules", None)
-    if schedules is not None and hasattr(schedules, "create"):
-        return schedules.create(name or "constant", learning_rate=lr, total_steps=total_steps,
-                                warmup_steps=warmup_steps)
-    if name in (None, "", "constant"):
-        def warmup(step):
-            return lr * jnp.minimum(1.0, (jnp.asarray(step, jnp.float32) + 1.0) / warmup_steps)
-        return warmup
-    raise ValueError(f"unknown schedule {name!r}: this optim has no schedules module yet; valid: constant")
+    return optim.make_schedule(name or "constant", lr, int(total_steps), int(warmup_steps or 0))
 
 
 def make_optimizer(config: TrainConfig, total_steps: int):
@@ -159,10 +148,19 @@ def make_optimizer(config: TrainConfig, total_steps: int):
 
 
 def freeze_mask(params, pattern: str | None):
-    """A pytree of bools like ``params``: True where the leaf's path (e.g. ``['layers'][0]['w']``) matches."""
-    regex = re.compile(pattern) if pattern else None
-    return jax.tree_util.tree_map_with_path(
-        lambda p, _: bool(regex and regex.search(jax.tree_util.keystr(p))), params)
+    """A pytree of bools like ``params``: True where the leaf's path (``layers/0/w``) matches ``pattern``
+    (``re.search``), as ``optim.frozen_mask`` reads it."""
+    import optim
+
+    if not pattern:
+        return jax.tree.map(lambda _: False, params)
+    return optim.frozen_mask(params, pattern)
+
+
+def optim_paths(params) -> list[str]:
+    import optim
+
+    return [optim.path_str(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
 
 
 def param_count(params) -> int:
@@ -320,14 +318,18 @@ def train(task: Task, data: Dataset, config: TrainConfig | None = None, out_dir=
         print(f"init-from {config.init_from}: copied {len(copied)} arrays, kept fresh {len(skipped)}"
               + (f" ({', '.join(skipped[:4])}{'...' if len(skipped) > 4 else ''})" if skipped else ""))
     opt, lr_schedule = make_optimizer(config, total)
-    opt_state = opt.init(params)
-    # donation needs one buffer per leaf: optimizers may put the same zeros in two places (Adam's mu and nu)
-    params, opt_state, state = jax.tree.map(lambda x: jnp.array(x, copy=True), (params, opt_state, state))
     mask = freeze_mask(params, config.freeze)
     n_frozen = sum(np.size(p) for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True) if m)
     if config.freeze and not n_frozen:
-        raise ValueError(f"--freeze {config.freeze!r} matches no parameter; paths look like "
-                         f"{', '.join(ckpt.tree_paths(params)[:3])}")
+        raise ValueError(f"--freeze {config.freeze!r} matches no parameter; parameter paths look like "
+                         f"{', '.join(optim_paths(params)[:4])}")
+    if n_frozen:
+        import optim
+
+        opt = optim.freeze(opt, config.freeze)      # frozen leaves: no optimizer state, exactly zero updates
+    opt_state = opt.init(params)
+    # donation needs one buffer per leaf: optimizers may put the same zeros in two places (Adam's mu and nu)
+    params, opt_state, state = jax.tree.map(lambda x: jnp.array(x, copy=True), (params, opt_state, state))
     n_params = param_count(params)
 
     loss_fn = task.loss if config.grad == "manual" else autodiff(task.loss)
@@ -347,8 +349,6 @@ def train(task: Task, data: Dataset, config: TrainConfig | None = None, out_dir=
             grads = jax.tree.map(lambda g: (g * scale).astype(g.dtype), grads)
         updates, new_opt_state = opt.update(grads, opt_state, params)
         opt_state = jax.tree.map(lambda n, o: jnp.asarray(n).astype(jnp.asarray(o).dtype), new_opt_state, opt_state)
-        if n_frozen:
-            updates = jax.tree.map(lambda u, m: jnp.zeros_like(u) if m else u, updates, mask)
         params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), params, updates)
         metrics = {**metrics, "loss": loss, "grad_norm": gnorm}
         return params, opt_state, state, metrics

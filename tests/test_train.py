@@ -146,17 +146,26 @@ def test_freeze_and_init_from(tmp_path):
     data = blobs()
     first = train(mlp_task(), data, cfg(epochs=1), tmp_path / "a")
     init_params, _ = mlp_task().init(jax.random.PRNGKey(0))
-    frozen = train(mlp_task(), data, cfg(epochs=1, freeze=r"\['layers'\]\[0\]", init_from=str(tmp_path / "a")))
+    frozen = train(mlp_task(), data, cfg(epochs=1, freeze=r"^layers/0/", init_from=str(tmp_path / "a")))
     l0_first, l1_first = first.params["layers"]
     l0, l1 = frozen.params["layers"]
     assert leaves_equal(l0, l0_first)                              # loaded, then frozen
     assert not leaves_equal(l1, l1_first)                          # trained further
     assert frozen.summary["frozen_params"] == 6 * 16 + 16
     assert not leaves_equal(l0, init_params["layers"][0])
-    mask = freeze_mask(init_params, r"\['b'\]")
+    mask = freeze_mask(init_params, r"/b$")
     assert [bool(m) for m in jax.tree.leaves(mask)] == [True, False, True, False]
     with pytest.raises(ValueError, match="matches no parameter"):
         train(mlp_task(), data, cfg(freeze="nothing-like-this"))
+
+
+def test_schedule_and_clipping():
+    r = train(mlp_task(), blobs(), cfg(epochs=2, schedule="cosine", warmup_steps=3, log_every=1, clip_norm=0.5))
+    lrs = [h["lr"] for h in r.history if h["split"] == "train"]
+    assert lrs[0] < lrs[2] and lrs[-1] < 0.2 * max(lrs)                # warm-up, then cosine decay
+    assert max(lrs) <= 1e-2 + 1e-9
+    with pytest.raises(ValueError, match="unknown schedule"):
+        train(mlp_task(), blobs(), cfg(schedule="zigzag"))
 
 
 def test_checkpoint_roundtrip_and_mismatch(tmp_path):

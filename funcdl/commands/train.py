@@ -57,7 +57,8 @@ def register(sub) -> None:
     p.add_argument("--optimizer", help="optimizer name (optim.create), e.g. adam, sgd")
     p.add_argument("--lr", type=float, help="learning rate (peak value with a schedule)")
     p.add_argument("--weight-decay", type=float)
-    p.add_argument("--schedule", help="learning-rate schedule name (constant; more from optim.schedules)")
+    p.add_argument("--schedule", help="learning-rate schedule: constant, cosine, linear, exponential, step, "
+                   "polynomial, one_cycle, cosine_restarts (optim.SCHEDULES)")
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--clip-norm", type=float, help="clip the global gradient norm to this value")
     p.add_argument("--grad", choices=("manual", "autodiff"),
@@ -66,7 +67,8 @@ def register(sub) -> None:
     p.add_argument("--out", help="run directory (default runs/MODEL-DATA-TIMESTAMP)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (or the latest matching run)")
     p.add_argument("--init-from", help="checkpoint (file or run dir) whose params matching by path+shape are loaded")
-    p.add_argument("--freeze", help="regex on parameter paths (e.g. \"\\['layers'\\]\\[0\\]\"); those are not updated")
+    p.add_argument("--freeze", help="regex searched in parameter paths such as layers/0/w (e.g. '^layers/0/'); "
+                   "those parameters get no updates")
     p.add_argument("--eval-every", type=int, help="steps between evaluations (default: one epoch)")
     p.add_argument("--patience", type=int, help="early stopping: evaluations without validation improvement")
     p.add_argument("--no-scan", action="store_true",
