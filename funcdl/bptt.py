@@ -93,8 +93,10 @@ def _bias_sum(d, has):
 
 
 def _check_mask(name, mask):
-    if mask is not None and not (jnp.issubdtype(mask.dtype, jnp.bool_) or jnp.issubdtype(mask.dtype, jnp.number)):
-        raise TypeError(f"{name}: mask must be boolean (True = real step), got dtype {mask.dtype}")
+    ok = (jnp.bool_, jnp.integer, jnp.floating)
+    if mask is not None and not any(jnp.issubdtype(mask.dtype, t) for t in ok):
+        raise TypeError(f"{name}: mask must be boolean (True = real step; 0/1 numbers are read as mask != 0), "
+                        f"got dtype {mask.dtype}")
 
 
 # -------------------------------------------------------------------------------------------------- rnn
