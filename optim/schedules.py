@@ -269,8 +269,10 @@ def _build_exponential(peak_lr, total_steps, warmup_steps, min_lr):
 
 
 def _build_step(peak_lr, total_steps, warmup_steps, min_lr, milestones=(0.5, 0.75), gamma=0.1):
-    return _with_warmup(lambda n: multistep_decay(peak_lr, [int(m * n) for m in milestones], gamma),
-                        peak_lr, total_steps, warmup_steps)
+    def main(n):
+        decay = multistep_decay(peak_lr, [int(m * n) for m in milestones], gamma)
+        return lambda step: jnp.maximum(decay(step), min_lr)
+    return _with_warmup(main, peak_lr, total_steps, warmup_steps)
 
 
 def _build_polynomial(peak_lr, total_steps, warmup_steps, min_lr, power=2.0):
@@ -312,7 +314,7 @@ def make_schedule(name: str, peak_lr, total_steps: int, warmup_steps: int = 0, m
         cosine           nanoGPT's warm-up + cosine to min_lr  (alias warmup_cosine)
         linear           straight line to min_lr
         exponential      geometric decay to min_lr (peak/100 if min_lr is 0)
-        step             x gamma (0.1) at milestones (0.5, 0.75) of the decay
+        step             x gamma (0.1) at milestones (0.5, 0.75) of the decay, not below min_lr
         polynomial       (1 - t/T)^power (2) to min_lr
         one_cycle        OneCycleLR; warm-up fraction = warmup_steps / total_steps (0.3 if 0)
         cosine_restarts  SGDR with `cycles` (4) restarts, T_mult (1)
