@@ -58,8 +58,8 @@ def _adam_core(name, learning_rate, b1, b2, eps, weight_decay, amsgrad, maximize
     check_range(name, "weight_decay", weight_decay, 0.0, None)
 
     def init(params):
-        z = tree_map(jnp.zeros_like, params)
-        return AdamState(jnp.zeros([], jnp.int32), z, z, z if amsgrad else None,
+        z = lambda: tree_map(jnp.zeros_like, params)      # a fresh buffer per moment (donation-safe)
+        return AdamState(jnp.zeros([], jnp.int32), z(), z(), z() if amsgrad else None,
                          lr_record(resolve_lr(learning_rate, 0)))
 
     def update(grads, state, params=None):
@@ -140,8 +140,8 @@ def adamax(learning_rate=2e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, max
     check_range("adamax", "weight_decay", weight_decay, 0.0, None)
 
     def init(params):
-        z = tree_map(jnp.zeros_like, params)
-        return AdamaxState(jnp.zeros([], jnp.int32), z, z, lr_record(resolve_lr(learning_rate, 0)))
+        z = lambda: tree_map(jnp.zeros_like, params)      # a fresh buffer per moment (donation-safe)
+        return AdamaxState(jnp.zeros([], jnp.int32), z(), z(), lr_record(resolve_lr(learning_rate, 0)))
 
     def update(grads, state, params=None):
         grads = prepare_grads("adamax", grads, params, maximize=maximize, weight_decay=weight_decay)
@@ -188,8 +188,8 @@ def nadam(learning_rate=2e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, mome
     check_range("nadam", "momentum_decay", momentum_decay, 0.0, None)
 
     def init(params):
-        z = tree_map(jnp.zeros_like, params)
-        return NAdamState(jnp.zeros([], jnp.int32), jnp.ones([], float_dtype()), z, z,
+        z = lambda: tree_map(jnp.zeros_like, params)      # a fresh buffer per moment (donation-safe)
+        return NAdamState(jnp.zeros([], jnp.int32), jnp.ones([], float_dtype()), z(), z(),
                           lr_record(resolve_lr(learning_rate, 0)))
 
     def update(grads, state, params=None):
@@ -253,8 +253,8 @@ def radam(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, deco
     check_range("radam", "weight_decay", weight_decay, 0.0, None)
 
     def init(params):
-        z = tree_map(jnp.zeros_like, params)
-        return RAdamState(jnp.zeros([], jnp.int32), z, z, lr_record(resolve_lr(learning_rate, 0)))
+        z = lambda: tree_map(jnp.zeros_like, params)      # a fresh buffer per moment (donation-safe)
+        return RAdamState(jnp.zeros([], jnp.int32), z(), z(), lr_record(resolve_lr(learning_rate, 0)))
 
     def update(grads, state, params=None):
         grads = prepare_grads("radam", grads, params, maximize=maximize,

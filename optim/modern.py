@@ -59,8 +59,8 @@ def lamb(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.0, mask=
     check_range("lamb", "weight_decay", weight_decay, 0.0, None)
 
     def init(params):
-        z = tree_map(jnp.zeros_like, params)
-        return LambState(jnp.zeros([], jnp.int32), z, z, lr_record(resolve_lr(learning_rate, 0)))
+        z = lambda: tree_map(jnp.zeros_like, params)      # a fresh buffer per moment (donation-safe)
+        return LambState(jnp.zeros([], jnp.int32), z(), z(), lr_record(resolve_lr(learning_rate, 0)))
 
     def update(grads, state, params=None):
         need_params("lamb", params)

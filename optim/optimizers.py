@@ -153,8 +153,8 @@ def rmsprop(learning_rate=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum
     use_momentum = nonzero(momentum)
 
     def init(params):
-        z = tree_map(jnp.zeros_like, params)
-        return RMSpropState(_zero_count(), z, z if centered else None, z if use_momentum else None,
+        z = lambda: tree_map(jnp.zeros_like, params)      # a fresh buffer per moment (donation-safe)
+        return RMSpropState(_zero_count(), z(), z() if centered else None, z() if use_momentum else None,
                             _init_lr(learning_rate))
 
     def update(grads, state, params=None):
@@ -200,8 +200,8 @@ def adadelta(learning_rate=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=Fa
     check_range("adadelta", "weight_decay", weight_decay, 0.0, None)
 
     def init(params):
-        z = tree_map(jnp.zeros_like, params)
-        return AdadeltaState(_zero_count(), z, z, _init_lr(learning_rate))
+        z = lambda: tree_map(jnp.zeros_like, params)      # a fresh buffer per moment (donation-safe)
+        return AdadeltaState(_zero_count(), z(), z(), _init_lr(learning_rate))
 
     def update(grads, state, params=None):
         grads = prepare_grads("adadelta", grads, params, maximize=maximize, weight_decay=weight_decay)

@@ -107,7 +107,7 @@ def ema_params(inner: GradientTransformation, decay=0.999) -> GradientTransforma
     check_range("ema_params", "decay", decay, 0.0, 1.0, hi_open=False)
 
     def init(params):
-        return EMAState(jnp.zeros([], jnp.int32), tree_map(lambda p: p, params), inner.init(params))
+        return EMAState(jnp.zeros([], jnp.int32), tree_map(jnp.copy, params), inner.init(params))
 
     def update(grads, state, params=None):
         need_params("ema_params", params)
@@ -143,7 +143,7 @@ def lookahead(inner: GradientTransformation, sync_period: int = 5, alpha=0.5) ->
     check_range("lookahead", "alpha", alpha, 0.0, 1.0, hi_open=False)
 
     def init(params):
-        return LookaheadState(jnp.zeros([], jnp.int32), tree_map(lambda p: p, params), inner.init(params))
+        return LookaheadState(jnp.zeros([], jnp.int32), tree_map(jnp.copy, params), inner.init(params))
 
     def update(grads, state, params=None):
         need_params("lookahead", params)

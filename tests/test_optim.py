@@ -506,3 +506,25 @@ def test_gradient_with_respect_to_learning_rate():
     h = 1e-5
     fd = (final_loss(lr + h) - final_loss(lr - h)) / (2 * h)
     assert float(g) == pytest.approx(float(fd), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ALL + ["ema_params", "lookahead", "accumulate", "freeze"])
+def test_params_and_state_can_be_donated(name):
+    """A training step donates params and state: init must not alias one buffer in two places."""
+    if name in optim.OPTIMIZERS:
+        opt = optim.create(name, 0.01)
+    else:
+        inner = optim.adam(0.01)
+        opt = {"ema_params": lambda: optim.ema_params(inner), "lookahead": lambda: optim.lookahead(inner),
+               "accumulate": lambda: optim.accumulate(inner, 2), "freeze": lambda: optim.freeze(inner, "^w")}[name]()
+    params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+
+    def step(p, s, g):
+        u, s = opt.update(g, s, p)
+        return optim.apply_updates(p, u), s
+
+    step = jax.jit(step, donate_argnums=(0, 1))
+    p, s = params, opt.init(params)
+    for _ in range(2):
+        p, s = step(p, s, jax.tree.map(jnp.ones_like, params))
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(p))
