@@ -466,7 +466,8 @@ def train(task: Task, data: Dataset, config: TrainConfig | None = None, out_dir=
         boundaries.append(int(config.stop_after))
     max_chunk = eval_every if windowed else (epoch_len or total)
     max_chunk = min(max_chunk, 2000)
-    train_seconds, first_chunk_seconds, steps_done = 0.0, None, 0
+    train_seconds, first_chunk_seconds, first_len, steps_done = 0.0, None, 0, 0
+    best_params = None
     examples_per_step = B * (config.seq_len if windowed else 1)
     bar = None
     if config.progress:
@@ -493,7 +494,7 @@ def train(task: Task, data: Dataset, config: TrainConfig | None = None, out_dir=
             dt = time.perf_counter() - t0
             train_seconds += dt
             if first_chunk_seconds is None:
-                first_chunk_seconds = dt
+                first_chunk_seconds, first_len = dt, b - a
             losses = metrics["loss"]
             bad = np.flatnonzero(~np.isfinite(losses))
             if bad.size:
@@ -520,6 +521,7 @@ def train(task: Task, data: Dataset, config: TrainConfig | None = None, out_dir=
                                                        else value > best["value"])
                     if better:
                         best = {"value": value, "step": step, "bad_evals": 0}
+                        best_params = jax.device_get(params)
                         save_checkpoint("best.npz")
                     else:
                         best["bad_evals"] += 1
@@ -560,7 +562,6 @@ def train(task: Task, data: Dataset, config: TrainConfig | None = None, out_dir=
         "examples_per_second": round(steps_done * examples_per_step / train_seconds, 1) if train_seconds else None,
     }
     if steps_done and first_chunk_seconds is not None and train_seconds > first_chunk_seconds:
-        first_len = min(steps_done, next(iter(_chunks(0, total, boundaries, epoch_len, max_chunk)))[1])
         steady = (steps_done - first_len) / (train_seconds - first_chunk_seconds)
         summary["steps_per_second_steady"] = round(steady, 2)      # without the first (compiling) call
     if config.freeze:
@@ -569,8 +570,11 @@ def train(task: Task, data: Dataset, config: TrainConfig | None = None, out_dir=
         summary["error"] = error
     final_params = params
     if stop_reason not in ("diverged",):
-        if config.patience is not None and best["step"] is not None and out is not None and best["step"] != step:
-            final_params = ckpt.restore(out / "best.npz", {"params": params})[0]["params"]
+        if config.patience is not None and best["step"] is not None and best["step"] != step:
+            if best_params is not None:
+                final_params = jax.device_put(best_params)
+            elif out is not None:          # the best step came before a resume: read it back
+                final_params = ckpt.restore(out / "best.npz", {"params": params})[0]["params"]
             summary["best_step"] = best["step"]
         params_for_eval = final_params
         saved = params

@@ -196,8 +196,9 @@ def run(args) -> int:
         task = entry.build(info, **model_opts)
     except TypeError as err:
         raise ValueError(f"model {args.model!r} does not take these options {sorted(model_opts)}: {err}") from None
-    if task.kind != data.kind and not (task.kind == "classification" and data.kind == "classification"):
-        raise ValueError(f"model {args.model!r} is a {task.kind} model but {data_name!r} is {data.kind} data")
+    if (task.kind == "language") != data.windowed:
+        raise ValueError(f"model {args.model!r} is a {task.kind} model but {data_name!r} is {data.kind} data; "
+                         f"it is meant for: {', '.join(entry.data) or 'any'}")
     print(f"{args.model} on {data.describe()}; run directory {out}")
     run_info = {"model": args.model, "data": data_name, "data_dir": data_dir, "model_options": model_opts}
     result = train(task, data, config, out, resume=args.resume, run_info=run_info)
