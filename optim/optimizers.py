@@ -207,7 +207,7 @@ def adadelta(learning_rate=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=Fa
         grads = prepare_grads("adadelta", grads, params, maximize=maximize, weight_decay=weight_decay)
         lr = resolve_lr(learning_rate, state.count)
         v = tree_map(lambda v, g: rho * v + (1 - rho) * g * g, state.square_avg, grads)
-        delta = tree_map(lambda u, v, g: jnp.sqrt(u + eps) / jnp.sqrt(v + eps) * g, state.acc_delta, v, grads)
+        delta = tree_map(lambda u, v, g: jnp.sqrt((u + eps) / (v + eps)) * g, state.acc_delta, v, grads)  # one sqrt
         u = tree_map(lambda u, d: rho * u + (1 - rho) * d * d, state.acc_delta, delta)
         updates = tree_map(lambda d: (-scalar(lr, d) * d).astype(d.dtype), delta)
         return updates, AdadeltaState(state.count + 1, v, u, lr_record(lr))
