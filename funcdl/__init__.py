@@ -29,6 +29,8 @@ from .activations import (
 from .attention import dot_product_attention, multi_head_attention
 from .bptt import gru, lengths_to_mask, lstm, rnn
 from .conv import conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d
+from .pool import (adaptive_avg_pool1d, adaptive_avg_pool2d, avg_pool1d, avg_pool2d, global_avg_pool,
+                   global_max_pool, max_pool1d, max_pool2d)
 from .dropout import dropout
 from .embedding import embedding
 from .feedforward import gelu_mlp, swiglu, tied_softmax_cross_entropy
@@ -54,6 +56,8 @@ from .recurrent import gru_cell, lstm_cell, rnn_cell
 __version__ = "0.1.0"
 
 __all__ = [
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "avg_pool1d", "avg_pool2d", "global_avg_pool", "global_max_pool",
+    "max_pool1d", "max_pool2d",
     "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
     "REGISTRY", "Example", "Primitive", "autodiff", "get", "primitive", "registered", "use_reference",
     "activations", "init", "linear", "losses", "dense", "dropout", "cross_entropy", "softmax_cross_entropy",
