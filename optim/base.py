@@ -248,8 +248,12 @@ def resolve_mask(mask, params):
 
 
 def prepare_grads(name, grads, params, *, maximize=False, weight_decay=0.0):
-    """Check the trees, negate for ``maximize`` and add the L2 term ``weight_decay * p`` (torch's order)."""
+    """Check the trees, cast each gradient to its parameter's dtype (so that moments keep the parameters'
+    dtypes and a state stays a valid scan carry), negate for ``maximize`` and add the L2 term
+    ``weight_decay * p`` (torch's order)."""
     check_tree_match(grads, params)
+    if params is not None:
+        grads = tree_map(lambda g, p: g if g.dtype == p.dtype else g.astype(p.dtype), grads, params)
     if maximize:
         grads = tree_map(jnp.negative, grads)
     if nonzero(weight_decay):

@@ -528,3 +528,16 @@ def test_params_and_state_can_be_donated(name):
     for _ in range(2):
         p, s = step(p, s, jax.tree.map(jnp.ones_like, params))
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(p))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_gradients_are_cast_to_the_parameter_dtype(name):
+    """float64 gradients for float32 parameters (e.g. mixed in by a float64 bias) keep a float32 state."""
+    opt = optim.create(name, 0.01)
+    params = {"w": jnp.ones((2, 2), jnp.float32), "b": jnp.ones(2, jnp.float64)}
+    grads = {"w": jnp.ones((2, 2), jnp.float64), "b": jnp.ones(2, jnp.float64)}
+    state = opt.init(params)
+    u, new = opt.update(grads, state, params)
+    assert u["w"].dtype == jnp.float32 and u["b"].dtype == jnp.float64
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(state), strict=True):
+        assert a.dtype == b.dtype
