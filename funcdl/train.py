@@ -305,6 +305,9 @@ def train(task: Task, data: Dataset, config: TrainConfig | None = None, out_dir=
     eval_every = config.eval_every or (500 if windowed else steps_per_epoch)
     has_val = "val" in data.splits
     has_test = "test" in data.splits
+    if config.patience is not None and not has_val:
+        raise ValueError(f"early stopping (patience) needs a validation split; {data.name} has "
+                         f"{sorted(data.splits)} (set val_fraction > 0)")
     eval_bs = config.eval_batch_size or max(B, 500)
 
     # ---- model, optimizer, keys --------------------------------------------------------------------------
