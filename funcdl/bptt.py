@@ -88,6 +88,16 @@ def _prev(states, s0, reverse):
     return jnp.concatenate([s0, states[:-1]]) if not reverse else jnp.concatenate([states[1:], s0])
 
 
+def _state(s0, x, w):
+    """The scan carries the promoted dtype of input, state and weights."""
+    return s0.astype(jnp.result_type(s0, x, w))
+
+
+def _like(cts, primals):
+    """Each cotangent in its input's dtype (custom_vjp requires it; mixed-precision inputs promote inside)."""
+    return tuple(None if c is None else c.astype(p.dtype) for c, p in zip(cts, primals, strict=True))
+
+
 def _bias_sum(d, has):
     return jnp.sum(d, axis=(0, 1)) if has else None
 
@@ -116,7 +126,7 @@ def _rnn(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, mask=None, *, nonlinearity="ta
         h = _keep(m_t, act(affine(x_t, w_ih, b_ih) + affine(h, w_hh, b_hh)), h)
         return h, _out(m_t, h)
 
-    h_last, ys = lax.scan(step, h0, (_tm(x), _time_mask(mask)), reverse=reverse)
+    h_last, ys = lax.scan(step, _state(h0, x, w_hh), (_tm(x), _time_mask(mask)), reverse=reverse)
     return _tm(ys), h_last
 
 
@@ -129,7 +139,7 @@ def _rnn_fwd(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, mask=None, *, nonlinearity
         h = _keep(m_t, act(a_t + affine(h, w_hh, b_hh)), h)
         return h, h
 
-    h_last, hs = lax.scan(step, h0, (_tm(affine(x, w_ih, b_ih)), m), reverse=reverse)   # hs (T, B, H)
+    h_last, hs = lax.scan(step, _state(h0, x, w_hh), (_tm(affine(x, w_ih, b_ih)), m), reverse=reverse)   # hs (T, B, H)
     return (_tm(_out(m, hs)), h_last), (x, h0, w_ih, w_hh, b_ih, b_hh, hs, m)
 
 
@@ -150,7 +160,8 @@ def _rnn_bwd(res, cts, *, nonlinearity="tanh", reverse=False):
     dx = _tm(da @ w_ih.T)
     dw_ih = jnp.einsum("bti,tbh->ih", x, da)
     dw_hh = jnp.einsum("tbk,tbh->kh", h_prev, da)
-    return dx, dh0, dw_ih, dw_hh, _bias_sum(da, b_ih is not None), _bias_sum(da, b_hh is not None), None
+    return _like((dx, dh0, dw_ih, dw_hh, _bias_sum(da, b_ih is not None), _bias_sum(da, b_hh is not None)),
+                 (x, h0, w_ih, w_hh, b_ih, b_hh)) + (None,)
 
 
 # ------------------------------------------------------------------------------------------------- lstm
@@ -172,7 +183,8 @@ def _lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, mask=None, *, 
         h, c = _keep(m_t, h_new, h), _keep(m_t, c_new, c)
         return (h, c), _out(m_t, h)
 
-    (h_last, c_last), ys = lax.scan(step, (h0, c0), (_tm(x), _time_mask(mask)), reverse=reverse)
+    carry = (_state(h0, x, w_hh), _state(c0, x, w_hh))
+    (h_last, c_last), ys = lax.scan(step, carry, (_tm(x), _time_mask(mask)), reverse=reverse)
     return _tm(ys), h_last, c_last
 
 
@@ -191,7 +203,8 @@ def _lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, mask=None,
         h, c = _keep(m_t, h_new, h), _keep(m_t, c_new, c)
         return (h, c), (h, c, acts)
 
-    (h_last, c_last), (hs, cs, acts) = lax.scan(step, (h0, c0), (_tm(affine(x, w_ih, b_ih)), m), reverse=reverse)
+    carry = (_state(h0, x, w_hh), _state(c0, x, w_hh))
+    (h_last, c_last), (hs, cs, acts) = lax.scan(step, carry, (_tm(affine(x, w_ih, b_ih)), m), reverse=reverse)
     res = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, hs, cs, acts, m)
     return (_tm(_out(m, hs)), h_last, c_last), res
 
@@ -226,7 +239,8 @@ def _lstm_bwd(res, cts, *, reverse=False):
     if w_hr is not None:
         r = acts[..., 3 * cs.shape[-1]:] * jnp.tanh(cs)           # recomputed: r = o tanh(c)
         dw_hr = jnp.einsum("tbh,tbp->hp", r, dh_cell)
-    return dx, dh0, dc0, dw_ih, dw_hh, _bias_sum(dz, b_ih is not None), _bias_sum(dz, b_hh is not None), dw_hr, None
+    cts = (dx, dh0, dc0, dw_ih, dw_hh, _bias_sum(dz, b_ih is not None), _bias_sum(dz, b_hh is not None), dw_hr)
+    return _like(cts, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)) + (None,)
 
 
 # -------------------------------------------------------------------------------------------------- gru
@@ -243,7 +257,7 @@ def _gru(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, mask=None, *, reverse=False):
         h = _keep(m_t, gru_forward_step(affine(x_t, w_ih, b_ih), h, w_hh, b_hh)[0], h)
         return h, _out(m_t, h)
 
-    h_last, ys = lax.scan(step, h0, (_tm(x), _time_mask(mask)), reverse=reverse)
+    h_last, ys = lax.scan(step, _state(h0, x, w_hh), (_tm(x), _time_mask(mask)), reverse=reverse)
     return _tm(ys), h_last
 
 
@@ -256,7 +270,7 @@ def _gru_fwd(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, mask=None, *, reverse=Fals
         h = _keep(m_t, h_new, h)
         return h, (h, jnp.concatenate(rzn, axis=-1), un)
 
-    h_last, (hs, rzn, un) = lax.scan(step, h0, (_tm(affine(x, w_ih, b_ih)), m), reverse=reverse)
+    h_last, (hs, rzn, un) = lax.scan(step, _state(h0, x, w_hh), (_tm(affine(x, w_ih, b_ih)), m), reverse=reverse)
     return (_tm(_out(m, hs)), h_last), (x, h0, w_ih, w_hh, b_ih, b_hh, hs, rzn, un, m)
 
 
@@ -279,7 +293,8 @@ def _gru_bwd(res, cts, *, reverse=False):
     dx = _tm(da @ w_ih.T)
     dw_ih = jnp.einsum("bti,tbg->ig", x, da)
     dw_hh = jnp.einsum("tbk,tbg->kg", h_prev, du)
-    return dx, dh0, dw_ih, dw_hh, _bias_sum(da, b_ih is not None), _bias_sum(du, b_hh is not None), None
+    return _like((dx, dh0, dw_ih, dw_hh, _bias_sum(da, b_ih is not None), _bias_sum(du, b_hh is not None)),
+                 (x, h0, w_ih, w_hh, b_ih, b_hh)) + (None,)
 
 
 # --------------------------------------------------------------------------------------------- examples

@@ -84,6 +84,11 @@ def param_grads(x, h, da, du, has_b_ih, has_b_hh):
     return dw_ih, dw_hh, db_ih, db_hh
 
 
+def like(cts, primals):
+    """Each cotangent in its input's dtype (custom_vjp requires it; mixed-precision inputs promote inside)."""
+    return tuple(None if c is None else c.astype(p.dtype) for c, p in zip(cts, primals, strict=True))
+
+
 def lstm_gates(z):
     zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
     return jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
@@ -175,14 +180,14 @@ def _rnn_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh"):
 
 def _rnn_cell_fwd(x, h, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh"):
     hn = _rnn_cell(x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity=nonlinearity)
-    return hn, (x, h, w_ih, w_hh, hn, b_ih is not None, b_hh is not None)
+    return hn, (x, h, w_ih, w_hh, hn, b_ih, b_hh)
 
 
 def _rnn_cell_bwd(res, dh_new, *, nonlinearity="tanh"):
-    x, h, w_ih, w_hh, hn, has_b_ih, has_b_hh = res
+    x, h, w_ih, w_hh, hn, b_ih, b_hh = res
     da = phi_grad(hn, dh_new, nonlinearity)
-    dw_ih, dw_hh, db_ih, db_hh = param_grads(x, h, da, da, has_b_ih, has_b_hh)
-    return da @ w_ih.T, da @ w_hh.T, dw_ih, dw_hh, db_ih, db_hh
+    dw_ih, dw_hh, db_ih, db_hh = param_grads(x, h, da, da, b_ih is not None, b_hh is not None)
+    return like((da @ w_ih.T, da @ w_hh.T, dw_ih, dw_hh, db_ih, db_hh), (x, h, w_ih, w_hh, b_ih, b_hh))
 
 
 def _cell_inputs(k, dtype, batch, n_in, hidden, gates, out=None, bias=True, scale=0.5):
@@ -225,11 +230,11 @@ def _lstm_cell_fwd(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None):
     c_new = f * c + i * g
     r = o * jnp.tanh(c_new)
     h_new = r if w_hr is None else r @ w_hr
-    return (h_new, c_new), (x, h, c, w_ih, w_hh, w_hr, acts, c_new, b_ih is not None, b_hh is not None)
+    return (h_new, c_new), (x, h, c, w_ih, w_hh, w_hr, acts, c_new, b_ih, b_hh)
 
 
 def _lstm_cell_bwd(res, cts):
-    x, h, c, w_ih, w_hh, w_hr, acts, c_new, has_b_ih, has_b_hh = res
+    x, h, c, w_ih, w_hh, w_hr, acts, c_new, b_ih, b_hh = res
     dh_new, dc_new = cts
     if w_hr is None:
         dr, dw_hr = dh_new, None
@@ -238,8 +243,9 @@ def _lstm_cell_bwd(res, cts):
         dr = dh_new @ w_hr.T
         dw_hr = r.reshape(-1, r.shape[-1]).T @ dh_new.reshape(-1, dh_new.shape[-1])
     dz, dc = lstm_step_bwd(dr, dc_new, acts, c, c_new)
-    dw_ih, dw_hh, db_ih, db_hh = param_grads(x, h, dz, dz, has_b_ih, has_b_hh)
-    return dz @ w_ih.T, dz @ w_hh.T, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr
+    dw_ih, dw_hh, db_ih, db_hh = param_grads(x, h, dz, dz, b_ih is not None, b_hh is not None)
+    return like((dz @ w_ih.T, dz @ w_hh.T, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr),
+                (x, h, c, w_ih, w_hh, b_ih, b_hh, w_hr))
 
 
 def _lstm_cell_examples(key, dtype):
@@ -279,14 +285,14 @@ def _gru_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None):
 
 def _gru_cell_fwd(x, h, w_ih, w_hh, b_ih=None, b_hh=None):
     h_new, rzn, un = gru_forward_step(affine(x, w_ih, b_ih), h, w_hh, b_hh)
-    return h_new, (x, h, w_ih, w_hh, jnp.concatenate(rzn, axis=-1), un, b_ih is not None, b_hh is not None)
+    return h_new, (x, h, w_ih, w_hh, jnp.concatenate(rzn, axis=-1), un, b_ih, b_hh)
 
 
 def _gru_cell_bwd(res, dh_new):
-    x, h, w_ih, w_hh, rzn, un, has_b_ih, has_b_hh = res
+    x, h, w_ih, w_hh, rzn, un, b_ih, b_hh = res
     da, du, dh = gru_step_bwd(dh_new, rzn, un, h)
-    dw_ih, dw_hh, db_ih, db_hh = param_grads(x, h, da, du, has_b_ih, has_b_hh)
-    return da @ w_ih.T, dh + du @ w_hh.T, dw_ih, dw_hh, db_ih, db_hh
+    dw_ih, dw_hh, db_ih, db_hh = param_grads(x, h, da, du, b_ih is not None, b_hh is not None)
+    return like((da @ w_ih.T, dh + du @ w_hh.T, dw_ih, dw_hh, db_ih, db_hh), (x, h, w_ih, w_hh, b_ih, b_hh))
 
 
 def _gru_cell_examples(key, dtype):
