@@ -1,0 +1,323 @@
+"""Normalisation for channels-last data: batch norm (dense and spatial), group norm, instance norm.
+
+Every one of them normalises x over a set S of M entries that share one mean and one variance, then applies a
+per-channel scale and shift (``gamma``, ``beta``; either may be None):
+
+    mu = mean_S(x)     rstd = 1/sqrt(var_S(x) + eps)   (biased variance, as torch)
+    xhat = (x - mu) rstd                               y = gamma * xhat + beta
+
+The sets: batch norm -- one per channel, over the batch and all spatial positions (M = N * H * W); group norm --
+one per example and group of C/G channels, over the positions and those channels (M = H * W * C/G); instance
+norm -- group norm with one channel per group. Layer norm over the channels of NHWC data is ``funcdl.layer_norm``
+(the last axis), so it is not repeated here.
+
+Backward in closed form (the step-by-step version, through mu, var and rstd one node at a time, is in
+``notebooks/04_cnn.ipynb``). With g = dy * gamma the cotangent of xhat, and d mu/dx_j = 1/M,
+d rstd/dx_j = -rstd^3 (x_j - mu)/M = -rstd^2 xhat_j / M:
+
+    d xhat_i / d x_j = rstd (delta_ij - 1/M - xhat_i xhat_j / M)
+    dx = rstd/M * (M g - sum_S g - xhat * sum_S(g xhat))
+    dgamma = sum over everything but the channel of dy * xhat,   dbeta = the same sum of dy.
+
+Residuals: x, mu and rstd (one number per set) and gamma; xhat is recomputed in the backward (one fused
+multiply-add) instead of being kept as a second array the size of x. Statistics are computed in at least
+float32.
+
+Batch norm has two modes and a state. Training normalises with the batch statistics (``batch_norm``) and
+updates running statistics with torch's momentum convention and the *unbiased* batch variance:
+
+    running_mean <- (1 - momentum) running_mean + momentum mu
+    running_var  <- (1 - momentum) running_var  + momentum var_S(x) M/(M-1)
+
+Evaluation uses the running statistics (``batch_norm_eval``): an affine map of x, so
+dx = dy * gamma * rstd and the running statistics get no gradient. ``batch_norm_apply`` holds the two modes
+together with the state pytree in and out (DESIGN.md: nothing is mutated in place).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .examples import Example, keys, normal, uniform
+from .primitive import primitive
+
+__all__ = [
+    "batch_norm", "batch_norm_eval", "group_norm", "instance_norm", "batch_norm_init", "batch_norm_apply",
+    "norm_init", "channel_layer_norm",
+]
+
+
+def _stat_dtype(x):
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def _check_affine(name, x, gamma, beta):
+    c = x.shape[-1]
+    for label, v in (("scale gamma", gamma), ("shift beta", beta)):
+        if v is not None and v.shape != (c,):
+            raise ValueError(f"{name}: {label} shape {v.shape} must be ({c},), the channel count of input {x.shape} "
+                             "(channels last)")
+
+
+def _affine(xhat, gamma, beta, dtype):
+    y = xhat if gamma is None else xhat * gamma.astype(xhat.dtype)
+    y = y if beta is None else y + beta.astype(xhat.dtype)
+    return y.astype(dtype)
+
+
+def _affine_grads(dy, xhat, axes, gamma, beta):
+    dgamma = None if gamma is None else jnp.sum(dy * xhat, axis=axes).astype(gamma.dtype)
+    dbeta = None if beta is None else jnp.sum(dy, axis=axes).astype(beta.dtype)
+    return dgamma, dbeta
+
+
+# -- batch norm (training: batch statistics) ----------------------------------------------------------------------
+
+
+def _bn_check(x, gamma=None, beta=None, *, eps=1e-5):
+    if x.ndim < 2:
+        raise ValueError(f"batch_norm: input must be (N, C) or (N, *spatial, C), got shape {x.shape}")
+    m = x.size // x.shape[-1]
+    if m < 2:
+        raise ValueError(f"batch_norm: training needs more than one value per channel to estimate a variance; "
+                         f"input {x.shape} has {m} (use a larger batch or batch_norm_eval)")
+    _check_affine("batch_norm", x, gamma, beta)
+
+
+def _bn_axes(x):
+    return tuple(range(x.ndim - 1))
+
+
+def _batch_norm(x, gamma=None, beta=None, *, eps=1e-5):
+    axes = _bn_axes(x)
+    xf = x.astype(_stat_dtype(x))
+    mu = jnp.mean(xf, axis=axes)
+    var = jnp.mean(jnp.square(xf - mu), axis=axes)
+    return _affine((xf - mu) / jnp.sqrt(var + eps), gamma, beta, x.dtype)
+
+
+def _bn_fwd(x, gamma=None, beta=None, *, eps=1e-5):
+    axes = _bn_axes(x)
+    xf = x.astype(_stat_dtype(x))
+    mu = jnp.mean(xf, axis=axes)
+    var = jnp.mean(jnp.square(xf - mu), axis=axes)
+    rstd = jax.lax.rsqrt(var + eps)
+    y = _affine((xf - mu) * rstd, gamma, beta, x.dtype)
+    return y, (x, mu, rstd, gamma, beta)
+
+
+def _bn_bwd(res, dy, *, eps=1e-5):
+    x, mu, rstd, gamma, beta = res
+    axes = _bn_axes(x)
+    m = x.size // x.shape[-1]
+    dyf = dy.astype(mu.dtype)
+    xhat = (x.astype(mu.dtype) - mu) * rstd                       # recomputed, not stored
+    g = dyf if gamma is None else dyf * gamma.astype(mu.dtype)
+    sum_g = jnp.sum(g, axis=axes)
+    sum_gx = jnp.sum(g * xhat, axis=axes)
+    dx = (rstd / m) * (m * g - sum_g - xhat * sum_gx)
+    dgamma, dbeta = _affine_grads(dyf, xhat, axes, gamma, beta)
+    return dx.astype(x.dtype), dgamma, dbeta
+
+
+def _bn_examples(key, dtype):
+    k = keys(key, 9)
+    return [
+        Example((normal(k[0], (6, 5), dtype, 2.0, 1.0), normal(k[1], (5,), dtype), normal(k[2], (5,), dtype)),
+                {}, "dense (N, C)"),
+        Example((normal(k[3], (3, 4, 5, 4), dtype), normal(k[4], (4,), dtype), normal(k[5], (4,), dtype)),
+                {"eps": 1e-3}, "spatial (N, H, W, C)"),
+        Example((normal(k[6], (4, 7, 3), dtype), None, None), {}, "1-D, no affine"),
+        Example((normal(k[7], (2, 3, 3, 2, 3), dtype), normal(k[8], (3,), dtype), None), {}, "3-D, scale only"),
+    ]
+
+
+batch_norm = primitive("batch_norm", _batch_norm, _bn_fwd, _bn_bwd, examples=_bn_examples, check=_bn_check)
+
+
+# -- batch norm (evaluation: running statistics) --------------------------------------------------------------
+
+
+def _bne_check(x, mean, var, gamma=None, beta=None, *, eps=1e-5):
+    if x.ndim < 2:
+        raise ValueError(f"batch_norm_eval: input must be (N, C) or (N, *spatial, C), got shape {x.shape}")
+    c = x.shape[-1]
+    if mean.shape != (c,) or var.shape != (c,):
+        raise ValueError(f"batch_norm_eval: running mean {mean.shape} and var {var.shape} must be ({c},) for input "
+                         f"{x.shape}")
+    _check_affine("batch_norm_eval", x, gamma, beta)
+
+
+def _batch_norm_eval(x, mean, var, gamma=None, beta=None, *, eps=1e-5):
+    sd = _stat_dtype(x)
+    xhat = (x.astype(sd) - mean.astype(sd)) / jnp.sqrt(var.astype(sd) + eps)
+    return _affine(xhat, gamma, beta, x.dtype)
+
+
+def _bne_fwd(x, mean, var, gamma=None, beta=None, *, eps=1e-5):
+    sd = _stat_dtype(x)
+    rstd = jax.lax.rsqrt(var.astype(sd) + eps)
+    y = _affine((x.astype(sd) - mean.astype(sd)) * rstd, gamma, beta, x.dtype)
+    return y, (x, mean.astype(sd), rstd, gamma, beta)
+
+
+def _bne_bwd(res, dy, *, eps=1e-5):
+    x, mean, rstd, gamma, beta = res
+    axes = _bn_axes(x)
+    dyf = dy.astype(rstd.dtype)
+    scale = rstd if gamma is None else rstd * gamma.astype(rstd.dtype)
+    xhat = (x.astype(rstd.dtype) - mean) * rstd
+    dgamma, dbeta = _affine_grads(dyf, xhat, axes, gamma, beta)
+    return (dyf * scale).astype(x.dtype), None, None, dgamma, dbeta
+
+
+def _bne_examples(key, dtype):
+    k = keys(key, 10)
+    return [
+        Example((normal(k[0], (6, 5), dtype), normal(k[1], (5,), dtype), uniform(k[2], (5,), dtype, 0.5, 2.0),
+                 normal(k[3], (5,), dtype), normal(k[4], (5,), dtype)), {}, "dense"),
+        Example((normal(k[5], (2, 3, 4, 3), dtype), normal(k[6], (3,), dtype), uniform(k[7], (3,), dtype, 0.5, 2.0),
+                 normal(k[8], (3,), dtype), None), {"eps": 1e-3}, "spatial, scale only"),
+    ]
+
+
+batch_norm_eval = primitive("batch_norm_eval", _batch_norm_eval, _bne_fwd, _bne_bwd, examples=_bne_examples,
+                            check=_bne_check, nondiff=("mean", "var"))
+
+
+# -- group norm and instance norm ------------------------------------------------------------------------------
+
+
+def _gn_check_factory(name):
+    def check(x, gamma=None, beta=None, *, groups=1, eps=1e-5):
+        if x.ndim < 3:
+            raise ValueError(f"{name}: input must be (N, *spatial, C) channels last, got shape {x.shape}")
+        c = x.shape[-1]
+        g = c if name == "instance_norm" else groups
+        if not isinstance(g, int) or g < 1 or c % g:
+            raise ValueError(f"{name}: channels {c} (input {x.shape}) are not divisible by groups={g}")
+        if (x.size // x.shape[0]) // g < 2:
+            raise ValueError(f"{name}: each group of input {x.shape} has one value; its variance is undefined")
+        _check_affine(name, x, gamma, beta)
+    return check
+
+
+def _grouped(x, groups):
+    """(N, *sp, C) -> (N, M_sp, G, C/G); the statistics run over axes (1, 3)."""
+    return x.reshape(x.shape[0], -1, groups, x.shape[-1] // groups)
+
+
+def _group_norm(x, gamma=None, beta=None, *, groups=1, eps=1e-5):
+    xg = _grouped(x.astype(_stat_dtype(x)), groups)
+    mu = jnp.mean(xg, axis=(1, 3), keepdims=True)
+    var = jnp.var(xg, axis=(1, 3), keepdims=True)
+    xhat = ((xg - mu) / jnp.sqrt(var + eps)).reshape(x.shape)
+    return _affine(xhat, gamma, beta, x.dtype)
+
+
+def _gn_fwd(x, gamma=None, beta=None, *, groups=1, eps=1e-5):
+    xg = _grouped(x.astype(_stat_dtype(x)), groups)
+    mu = jnp.mean(xg, axis=(1, 3), keepdims=True)                 # (N, 1, G, 1)
+    rstd = jax.lax.rsqrt(jnp.mean(jnp.square(xg - mu), axis=(1, 3), keepdims=True) + eps)
+    y = _affine(((xg - mu) * rstd).reshape(x.shape), gamma, beta, x.dtype)
+    return y, (x, mu, rstd, gamma, beta)
+
+
+def _gn_bwd(res, dy, *, groups=1, eps=1e-5):
+    x, mu, rstd, gamma, beta = res
+    sd = mu.dtype
+    dyf = dy.astype(sd)
+    xg = _grouped(x.astype(sd), groups)
+    xhat = (xg - mu) * rstd                                        # (N, M_sp, G, C/G), recomputed
+    g = _grouped(dyf if gamma is None else dyf * gamma.astype(sd), groups)
+    m = xg.shape[1] * xg.shape[3]
+    sum_g = jnp.sum(g, axis=(1, 3), keepdims=True)
+    sum_gx = jnp.sum(g * xhat, axis=(1, 3), keepdims=True)
+    dx = ((rstd / m) * (m * g - sum_g - xhat * sum_gx)).reshape(x.shape)
+    dgamma, dbeta = _affine_grads(dyf, xhat.reshape(x.shape), tuple(range(x.ndim - 1)), gamma,
+                                  beta)
+    return dx.astype(x.dtype), dgamma, dbeta
+
+
+def _gn_examples(key, dtype):
+    k = keys(key, 9)
+    return [
+        Example((normal(k[0], (2, 4, 5, 6), dtype), normal(k[1], (6,), dtype), normal(k[2], (6,), dtype)),
+                {"groups": 3}, "groups=3"),
+        Example((normal(k[3], (2, 3, 4, 4), dtype, 2.0), normal(k[4], (4,), dtype), None),
+                {"groups": 1, "eps": 1e-3}, "groups=1 (all channels)"),
+        Example((normal(k[5], (3, 7, 4), dtype), None, None), {"groups": 4}, "1-D, groups=C, no affine"),
+        Example((normal(k[6], (2, 3, 2, 3, 6), dtype), normal(k[7], (6,), dtype), normal(k[8], (6,), dtype)),
+                {"groups": 2}, "3-D groups=2"),
+    ]
+
+
+group_norm = primitive("group_norm", _group_norm, _gn_fwd, _gn_bwd, examples=_gn_examples,
+                       check=_gn_check_factory("group_norm"))
+
+
+def _instance_norm(x, gamma=None, beta=None, *, eps=1e-5):
+    return _group_norm(x, gamma, beta, groups=x.shape[-1], eps=eps)
+
+
+def _in_fwd(x, gamma=None, beta=None, *, eps=1e-5):
+    return _gn_fwd(x, gamma, beta, groups=x.shape[-1], eps=eps)
+
+
+def _in_bwd(res, dy, *, eps=1e-5):
+    return _gn_bwd(res, dy, groups=res[0].shape[-1], eps=eps)
+
+
+def _in_examples(key, dtype):
+    k = keys(key, 5)
+    return [
+        Example((normal(k[0], (2, 4, 5, 3), dtype), normal(k[1], (3,), dtype), normal(k[2], (3,), dtype)), {},
+                "2-D affine"),
+        Example((normal(k[3], (3, 6, 2), dtype, 3.0), None, None), {"eps": 1e-3}, "1-D no affine"),
+    ]
+
+
+_instance_norm.__doc__ = __doc__
+instance_norm = primitive("instance_norm", _instance_norm, _in_fwd, _in_bwd, examples=_in_examples,
+                          check=_gn_check_factory("instance_norm"))
+
+
+def channel_layer_norm(x, gamma=None, beta=None, *, eps=1e-5):
+    """Layer norm over the channels of channels-last data: ``funcdl.layer_norm`` over the last axis."""
+    from .layernorm import layer_norm
+
+    return layer_norm(x, gamma, beta, eps=eps)
+
+
+# -- batch norm with its state ----------------------------------------------------------------------------------
+
+
+def norm_init(channels: int, dtype=jnp.float32) -> dict:
+    """Scale 1 and shift 0 (torch's default affine parameters): ``{"scale": (C,), "bias": (C,)}``."""
+    return {"scale": jnp.ones((channels,), dtype), "bias": jnp.zeros((channels,), dtype)}
+
+
+def batch_norm_init(channels: int, dtype=jnp.float32) -> tuple[dict, dict]:
+    """``(params, state)``: affine parameters and running statistics (mean 0, var 1, as torch)."""
+    return norm_init(channels, dtype), {"mean": jnp.zeros((channels,), dtype), "var": jnp.ones((channels,), dtype)}
+
+
+def batch_norm_apply(params, state, x, *, train: bool, momentum: float = 0.1, eps: float = 1e-5):
+    """``(y, new_state)``. Training: batch statistics, running statistics updated (torch's momentum, unbiased
+    variance); evaluation: running statistics, state returned unchanged. ``params`` may be None (no affine)."""
+    gamma = None if params is None else params.get("scale")
+    beta = None if params is None else params.get("bias")
+    if not train:
+        return batch_norm_eval(x, state["mean"], state["var"], gamma, beta, eps=eps), state
+    y = batch_norm(x, gamma, beta, eps=eps)
+    xs = jax.lax.stop_gradient(x).astype(_stat_dtype(x))
+    axes = _bn_axes(x)
+    m = x.size // x.shape[-1]
+    mu = jnp.mean(xs, axis=axes)
+    var = jnp.mean(jnp.square(xs - mu), axis=axes) * (m / (m - 1))
+    new = {
+        "mean": ((1 - momentum) * state["mean"] + momentum * mu).astype(state["mean"].dtype),
+        "var": ((1 - momentum) * state["var"] + momentum * var).astype(state["var"].dtype),
+    }
+    return y, new
