@@ -44,6 +44,12 @@ def test_train_writes_a_run(tmp_path, capsys):
     assert main(["train", "mlp", "--out", str(out), "--steps", "5", "--quiet"]) == 2
     assert "already holds a run" in capsys.readouterr().err
 
+    from funcdl.commands.train import load_run
+    run = load_run(out)
+    assert run["step"] == 45 and run["params"]["layers"][0]["w"].shape == (40, 16)
+    logits = run["task"].apply(run["params"], run["state"], run["data"].splits["test"]["x"][:5])
+    assert logits.shape == (5, 10)
+
 
 def test_autodiff_and_no_scan_flags(tmp_path):
     base = ["train", "logreg", "--steps", "12", "--quiet", "--eval-every", "12"]

@@ -209,3 +209,34 @@ def run(args) -> int:
           f"({s['steps_per_second']} steps/s); {figures}")
     print(f"wrote {out}/summary.json")
     return 1 if s["stopped"] == "diverged" else 0
+
+
+def load_run(run_dir, *, load_data: bool = True):
+    """Rebuild a finished (or interrupted) run for other commands (``sample``, ``plot``): returns a dict with
+    ``task``, ``params``, ``state``, ``config`` (config.json), ``data`` (the Dataset, or None) and ``info``."""
+    import jax
+
+    import funcdl.data as fdata
+    from funcdl import checkpoint as ckpt
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
+    cfg = json.loads(cfg_path.read_text())
+    entry = _models().get_model(cfg["model"])
+    train_cfg = cfg.get("train", {})
+    data = fdata.load(cfg["data"], data_dir=cfg.get("data_dir"), val_fraction=train_cfg.get("val_fraction")) \
+        if load_data else None
+    if data is not None:
+        info = data.info(seq_len=train_cfg.get("seq_len") if data.windowed else None)
+    else:
+        info = None
+    if info is None:
+        raise ValueError("load_run needs the data set to rebuild the model (load_data=True)")
+    model_opts = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.get("model_options", {}).items()}
+    task = entry.build(info, **model_opts)
+    params, state = task.init(jax.random.PRNGKey(0))
+    trees, meta = ckpt.restore(run_dir / "checkpoint.npz", {"params": params, "state": state})
+    return {"task": task, "params": trees["params"], "state": trees["state"], "config": cfg, "data": data,
+            "info": info, "step": meta.get("step")}
