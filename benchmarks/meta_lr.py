@@ -69,7 +69,8 @@ def make_meta_objective(config, k: int, batch: int, inner: str):
     def val_loss(log_lr, key, data):
         (x_tr, y_tr), (x_va, y_va) = data
         k_init, k_batches = jax.random.split(key)
-        params = mlp.init(k_init, config)
+        # float32 throughout (mlp.init's biases follow jax's default float, float64 when x64 is on)
+        params = jax.tree.map(lambda a: a.astype(jnp.float32), mlp.init(k_init, config))
         lr = jnp.exp(log_lr)
         opt = optim.sgd(lr, momentum=0.9) if inner == "sgd" else optim.create(inner, lr)
         idx = jax.random.randint(k_batches, (k, batch), 0, x_tr.shape[0])
