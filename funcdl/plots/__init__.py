@@ -1,4 +1,5 @@
-"""funcdl.plots: PNG figures written with matplotlib (Agg backend, no display needed).
+"""funcdl.plots: PNG figures written with matplotlib (``matplotlib.figure.Figure`` objects, no pyplot state
+and no display needed).
 
 ``training``: loss, accuracy and learning-rate curves of a run directory (read from ``metrics.jsonl``).
 Other modules add their own figures here.

@@ -26,13 +26,11 @@ def read_metrics(run_dir) -> dict[str, list[dict]]:
 
 
 def _figure():
-    import matplotlib
+    """A figure that is not registered with pyplot: no global backend switch, safe inside notebooks."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    return plt, fig, ax
+    fig = Figure(figsize=(6, 4), dpi=100)
+    return fig, fig.add_subplot()
 
 
 def plot_curves(records: dict, metric: str, path, *, title: str = "", log_y: bool = False) -> Path | None:
@@ -41,7 +39,7 @@ def plot_curves(records: dict, metric: str, path, *, title: str = "", log_y: boo
     series = {s: v for s, v in series.items() if v}
     if not series:
         return None
-    plt, fig, ax = _figure()
+    fig, ax = _figure()
     styles = {"train": dict(lw=1, alpha=0.8), "val": dict(lw=2, marker="o", ms=3)}
     for split, pts in series.items():
         steps, values = zip(*pts, strict=True)
@@ -55,7 +53,6 @@ def plot_curves(records: dict, metric: str, path, *, title: str = "", log_y: boo
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)
 
 
