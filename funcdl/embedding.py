@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .examples import Example, keys, normal
 from .primitive import is_concrete, primitive
@@ -46,9 +47,11 @@ def _check(table, ids, *, padding_idx=None):
     if padding_idx is not None and not 0 <= padding_idx < vocab:
         raise ValueError(f"{name}: padding_idx {padding_idx} is outside the vocabulary 0..{vocab - 1}")
     if is_concrete(ids) and ids.size:
-        bad = (ids < 0) | (ids >= vocab)
-        if bool(jnp.any(bad)):
-            first = int(jnp.asarray(ids)[bad][0])
+        # NumPy, not jnp: a concrete array closed over inside a jit trace would turn jnp results into tracers
+        values = np.asarray(ids)
+        bad = (values < 0) | (values >= vocab)
+        if bad.any():
+            first = int(values[bad][0])
             raise ValueError(
                 f"{name}: token id {first} is outside the vocabulary 0..{vocab - 1} (table shape {table.shape}); "
                 "check the tokenizer's vocabulary size against the model's vocab_size"
