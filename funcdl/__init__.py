@@ -35,6 +35,7 @@ from .norm import batch_norm, batch_norm_apply, batch_norm_eval, batch_norm_init
 from .dropout import dropout
 from .embedding import embedding
 from .feedforward import gelu_mlp, swiglu, tied_softmax_cross_entropy
+from .flash import flash_attention
 from .layernorm import layer_norm, rms_norm
 from .linear import dense
 from .losses import (
@@ -67,7 +68,7 @@ __all__ = [
     "binary_cross_entropy_with_logits", "binary_cross_entropy", "kl_div", "multi_margin_loss",
     "embedding", "rnn_cell", "lstm_cell", "gru_cell", "rnn", "lstm", "gru", "lengths_to_mask",
     "layer_norm", "rms_norm", "dot_product_attention", "multi_head_attention",
-    "gelu_mlp", "swiglu", "tied_softmax_cross_entropy",
+    "gelu_mlp", "swiglu", "tied_softmax_cross_entropy", "flash_attention",
     "elu", "gelu", "get_activation", "hard_sigmoid", "hard_tanh", "identity", "leaky_relu", "log_softmax",
     "mish", "relu", "selu", "sigmoid", "silu", "softmax", "softplus", "swish", "tanh",
 ]

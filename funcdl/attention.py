@@ -47,6 +47,7 @@ from .primitive import primitive, unbroadcast
 __all__ = [
     "dot_product_attention", "scaled_dot_product_attention", "causal_mask", "padding_mask", "multi_head_attention",
     "mha_init", "split_heads", "merge_heads", "qkv_projection", "attend", "packed_causal_attention",
+    "causal_self_attention",
 ]
 
 
@@ -366,7 +367,24 @@ def multi_head_attention(params, x, context=None, *, n_heads: int, n_kv_heads: i
 
 
 # ------------------------------------------------------------------------------ packed causal attention
-def _packed_check(qkv, key=None, *, n_heads, dropout_rate=0.0, scale=None):
+# The GPT fast path. The heads stay in the (B, T, H, dh) layout the fused projection produced (einsum
+# contracts over it), so no head transposes are materialised, and the backward hands back d qkv in the packed
+# layout directly. ``compute_dtype="bfloat16"`` runs every matrix product on bfloat16 operands with float32
+# accumulation (mixed precision: softmax, statistics and the outputs stay float32); None computes in the
+# inputs' dtype.
+def _mm(spec, a, b, cdt):
+    if cdt is None:
+        return jnp.einsum(spec, a, b)
+    return jnp.einsum(spec, a.astype(cdt), b.astype(cdt), preferred_element_type=jnp.float32)
+
+
+def _check_cdt(name, compute_dtype):
+    if compute_dtype not in (None, "bfloat16", "float16", "float32"):
+        raise ValueError(f"{name}: compute_dtype must be None, 'float32', 'bfloat16' or 'float16', "
+                         f"got {compute_dtype!r}")
+
+
+def _packed_check(qkv, key=None, *, n_heads, dropout_rate=0.0, scale=None, compute_dtype=None):
     name = "packed_causal_attention"
     if qkv.ndim != 3 or qkv.shape[-1] % 3:
         raise ValueError(f"{name}: qkv must be (batch, time, 3 * width) from a fused projection, got {qkv.shape}")
@@ -378,6 +396,7 @@ def _packed_check(qkv, key=None, *, n_heads, dropout_rate=0.0, scale=None):
         raise ValueError(f"{name}: dropout_rate must lie in [0, 1), got {dropout_rate}")
     if dropout_rate > 0 and key is None:
         raise ValueError(f"{name}: dropout_rate > 0 needs a PRNG key")
+    _check_cdt(name, compute_dtype)
 
 
 def _unpack(qkv, n_heads):
@@ -387,46 +406,48 @@ def _unpack(qkv, n_heads):
     return x[:, :, 0], x[:, :, 1], x[:, :, 2]                     # each (B, T, H, dh)
 
 
-def _packed_probs(q, k, scale):
+def _packed_core(qkv, key, n_heads, dropout_rate, scale, cdt):
+    """(O (B, T, H, dh), P (B, H, T, T)) of causal attention on packed q, k, v."""
+    q, k, v = _unpack(qkv, n_heads)
     t = q.shape[1]
-    s = jnp.einsum("bthd,bshd->bhts", q, k) * jnp.asarray(_scale(q, scale), q.dtype)
+    s = _mm("bthd,bshd->bhts", q, k, cdt) * jnp.asarray(_scale(q, scale), qkv.dtype)
     s = jnp.where(causal_mask(t), s, -jnp.inf)
     m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))   # finite: the diagonal is always allowed
     e = jnp.exp(s - m)
-    return e / jnp.sum(e, axis=-1, keepdims=True)
+    p = e / jnp.sum(e, axis=-1, keepdims=True)
+    o = _mm("bhts,bshd->bthd", _dropped(p, key, dropout_rate), v, cdt).astype(qkv.dtype)
+    return o, p
 
 
-def _packed(qkv, key=None, *, n_heads, dropout_rate=0.0, scale=None):
+def _packed_core_bwd(qkv, o, p, key, do, n_heads, dropout_rate, scale, cdt):
+    """d qkv (B, T, 3D) from dO (B, T, H, dh): dV = Pd^T dO, dP = dO V^T (masked), dS = P (dP - rowsum(dO O))."""
+    q, k, v = _unpack(qkv, n_heads)
+    dv = _mm("bhts,bthd->bshd", _dropped(p, key, dropout_rate), do, cdt)
+    dp = _dropped(_mm("bthd,bshd->bhts", do, v, cdt), key, dropout_rate)
+    d = jnp.swapaxes(jnp.sum(do * o, axis=-1), 1, 2)[..., None]      # rowsum(dO * O): (B, H, T, 1)
+    ds = p * (dp - d) * jnp.asarray(_scale(q, scale), qkv.dtype)
+    dq = _mm("bhts,bshd->bthd", ds, k, cdt)
+    dk = _mm("bhts,bthd->bshd", ds, q, cdt)
+    return jnp.stack([dq, dk, dv], axis=2).reshape(qkv.shape).astype(qkv.dtype)
+
+
+def _packed(qkv, key=None, *, n_heads, dropout_rate=0.0, scale=None, compute_dtype=None):
     """Causal multi-head attention straight from a fused projection: qkv (B, T, 3D) -> (B, T, D).
 
-    The same mathematics as ``dot_product_attention(..., causal=True)`` on the split heads; the heads stay in
-    the (B, T, H, dh) layout the projection produced (einsum contracts over it), so no transposes are
-    materialised, and the backward returns d qkv in the packed layout directly.
+    The same mathematics as ``dot_product_attention(..., causal=True)`` on the split heads.
     """
-    q, k, v = _unpack(qkv, n_heads)
-    p = _dropped(_packed_probs(q, k, scale), key, dropout_rate)
-    o = jnp.einsum("bhts,bshd->bthd", p, v)
+    o, _ = _packed_core(qkv, key, n_heads, dropout_rate, scale, compute_dtype)
     return o.reshape(o.shape[0], o.shape[1], -1)
 
 
-def _packed_fwd(qkv, key=None, *, n_heads, dropout_rate=0.0, scale=None):
-    q, k, v = _unpack(qkv, n_heads)
-    p = _packed_probs(q, k, scale)
-    o = jnp.einsum("bhts,bshd->bthd", _dropped(p, key, dropout_rate), v)
+def _packed_fwd(qkv, key=None, *, n_heads, dropout_rate=0.0, scale=None, compute_dtype=None):
+    o, p = _packed_core(qkv, key, n_heads, dropout_rate, scale, compute_dtype)
     return o.reshape(o.shape[0], o.shape[1], -1), (qkv, o, p, key)
 
 
-def _packed_bwd(res, do, *, n_heads, dropout_rate=0.0, scale=None):
+def _packed_bwd(res, do, *, n_heads, dropout_rate=0.0, scale=None, compute_dtype=None):
     qkv, o, p, key = res
-    q, k, v = _unpack(qkv, n_heads)
-    do = do.reshape(o.shape)
-    dv = jnp.einsum("bhts,bthd->bshd", _dropped(p, key, dropout_rate), do)
-    dp = _dropped(jnp.einsum("bthd,bshd->bhts", do, v), key, dropout_rate)
-    d = jnp.swapaxes(jnp.sum(do * o, axis=-1), 1, 2)[..., None]      # rowsum(dO * O): (B, H, T, 1)
-    ds = p * (dp - d) * jnp.asarray(_scale(q, scale), q.dtype)
-    dq = jnp.einsum("bhts,bshd->bthd", ds, k)
-    dk = jnp.einsum("bhts,bthd->bshd", ds, q)
-    return jnp.stack([dq, dk, dv], axis=2).reshape(qkv.shape), None
+    return _packed_core_bwd(qkv, o, p, key, do.reshape(o.shape), n_heads, dropout_rate, scale, compute_dtype), None
 
 
 def _packed_examples(key, dtype):
@@ -440,4 +461,99 @@ def _packed_examples(key, dtype):
 
 packed_causal_attention = primitive(
     "packed_causal_attention", _packed, _packed_fwd, _packed_bwd, examples=_packed_examples, check=_packed_check,
+)
+
+
+# ------------------------------------------------------------------------ the whole causal attention sublayer
+def _mat(a, w, cdt):
+    if cdt is None:
+        return jnp.matmul(a, w)
+    return jnp.matmul(a.astype(cdt), w.astype(cdt), preferred_element_type=jnp.float32)
+
+
+def _flat_t(a, b, cdt):
+    """a^T b over all leading axes: (..., n), (..., m) -> (n, m)."""
+    return _mat(a.reshape(-1, a.shape[-1]).T, b.reshape(-1, b.shape[-1]), cdt)
+
+
+def _csa_check(x, w_qkv, b_qkv=None, w_o=None, b_o=None, key=None, *, n_heads, dropout_rate=0.0, scale=None,
+               compute_dtype=None):
+    name = "causal_self_attention"
+    if x.ndim != 3:
+        raise ValueError(f"{name}: x must be (batch, time, width), got shape {x.shape}")
+    d = x.shape[-1]
+    if w_o is None:
+        raise ValueError(f"{name}: the output projection w_o is required (inputs: x, w_qkv, b_qkv, w_o, b_o, key)")
+    if w_qkv.shape != (d, 3 * d) or w_o.shape != (d, d):
+        raise ValueError(f"{name}: weights must be w_qkv ({d}, {3 * d}) and w_o ({d}, {d}) for width {d}; got "
+                         f"{w_qkv.shape} and {w_o.shape}")
+    if b_qkv is not None and b_qkv.shape != (3 * d,):
+        raise ValueError(f"{name}: b_qkv shape {b_qkv.shape} must be ({3 * d},)")
+    if b_o is not None and b_o.shape != (d,):
+        raise ValueError(f"{name}: b_o shape {b_o.shape} must be ({d},)")
+    if n_heads <= 0 or d % n_heads:
+        raise ValueError(f"{name}: the number of heads ({n_heads}) must divide the width ({d}); "
+                         f"choose n_heads among the divisors of {d}")
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"{name}: dropout_rate must lie in [0, 1), got {dropout_rate}")
+    if dropout_rate > 0 and key is None:
+        raise ValueError(f"{name}: dropout_rate > 0 needs a PRNG key")
+    _check_cdt(name, compute_dtype)
+
+
+def _csa_qkv(x, w_qkv, b_qkv, cdt):
+    qkv = _mat(x, w_qkv, cdt).astype(x.dtype)
+    return qkv if b_qkv is None else qkv + b_qkv
+
+
+def _csa(x, w_qkv, b_qkv=None, w_o=None, b_o=None, key=None, *, n_heads, dropout_rate=0.0, scale=None,
+         compute_dtype=None):
+    """y = merge(causal_attention(split(x W_qkv + b_qkv))) W_o + b_o: GPT's attention sublayer, one primitive.
+
+    Backward: the output projection's rule (dW_o = Y^T dy, dY = dy W_o^T), the packed attention core's rule,
+    then the fused projection's (dW_qkv = X^T dqkv, dx = dqkv W_qkv^T). Residuals: x, qkv, the attention
+    output Y and the probabilities P.
+    """
+    o, _ = _packed_core(_csa_qkv(x, w_qkv, b_qkv, compute_dtype), key, n_heads, dropout_rate, scale, compute_dtype)
+    y = _mat(o.reshape(x.shape), w_o, compute_dtype).astype(x.dtype)
+    return y if b_o is None else y + b_o
+
+
+def _csa_fwd(x, w_qkv, b_qkv=None, w_o=None, b_o=None, key=None, *, n_heads, dropout_rate=0.0, scale=None,
+             compute_dtype=None):
+    qkv = _csa_qkv(x, w_qkv, b_qkv, compute_dtype)
+    o, p = _packed_core(qkv, key, n_heads, dropout_rate, scale, compute_dtype)
+    y = _mat(o.reshape(x.shape), w_o, compute_dtype).astype(x.dtype)
+    y = y if b_o is None else y + b_o
+    return y, (x, w_qkv, w_o, qkv, o, p, key, b_qkv is not None, b_o is not None)
+
+
+def _csa_bwd(res, dy, *, n_heads, dropout_rate=0.0, scale=None, compute_dtype=None):
+    x, w_qkv, w_o, qkv, o, p, key, has_bqkv, has_bo = res
+    cdt = compute_dtype
+    y = o.reshape(x.shape)
+    dw_o = _flat_t(y, dy, cdt).astype(w_o.dtype)
+    db_o = jnp.sum(dy.reshape(-1, dy.shape[-1]), axis=0) if has_bo else None
+    do = _mat(dy, w_o.T, cdt).astype(x.dtype).reshape(o.shape)
+    dqkv = _packed_core_bwd(qkv, o, p, key, do, n_heads, dropout_rate, scale, cdt)
+    dw_qkv = _flat_t(x, dqkv, cdt).astype(w_qkv.dtype)
+    db_qkv = jnp.sum(dqkv.reshape(-1, dqkv.shape[-1]), axis=0) if has_bqkv else None
+    dx = _mat(dqkv, w_qkv.T, cdt).astype(x.dtype)
+    return dx, dw_qkv, db_qkv, dw_o, db_o, None
+
+
+def _csa_examples(key, dtype):
+    k = keys(key, 8)
+    d = 6
+    return [
+        Example((normal(k[0], (2, 5, d), dtype), normal(k[1], (d, 3 * d), dtype, 0.5), normal(k[2], (3 * d,), dtype),
+                 normal(k[3], (d, d), dtype, 0.5), normal(k[4], (d,), dtype)), {"n_heads": 2}, "biases H=2"),
+        Example((normal(k[5], (2, 4, d), dtype), normal(k[6], (d, 3 * d), dtype, 0.5), None,
+                 normal(k[7], (d, d), dtype, 0.5), None, jax.random.PRNGKey(2)),
+                {"n_heads": 3, "dropout_rate": 0.1}, "no biases H=3 dropout"),
+    ]
+
+
+causal_self_attention = primitive(
+    "causal_self_attention", _csa, _csa_fwd, _csa_bwd, examples=_csa_examples, check=_csa_check,
 )

@@ -37,6 +37,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import erf
 
 from .examples import Example, keys, normal
@@ -72,14 +73,28 @@ def _flat_sum(a, n):
     return jnp.sum(a.reshape(-1, n), axis=0)
 
 
-def _flat_t_matmul(x, dy):
+def _mat(a, w, cdt=None):
+    """a @ w; with a compute dtype (mixed precision) on cast operands with float32 accumulation."""
+    if cdt is None:
+        return jnp.matmul(a, w)
+    return jnp.matmul(a.astype(cdt), w.astype(cdt), preferred_element_type=jnp.float32)
+
+
+def _flat_t_matmul(x, dy, cdt=None):
     """x^T dy over all leading axes: (..., n) x (..., m) -> (n, m)."""
-    return jnp.matmul(x.reshape(-1, x.shape[-1]).T, dy.reshape(-1, dy.shape[-1]))
+    return _mat(x.reshape(-1, x.shape[-1]).T, dy.reshape(-1, dy.shape[-1]), cdt)
+
+
+def _check_cdt(name, compute_dtype):
+    if compute_dtype not in (None, "bfloat16", "float16", "float32"):
+        raise ValueError(f"{name}: compute_dtype must be None, 'float32', 'bfloat16' or 'float16', "
+                         f"got {compute_dtype!r}")
 
 
 # ---------------------------------------------------------------------------------------------- gelu_mlp
-def _mlp_check(x, w1, b1=None, w2=None, b2=None, *, approximate=False):
+def _mlp_check(x, w1, b1=None, w2=None, b2=None, *, approximate=False, compute_dtype=None):
     name = "gelu_mlp"
+    _check_cdt(name, compute_dtype)
     if w2 is None:
         raise ValueError(f"{name}: the second weight w2 is required (inputs: x, w1, b1, w2, b2)")
     if w1.ndim != 2 or w2.ndim != 2:
@@ -93,31 +108,32 @@ def _mlp_check(x, w1, b1=None, w2=None, b2=None, *, approximate=False):
         raise ValueError(f"{name}: b2 shape {b2.shape} must be ({w2.shape[1]},)")
 
 
-def _mlp_ref(x, w1, b1=None, w2=None, b2=None, *, approximate=False):
+def _mlp_ref(x, w1, b1=None, w2=None, b2=None, *, approximate=False, compute_dtype=None):
     """y = gelu(x W1 + b1) W2 + b2."""
-    z = jnp.matmul(x, w1)
+    z = _mat(x, w1, compute_dtype).astype(x.dtype)
     z = z if b1 is None else z + b1
-    y = jnp.matmul(_gelu(z, approximate), w2)
+    y = _mat(_gelu(z, approximate), w2, compute_dtype).astype(x.dtype)
     return y if b2 is None else y + b2
 
 
-def _mlp_fwd(x, w1, b1=None, w2=None, b2=None, *, approximate=False):
-    z = jnp.matmul(x, w1)
+def _mlp_fwd(x, w1, b1=None, w2=None, b2=None, *, approximate=False, compute_dtype=None):
+    z = _mat(x, w1, compute_dtype).astype(x.dtype)
     z = z if b1 is None else z + b1
-    y = jnp.matmul(_gelu(z, approximate), w2)
+    y = _mat(_gelu(z, approximate), w2, compute_dtype).astype(x.dtype)
     y = y if b2 is None else y + b2
     return y, (x, w1, w2, z, b1 is not None, b2 is not None)
 
 
-def _mlp_bwd(res, dy, *, approximate=False):
+def _mlp_bwd(res, dy, *, approximate=False, compute_dtype=None):
     x, w1, w2, z, has_b1, has_b2 = res
+    cdt = compute_dtype
     a, dadz = _gelu_and_grad(z, approximate)
-    dw2 = _flat_t_matmul(a, dy)
+    dw2 = _flat_t_matmul(a, dy, cdt).astype(w2.dtype)
     db2 = _flat_sum(dy, dy.shape[-1]) if has_b2 else None
-    dz = jnp.matmul(dy, w2.T) * dadz
-    dw1 = _flat_t_matmul(x, dz)
+    dz = _mat(dy, w2.T, cdt).astype(x.dtype) * dadz
+    dw1 = _flat_t_matmul(x, dz, cdt).astype(w1.dtype)
     db1 = _flat_sum(dz, dz.shape[-1]) if has_b1 else None
-    dx = jnp.matmul(dz, w1.T)
+    dx = _mat(dz, w1.T, cdt).astype(x.dtype)
     return dx, dw1, db1, dw2, db2
 
 
@@ -200,8 +216,9 @@ def swiglu_init(key, d_model: int, d_hidden: int | None = None, *, std: float = 
 
 
 # ----------------------------------------------------------------------------- tied head + cross-entropy
-def _tied_check(h, table, targets):
+def _tied_check(h, table, targets, *, compute_dtype=None):
     name = "tied_softmax_cross_entropy"
+    _check_cdt(name, compute_dtype)
     if table.ndim != 2 or h.shape[-1] != table.shape[1]:
         raise ValueError(f"{name}: hidden states {h.shape} and embedding table {table.shape} do not match "
                          "(need h (..., D) and table (V, D))")
@@ -212,23 +229,24 @@ def _tied_check(h, table, targets):
         raise TypeError(f"{name}: targets must be integer token ids, got {targets.dtype}")
     if is_concrete(targets) and targets.size:
         v = table.shape[0]
-        if bool(jnp.any((targets < 0) | (targets >= v))):
+        t = np.asarray(targets)                 # numpy: a closed-over constant inside jit stays concrete
+        if bool(np.any((t < 0) | (t >= v))):
             raise ValueError(f"{name}: a target id is outside the vocabulary 0..{v - 1}")
 
 
-def _tied_logits(h, table):
-    return jnp.matmul(h.reshape(-1, h.shape[-1]), table.T)
+def _tied_logits(h, table, cdt):
+    return _mat(h.reshape(-1, h.shape[-1]), table.T, cdt).astype(h.dtype)
 
 
-def _tied_ref(h, table, targets):
+def _tied_ref(h, table, targets, *, compute_dtype=None):
     """mean cross-entropy of softmax(h E^T) against the targets."""
-    logits = _tied_logits(h, table)
+    logits = _tied_logits(h, table, compute_dtype)
     logp = jax.nn.log_softmax(logits, axis=-1)
     return -jnp.mean(jnp.take_along_axis(logp, targets.reshape(-1, 1), axis=-1))
 
 
-def _tied_fwd(h, table, targets):
-    logits = _tied_logits(h, table)
+def _tied_fwd(h, table, targets, *, compute_dtype=None):
+    logits = _tied_logits(h, table, compute_dtype)
     m = jnp.max(logits, axis=-1, keepdims=True)
     lse = m + jnp.log(jnp.sum(jnp.exp(logits - m), axis=-1, keepdims=True))
     t = targets.reshape(-1, 1)
@@ -236,13 +254,13 @@ def _tied_fwd(h, table, targets):
     return value, (h, table, t, logits, lse)
 
 
-def _tied_bwd(res, g):
+def _tied_bwd(res, g, *, compute_dtype=None):
     h, table, t, logits, lse = res
     n, v = logits.shape
     p = jnp.exp(logits - lse)
     dlogits = (p - (jnp.arange(v)[None, :] == t).astype(p.dtype)) * (g / n)
-    dh = jnp.matmul(dlogits, table).reshape(h.shape)
-    dtable = jnp.matmul(dlogits.T, h.reshape(n, -1))
+    dh = _mat(dlogits, table, compute_dtype).astype(h.dtype).reshape(h.shape)
+    dtable = _mat(dlogits.T, h.reshape(n, -1), compute_dtype).astype(table.dtype)
     return dh, dtable, None
 
 

@@ -36,6 +36,7 @@ import funcdl as fd
 from funcdl import attention as attn_ops
 from funcdl import feedforward as ff
 from funcdl.attention import merge_heads, split_heads
+from funcdl.primitive import _reference_mode
 from funcdl.task import DataInfo, Task
 
 from .registry import register
@@ -54,6 +55,10 @@ class GPTConfig:
     dropout: float = 0.0           # on the embeddings, the attention weights and each residual branch
     bias: bool = False             # biases in dense layers and layer norms (nanoGPT's bias=False drops both)
     fused: bool = True             # use the fused transformer primitives (fast path); False: one primitive per op
+    compute_dtype: str | None = None   # "bfloat16": matrix products on bf16 operands, f32 accumulation (fused path)
+    remat: bool = False            # recompute each block's forward in the backward (jax.checkpoint)
+    grad_chunks: int = 1           # compute the gradient this many batch rows-chunks at a time (cache-sized)
+    chunk_mode: str = "scan"       # "scan": one chunk after the other; "unrolled": independent chunks
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -151,7 +156,10 @@ def _attention(p, x, config: GPTConfig, key, train, cache=None, start=0):
     rate = config.dropout if train else 0.0
     k_attn, k_out = (jax.random.split(key) if key is not None else (None, None))
     if cache is None and config.fused:
-        y = attn_ops.packed_causal_attention(_dense(p["qkv"], x), k_attn, n_heads=config.n_head, dropout_rate=rate)
+        y = attn_ops.causal_self_attention(x, p["qkv"]["w"], p["qkv"].get("b"), p["proj"]["w"], p["proj"].get("b"),
+                                           k_attn, n_heads=config.n_head, dropout_rate=rate,
+                                           compute_dtype=config.compute_dtype)
+        return _drop(y, k_out, config.dropout, train), cache
     else:
         qkv = _dense(p["qkv"], x)
         d = config.n_embd
@@ -172,7 +180,8 @@ def _attention(p, x, config: GPTConfig, key, train, cache=None, start=0):
 
 def _mlp(p, x, config, key, train):
     if config.fused:
-        y = ff.gelu_mlp(x, p["fc"]["w"], p["fc"].get("b"), p["proj"]["w"], p["proj"].get("b"))
+        y = ff.gelu_mlp(x, p["fc"]["w"], p["fc"].get("b"), p["proj"]["w"], p["proj"].get("b"),
+                        compute_dtype=config.compute_dtype)
     else:
         y = _dense(p["proj"], fd.gelu(_dense(p["fc"], x)))
     return _drop(y, key, config.dropout, train)
@@ -185,12 +194,17 @@ def hidden(params, tokens, config: GPTConfig, *, key=None, train: bool = False, 
     keys = jax.random.split(key, 1 + 3 * config.n_layer) if train else [None] * (1 + 3 * config.n_layer)
     x = _drop(_embed(params, tokens, config, start), keys[0], config.dropout, train)
     new_cache = []
-    for i, blk in enumerate(params["blocks"]):
-        a, c = _attention(blk["attn"], _ln(blk["ln_1"], x), config, keys[1 + 3 * i], train,
-                          None if cache is None else cache[i], start)
-        new_cache.append(c)
+
+    def block(blk, x, k_attn, k_mlp, c):
+        a, c = _attention(blk["attn"], _ln(blk["ln_1"], x), config, k_attn, train, c, start)
         x = x + a
-        x = x + _mlp(blk["mlp"], _ln(blk["ln_2"], x), config, keys[2 + 3 * i], train)
+        return x + _mlp(blk["mlp"], _ln(blk["ln_2"], x), config, k_mlp, train), c
+
+    if config.remat and cache is None:
+        block = jax.checkpoint(block)
+    for i, blk in enumerate(params["blocks"]):
+        x, c = block(blk, x, keys[1 + 3 * i], keys[2 + 3 * i], None if cache is None else cache[i])
+        new_cache.append(c)
     h = _ln(params["ln_f"], x)
     return (h, new_cache) if cache is not None else h
 
@@ -200,12 +214,66 @@ def apply(params, tokens, config: GPTConfig, *, key=None, train: bool = False):
     return jnp.matmul(hidden(params, tokens, config, key=key, train=train), params["wte"].T)
 
 
-def loss(params, tokens, targets, config: GPTConfig, *, key=None, train: bool = False):
-    """Mean next-token cross-entropy (nats per token)."""
+def _loss(params, tokens, targets, config: GPTConfig, key=None, train: bool = False):
     h = hidden(params, tokens, config, key=key, train=train)
     if config.fused:
-        return ff.tied_softmax_cross_entropy(h, params["wte"], targets)
+        return ff.tied_softmax_cross_entropy(h, params["wte"], targets, compute_dtype=config.compute_dtype)
     return fd.softmax_cross_entropy(jnp.matmul(h, params["wte"].T), targets)
+
+
+def loss(params, tokens, targets, config: GPTConfig, *, key=None, train: bool = False):
+    """Mean next-token cross-entropy (nats per token).
+
+    With ``config.grad_chunks = n > 1`` (and a batch divisible by n) the gradient is computed n rows at a
+    time — forward and backward of one chunk, then the next, accumulated in a ``lax.scan`` — and handed to
+    ``jax.grad`` through a ``custom_vjp`` whose backward only scales it. The mean of the chunk means is the
+    batch mean, so the gradient is the same; what changes is the working set: the residuals of one chunk stay
+    in the CPU's cache (see benchmarks/bench_gpt.py). Under ``funcdl.autodiff`` the plain loss is used.
+    """
+    n = config.grad_chunks
+    if n > 1 and tokens.shape[0] % n == 0 and not _reference_mode():
+        return _chunked_loss(params, tokens, targets, key, config, train)
+    return _loss(params, tokens, targets, config, key, train)
+
+
+def _chunk_value_and_grad(params, tokens, targets, key, config, train):
+    n = config.grad_chunks
+    split = lambda a: a.reshape(n, a.shape[0] // n, *a.shape[1:])
+    keys = jax.random.split(key, n) if key is not None else jnp.zeros((n, 2), jnp.uint32)
+    has_key = key is not None
+
+    def body(acc, inp):
+        x, y, k = inp
+        v, g = jax.value_and_grad(_loss)(params, x, y, config, k if has_key else None, train)
+        return (acc[0] + v, jax.tree.map(jnp.add, acc[1], g)), None
+
+    zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+    xs = (split(tokens), split(targets), keys)
+    if config.chunk_mode == "scan":
+        (value, grads), _ = jax.lax.scan(body, zero, xs)
+    else:           # independent chunks: XLA's CPU runtime may run them on different cores at once
+        acc = zero
+        for i in range(n):
+            acc, _ = body(acc, jax.tree.map(lambda a, i=i: a[i], xs))
+        value, grads = acc
+    return value / n, jax.tree.map(lambda g: g / n, grads)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _chunked_loss(params, tokens, targets, key, config, train):
+    return _loss(params, tokens, targets, config, key, train)
+
+
+def _chunked_fwd(params, tokens, targets, key, config, train):
+    value, grads = _chunk_value_and_grad(params, tokens, targets, key, config, train)
+    return value, grads
+
+
+def _chunked_bwd(config, train, grads, g):
+    return jax.tree.map(lambda x: g * x, grads), None, None, None
+
+
+_chunked_loss.defvjp(_chunked_fwd, _chunked_bwd)
 
 
 def make_task(config: GPTConfig) -> Task:
