@@ -101,13 +101,12 @@ def optimizer_paths(name: str, fn: TestFunction, steps: int, lr_grid=LR_GRID):
     return lr_grid[best], paths[best], gaps[best]
 
 
-def _plt():
-    import matplotlib
+def _subplots(nrows, ncols, figsize, dpi):
+    """Figure and axes not registered with pyplot: no global backend switch, safe inside notebooks."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize, dpi=dpi)
+    return fig, fig.subplots(nrows, ncols)
 
 
 def plot_optimizers(out_dir, steps: int = 300, optimizers: str | None = None) -> list[Path]:
@@ -120,13 +119,14 @@ def plot_optimizers(out_dir, steps: int = 300, optimizers: str | None = None) ->
             raise ValueError(f"unknown optimizer {n!r}; valid optimizers: {', '.join(sorted(optim.OPTIMIZERS))}")
     if steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
-    plt = _plt()
-    cmap = plt.get_cmap("tab20")
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"]
     colors = {n: cmap(i % 20) for i, n in enumerate(sorted(optim.OPTIMIZERS))}
     styles = {n: ("-", "--", ":")[i % 3] for i, n in enumerate(sorted(optim.OPTIMIZERS))}
 
-    fig, axes = plt.subplots(2, 2, figsize=(14, 12), dpi=110)
-    fig_l, axes_l = plt.subplots(2, 2, figsize=(12, 9), dpi=100)
+    fig, axes = _subplots(2, 2, (14, 12), 110)
+    fig_l, axes_l = _subplots(2, 2, (12, 9), 100)
     for ax, ax_l, fn in zip(axes.ravel(), axes_l.ravel(), TEST_FUNCTIONS, strict=True):
         x0, x1, y0, y1 = fn.window
         xs, ys = np.meshgrid(np.linspace(x0, x1, 300), np.linspace(y0, y1, 300))
@@ -151,7 +151,7 @@ def plot_optimizers(out_dir, steps: int = 300, optimizers: str | None = None) ->
         ax_l.set_ylabel("f - f*")
         ax_l.grid(alpha=0.3)
         ax_l.legend(fontsize=6, ncol=2)
-    fig.suptitle("optimizer paths, each at its best learning rate from a log grid (o start, * minimum, x end)")
+    fig.suptitle("optimizer paths, each at its own learning rate from a log grid (o start, * minimum, x end)")
     fig.tight_layout()
     fig_l.suptitle("gap to the minimum along each path")
     fig_l.tight_layout()
@@ -160,8 +160,6 @@ def plot_optimizers(out_dir, steps: int = 300, optimizers: str | None = None) ->
     paths = [out_dir / "optimizer_paths.png", out_dir / "optimizer_losses.png"]
     fig.savefig(paths[0])
     fig_l.savefig(paths[1])
-    plt.close(fig)
-    plt.close(fig_l)
     return paths
 
 
@@ -172,9 +170,8 @@ def plot_schedules(out_dir, steps: int = 1000, warmup: int = 100) -> list[Path]:
 
     if steps < 2 or not 0 <= warmup < steps:
         raise ValueError(f"need steps >= 2 and 0 <= warmup < steps, got steps={steps}, warmup={warmup}")
-    plt = _plt()
     t = jnp.arange(steps)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(14, 5), dpi=100)
+    fig, (a, b) = _subplots(1, 2, (14, 5), 100)
     names = [n for n in optim.SCHEDULES if n != "warmup_cosine"]          # an alias of cosine
     for i, name in enumerate(names):
         a.plot(t, optim.make_schedule(name, 1.0, steps, warmup, 0.05)(t), ("-", "--", "-.", ":")[i % 4],
@@ -202,5 +199,4 @@ def plot_schedules(out_dir, steps: int = 1000, warmup: int = 100) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "schedules.png"
     fig.savefig(path)
-    plt.close(fig)
     return [path]
