@@ -429,23 +429,44 @@ def _decode_cached_keys(params, prompt, keys, *, config, temperature, top_k, top
 
 
 # ------------------------------------------------------------------------------------------------- registry
+PRESET_MODEL = {
+    "baby": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.0},
+    "shakespeare-char": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "dropout": 0.2},
+}
+
+
 def _build(info: DataInfo, n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False, fused=True,
-           **_):
+           compute_dtype="bfloat16", grad_chunks=2, preset=None, **_):
     if info.vocab_size is None:
         raise ValueError(f"gpt needs a language (token) data set; {info.name!r} has no vocabulary")
+    if preset is not None:
+        if preset not in PRESET_MODEL:
+            raise ValueError(f"gpt: unknown preset {preset!r}; valid: {', '.join(PRESET_MODEL)}")
+        n_layer, n_head, n_embd, block_size, dropout = (PRESET_MODEL[preset][k] for k in
+                                                        ("n_layer", "n_head", "n_embd", "block_size", "dropout"))
+    if compute_dtype in ("none", "None", "float32", ""):
+        compute_dtype = None
     return make_task(GPTConfig(vocab_size=info.vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
-                               n_embd=n_embd, dropout=dropout, bias=bias, fused=fused))
+                               n_embd=n_embd, dropout=dropout, bias=bias, fused=fused, compute_dtype=compute_dtype,
+                               grad_chunks=grad_chunks))
 
+
+# nanoGPT decays the 2-D tensors only (dense weights and the embeddings), never norm scales or biases
+DECAY_MASK = r"^(wte|wpe)$|/(qkv|proj|fc)/w$"
 
 register(
     "gpt", _build, data=("tinyshakespeare",),
     defaults={
         "data": "tinyshakespeare", "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "seq_len": 64,
-        "bias": False, "dropout": 0.0, "batch_size": 12, "steps": 2000, "optimizer": "adamw", "lr": 1e-3,
-        "min_lr": 1e-4, "warmup_steps": 100, "schedule": "cosine", "betas": (0.9, 0.99), "b1": 0.9, "b2": 0.99,
-        "weight_decay": 0.1, "clip_norm": 1.0, "eval_interval": 250, "eval_iters": 20,
-        "presets": {"shakespeare-char": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256,
-                                         "seq_len": 256, "batch_size": 64, "steps": 5000, "dropout": 0.2}},
+        "bias": False, "dropout": 0.0, "compute_dtype": "bfloat16", "grad_chunks": 2,
+        "batch_size": 12, "steps": 2000, "optimizer": "adamw", "lr": 1e-3, "schedule": "cosine",
+        "warmup_steps": 100, "weight_decay": 0.1, "clip_norm": 1.0, "eval_every": 250, "eval_batches": 20,
+        "optimizer_options": {"b1": 0.9, "b2": 0.99, "mask": DECAY_MASK},
+        # nanoGPT's GPU configuration; `--set preset=shakespeare-char` selects the model half of it, and a
+        # `--preset` option of `funcdl train` can merge the whole dict (model and training options)
+        "presets": {"shakespeare-char": {"preset": "shakespeare-char", "n_layer": 6, "n_head": 6, "n_embd": 384,
+                                         "block_size": 256, "seq_len": 256, "batch_size": 64, "steps": 5000,
+                                         "dropout": 0.2}},
     },
     description="decoder-only GPT (nanoGPT baby-GPT: 4 layers, 4 heads, width 128, context 64, no biases)",
 )
