@@ -166,7 +166,8 @@ def test_idx_reader_and_fashion_mnist_from_local_files(tmp_path):
     assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1) < 1e-3      # train statistics
     assert ds.extras["classes"][9] == "Ankle boot"
     # a truncated file is reported, not misread
-    raw = gzip.open(folder / "t10k-images-idx3-ubyte.gz").read()
+    with gzip.open(folder / "t10k-images-idx3-ubyte.gz") as f:
+        raw = f.read()
     with gzip.open(folder / "t10k-images-idx3-ubyte.gz", "wb") as f:
         f.write(raw[:-10])
     with pytest.raises(ValueError, match="truncated"):
