@@ -165,6 +165,11 @@ def test_idx_reader_and_fashion_mnist_from_local_files(tmp_path):
     assert x.shape == (18, 28, 28, 1) and x.dtype == np.float32
     assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1) < 1e-3      # train statistics
     assert ds.extras["classes"][9] == "Ankle boot"
+    # unpacked copies are read too
+    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz") as f:
+        (folder / "t10k-labels-idx1-ubyte").write_bytes(f.read())
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    assert data.load("fashion_mnist", data_dir=folder).size("test") == 8
     # a truncated file is reported, not misread
     with gzip.open(folder / "t10k-images-idx3-ubyte.gz") as f:
         raw = f.read()

@@ -2,7 +2,8 @@
 
 Look-up order for a file ``NAME`` of data set ``SET``:
 
-1. ``data_dir/NAME`` when a ``--data-dir`` is given (the file is used as it is);
+1. ``data_dir/NAME`` when a ``--data-dir`` is given (the file is used as it is; for ``X.gz`` an unpacked
+   ``X`` also does);
 2. ``CACHE/SET/NAME`` where ``CACHE`` is ``$FUNCDL_DATA`` or ``~/.cache/funcdl``;
 3. a download from the canonical address into ``CACHE/SET/NAME.part-<pid>``, checked against its checksum,
    then renamed to ``NAME`` (``os.replace`` is atomic, so the cache never holds a partial file).
@@ -58,6 +59,8 @@ def fetch(dataset: str, name: str, url: str, *, md5: str | None = None, sha256: 
         local = Path(data_dir).expanduser() / name
         if local.is_file():
             return local
+        if local.suffix == ".gz" and local.with_suffix("").is_file():     # an already unpacked copy
+            return local.with_suffix("")
         raise MissingDataError(
             f"{dataset}: {name} is not in --data-dir {data_dir}. Put the file there, or leave out --data-dir to "
             f"use the cache {cache_dir(dataset)} (downloaded from {url})."
