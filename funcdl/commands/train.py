@@ -72,7 +72,7 @@ def register(sub) -> None:
     p.add_argument("--eval-every", type=int, help="steps between evaluations (default: one epoch)")
     p.add_argument("--patience", type=int, help="early stopping: evaluations without validation improvement")
     p.add_argument("--no-scan", action="store_true",
-                   help="a Python loop of jitted steps instead of whole epochs inside lax.scan (slower)")
+                   help="a Python loop of jitted steps instead of whole epochs inside lax.scan (to compare speed)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model or training option, e.g. --set hidden=256,256 --set dropout=0.1 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
