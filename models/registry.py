@@ -17,7 +17,9 @@ Each model file calls ``register(...)`` once::
 * every other key is a model option and is passed to ``build`` as a keyword argument (``hidden``, ``dropout``,
   ``n_layers``, ...), so ``build`` must accept each model option its defaults list.
 
-The command line overrides both: ``funcdl train mlp --lr 3e-3 --set hidden=256,256 --set dropout=0.1``.
+``data_defaults={"mnist": {"epochs": 15, ...}}`` replaces defaults for one data set (a model tuned for MNIST-1D
+wants other settings on MNIST). The command line overrides all of them:
+``funcdl train mlp --lr 3e-3 --set hidden=256,256 --set dropout=0.1``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class ModelEntry(NamedTuple):
     defaults: dict
     description: str
     data: tuple = ()          # data sets this model is meant for (the first is the default)
+    data_defaults: dict = {}  # data name -> defaults that replace the model's own for that data set
 
     @property
     def train_defaults(self) -> dict:
@@ -62,14 +65,19 @@ def split_options(options: dict) -> tuple[dict, dict]:
     return train, model
 
 
-def register(name: str, build: Callable, *, defaults: dict, description: str, data: tuple = ()) -> None:
+def register(name: str, build: Callable, *, defaults: dict, description: str, data: tuple = (),
+             data_defaults: dict | None = None) -> None:
     if name in MODELS:
         raise ValueError(f"model {name!r} is already registered")
     if not callable(build):
         raise TypeError(f"register({name!r}): build must be callable, got {type(build).__name__}")
     if "epochs" in defaults and "steps" in defaults:
         raise ValueError(f"register({name!r}): give 'epochs' or 'steps' in defaults, not both")
-    MODELS[name] = ModelEntry(name, build, dict(defaults), description, tuple(data))
+    data_defaults = {k: dict(v) for k, v in (data_defaults or {}).items()}
+    for d, opts in data_defaults.items():
+        if "epochs" in opts and "steps" in opts:
+            raise ValueError(f"register({name!r}): data_defaults[{d!r}] gives both 'epochs' and 'steps'")
+    MODELS[name] = ModelEntry(name, build, dict(defaults), description, tuple(data), data_defaults)
 
 
 def get_model(name: str) -> ModelEntry:

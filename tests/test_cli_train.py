@@ -123,3 +123,18 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     from funcdl.checkpoint import load_meta
     assert load_meta(out)["step"] == s["steps"]
     assert "Traceback" not in output
+
+
+def test_per_data_defaults_beat_model_defaults_and_flags_beat_both():
+    from funcdl.cli import build_parser
+    from funcdl.commands.train import resolve_options
+    from models import get_model
+
+    entry = get_model("mlp")
+    parse = lambda argv: build_parser().parse_args(["train", *argv])
+    data, train, model = resolve_options(entry, parse(["mlp"]))
+    assert data == "mnist1d" and train["epochs"] == entry.defaults["epochs"] and "schedule" not in train
+    data, train, model = resolve_options(entry, parse(["mlp", "--data", "mnist"]))
+    assert data == "mnist" and train["epochs"] == 15 and train["schedule"] == "cosine"
+    data, train, model = resolve_options(entry, parse(["mlp", "--data", "mnist", "--epochs", "2"]))
+    assert train["epochs"] == 2 and model["hidden"] == entry.defaults["hidden"]

@@ -1,7 +1,8 @@
 """``funcdl train MODEL --data NAME ...``: train a registered model on a registered data set.
 
-Options come from three places, later ones winning: the training defaults of ``TrainConfig``, the model's
-registered ``defaults`` (see ``models/registry.py``), then the command line (``--lr``, ..., ``--set k=v``).
+Options come from four places, later ones winning: the training defaults of ``TrainConfig``, the model's
+registered ``defaults``, its ``data_defaults`` for the chosen data set (see ``models/registry.py``), then the
+command line (``--lr``, ..., ``--set k=v``).
 ``--set`` takes model options (``--set hidden=256,256``) and training options alike.
 """
 
@@ -118,6 +119,13 @@ def resolve_options(entry, args) -> tuple[str, dict, dict]:
 
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     merged = dict(entry.defaults)
+    chosen = args.data or merged.get("data") or (entry.data[0] if entry.data else None)
+    for k, v in entry.data_defaults.get(chosen, {}).items():   # per-data-set defaults beat the model's own
+        merged[k] = v
+        if k == "epochs":
+            merged.pop("steps", None)
+        if k == "steps":
+            merged.pop("epochs", None)
     for name in _FLAGS:
         value = getattr(args, name, None)
         if value is not None:
