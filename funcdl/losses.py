@@ -23,6 +23,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .examples import Example, keys, normal, uniform
 from .primitive import is_concrete, primitive
@@ -63,9 +64,11 @@ def _ce_check(logits, labels, weight=None, *, reduction="mean", label_smoothing=
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{name}: label_smoothing must lie in [0, 1], got {label_smoothing}")
     if is_concrete(labels):
-        bad = (labels != ignore_index) & ((labels < 0) | (labels >= n_classes))
-        if bool(jnp.any(bad)):
-            first = int(labels[bad][0]) if labels.ndim else int(labels)
+        # NumPy, not jnp: a concrete array closed over inside a jit trace would turn jnp results into tracers
+        values = np.asarray(labels)
+        bad = (values != ignore_index) & ((values < 0) | (values >= n_classes))
+        if bad.any():
+            first = int(values[bad][0]) if values.ndim else int(values)
             raise ValueError(
                 f"{name}: label {first} is out of range for {n_classes} classes (valid: 0..{n_classes - 1}, "
                 f"or ignore_index={ignore_index})"
@@ -203,12 +206,12 @@ def _check_labels(name, labels, x, *, ignore_index=None, what="input"):
         )
     n_classes = _shape(x)[-1]
     if is_concrete(labels):
-        labels = jnp.asarray(labels)
-        bad = (labels < 0) | (labels >= n_classes)
+        values = np.asarray(labels)           # NumPy: stays concrete inside a jit trace
+        bad = (values < 0) | (values >= n_classes)
         if ignore_index is not None:
-            bad = bad & (labels != ignore_index)
-        if bool(jnp.any(bad)):
-            first = int(labels[bad][0]) if labels.ndim else int(labels)
+            bad = bad & (values != ignore_index)
+        if bad.any():
+            first = int(values[bad][0]) if values.ndim else int(values)
             also = "" if ignore_index is None else f", or ignore_index={ignore_index}"
             raise ValueError(f"{name}: label {first} is out of range for {n_classes} classes "
                              f"(valid: 0..{n_classes - 1}{also})")
@@ -674,7 +677,7 @@ def _bce_check(probs, targets, weight=None, *, reduction="mean"):
     _need_float(name, "targets", targets)
     _same_shape(name, probs, targets, ("input", "targets"))
     _check_elem_weight(name, "weight", weight, probs)
-    if is_concrete(probs) and bool(jnp.any((jnp.asarray(probs) < 0) | (jnp.asarray(probs) > 1))):
+    if is_concrete(probs) and bool(np.any((np.asarray(probs) < 0) | (np.asarray(probs) > 1))):
         raise ValueError(f"{name}: input probabilities must lie in [0, 1]; for logits use "
                          "binary_cross_entropy_with_logits")
 

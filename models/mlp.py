@@ -60,7 +60,7 @@ def init(key, config: MLPConfig) -> dict:
         kw, kb = jax.random.split(k)
         w = initializers.get(config.weight_init)(kw, (n_in, n_out))
         bound = 1.0 / math.sqrt(n_in)
-        b = jax.random.uniform(kb, (n_out,), minval=-bound, maxval=bound)
+        b = jax.random.uniform(kb, (n_out,), w.dtype, minval=-bound, maxval=bound)
         layers.append({"w": w, "b": b})
     return {"layers": layers}
 
