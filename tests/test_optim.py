@@ -541,3 +541,28 @@ def test_gradients_are_cast_to_the_parameter_dtype(name):
     assert u["w"].dtype == jnp.float32 and u["b"].dtype == jnp.float64
     for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(state), strict=True):
         assert a.dtype == b.dtype
+
+
+def test_wrappers_and_schedules_under_vmap():
+    """Chains of wrappers with a schedule, vmapped over 3 independent problems, equal a loop over them."""
+    loss = lambda p, x: jnp.sum((p["w"] - x) ** 2) + jnp.sum(jnp.sin(p["b"] * x[0]))
+    opt = optim.skip_not_finite(optim.chain(
+        optim.clip_by_global_norm(1.0),
+        optim.accumulate(optim.lookahead(optim.ema_params(optim.adamw(optim.one_cycle(0.1, 12), mask="w")), 2), 2)))
+
+    def run(x):
+        p = {"w": jnp.zeros(3), "b": jnp.ones(2)}
+        s = opt.init(p)
+        for _ in range(6):
+            u, s = opt.update(jax.grad(loss)(p, x), s, p)
+            p = optim.apply_updates(p, u)
+        return p, optim.current_lr(s), optim.ema_of(s)
+
+    xs = jnp.arange(9.0).reshape(3, 3) / 4
+    together = jax.jit(jax.vmap(run))(xs)
+    run_one = jax.jit(run)
+    for i in range(3):
+        alone = run_one(xs[i])
+        for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(together), strict=True):
+            np.testing.assert_allclose(a, b[i], rtol=1e-5, atol=1e-7)
+    assert float(together[1][0]) == pytest.approx(float(optim.one_cycle(0.1, 12)(2)), rel=1e-5)
