@@ -4,9 +4,8 @@ Shapes (batch-first): x (B, T, I), initial states h0 (B, H) [c0 (B, H)], weights
 mask (B, T) boolean (True = a real step, False = padding; ``None`` = all real). Outputs: the per-step
 outputs ys (B, T, H) and the final state(s) h_T [c_T].
 
-Forward: a ``lax.scan`` over the cell, with the input projection hoisted out of the loop — ``A = X W_ih +
-b_ih`` for all steps is one big matrix product; only ``h W_hh`` has to wait for the previous step. A padded
-step leaves the state unchanged and outputs zero (torch's ``pack_padded_sequence`` / ``pad_packed_sequence``):
+Forward: a ``lax.scan`` over the cell. A padded step leaves the state unchanged and outputs zero (torch's
+``pack_padded_sequence`` / ``pad_packed_sequence``):
 
     h~_t = cell(x_t, h_{t-1}),   h_t = m_t ? h~_t : h_{t-1},   y_t = m_t ? h_t : 0
 
@@ -25,14 +24,20 @@ Carry g_t = dL/dh_t backwards in time, starting from the cotangent of the final 
 
 For the LSTM the carry is the pair (dL/dh_t, dL/dc_t); the cell state's gradient flows through the forget
 gate, dc_{t-1} = dc~_t * f_t, which is why LSTM gradients vanish more slowly than the tanh RNN's
-(whose carry is multiplied by diag(1 - h^2) W_hh^T at every step). Only the carry is sequential: the scan
-emits the pre-activation gradients dA_t, and every weight gradient is then one matrix product over all steps
+(whose carry is multiplied by diag(1 - h^2) W_hh^T at every step).
 
-    dX = dA W_ih^T,   dW_ih = X^T dA,   dW_hh = H_prev^T dA,   db = sum_{b,t} dA
+The weights are shared by every step, so their gradients are sums over steps; the reverse scan accumulates
+them in its carry next to g_t and emits dx_t = da_t W_ih^T:
 
-(H_prev = the states shifted by one step, h0 first). Residuals, by design the least the derivation needs:
-RNN the states h_t (B,T,H); LSTM the states h_t, c_t and the four gate activations (6H per step, plus P for
-a projection's h); GRU h_t, the gates r, z, n and u_n = h W_hn + b_hn (5H). Pre-activations are never kept.
+    dW_ih += x_t^T da_t,   dW_hh += h_{t-1}^T da_t,   db += sum_b da_t
+
+(One could instead emit every da_t and take dW_ih = X^T dA as one big product after the loop: on CPU that
+was slower and kept a (T, B, G H) buffer alive — see ``benchmarks/bench_lstm.py``; likewise the forward
+computes x_t W_ih inside the loop rather than X W_ih up front.)
+
+Residuals, by design the least the derivation needs: RNN the states h_t (B,T,H) — tanh' and relu' read off
+h_t; LSTM h_t, c_t and the four gate activations (6H per step, P instead of H for a projected h); GRU h_t,
+the gates r, z, n and u_n = h W_hn + b_hn (5H). Pre-activations are never kept.
 """
 
 from __future__ import annotations
@@ -81,11 +86,16 @@ def _out(m, h):
     return h if m is None else jnp.where(m, h, 0)
 
 
-def _prev(states, s0, reverse):
-    """The state each step started from, in array order: h0 then h_0..h_{T-2} (reversed scan: shifted the
-    other way)."""
-    s0 = s0[None]
-    return jnp.concatenate([s0, states[:-1]]) if not reverse else jnp.concatenate([states[1:], s0])
+def _steps(states):
+    return jnp.arange(states.shape[0])
+
+
+def _prev_at(states, s0, t, reverse):
+    """The state step t started from, read out of the saved states (no shifted copy is made)."""
+    n = states.shape[0]
+    edge = (t == n - 1) if reverse else (t == 0)
+    j = jnp.clip(t + 1 if reverse else t - 1, 0, n - 1)
+    return jnp.where(edge, s0.astype(states.dtype), lax.dynamic_index_in_dim(states, j, keepdims=False))
 
 
 def _state(s0, x, w):
@@ -98,8 +108,13 @@ def _like(cts, primals):
     return tuple(None if c is None else c.astype(p.dtype) for c, p in zip(cts, primals, strict=True))
 
 
-def _bias_sum(d, has):
-    return jnp.sum(d, axis=(0, 1)) if has else None
+def _zeros_like_grads(g, w_ih, w_hh):
+    """Zero accumulators (dW_ih, dW_hh, db) in the gradient's (promoted) dtype."""
+    return (jnp.zeros(w_ih.shape, g.dtype), jnp.zeros(w_hh.shape, g.dtype), jnp.zeros(w_hh.shape[1:], g.dtype))
+
+
+def _bias(db, b):
+    return None if b is None else db
 
 
 def _check_mask(name, mask):
@@ -117,8 +132,7 @@ def _rnn_check(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, mask=None, *, nonlineari
 
 
 def _rnn(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, mask=None, *, nonlinearity="tanh", reverse=False):
-    """Reference: a scan over the plain cell, each step computing its own x_t W_ih (autodiff through this is
-    ``jax.grad`` through ``lax.scan``)."""
+    """Reference: a scan over the plain cell (autodiff through this is ``jax.grad`` through ``lax.scan``)."""
     act = phi(nonlinearity)
 
     def step(h, inp):
@@ -135,33 +149,36 @@ def _rnn_fwd(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, mask=None, *, nonlinearity
     m = _time_mask(mask)
 
     def step(h, inp):
-        a_t, m_t = inp
-        h = _keep(m_t, act(a_t + affine(h, w_hh, b_hh)), h)
+        x_t, m_t = inp
+        h = _keep(m_t, act(affine(x_t, w_ih, b_ih) + affine(h, w_hh, b_hh)), h)
         return h, h
 
-    h_last, hs = lax.scan(step, _state(h0, x, w_hh), (_tm(affine(x, w_ih, b_ih)), m), reverse=reverse)   # hs (T, B, H)
+    h_last, hs = lax.scan(step, _state(h0, x, w_hh), (_tm(x), m), reverse=reverse)   # hs (T, B, H)
     return (_tm(_out(m, hs)), h_last), (x, h0, w_ih, w_hh, b_ih, b_hh, hs, m)
 
 
 def _rnn_bwd(res, cts, *, nonlinearity="tanh", reverse=False):
     x, h0, w_ih, w_hh, b_ih, b_hh, hs, m = res
     dys, dh_last = cts
-    w_hh_t = w_hh.T
+    w_ih_t, w_hh_t = w_ih.T, w_hh.T
 
-    def step(g, inp):
-        dy_t, h_t, m_t = inp
+    def step(carry, inp):
+        g, dw_ih, dw_hh, db = carry
+        dy_t, x_t, h_t, t, m_t = inp
+        hp_t = _prev_at(hs, h0, t, reverse)
         total = g + _out(m_t, dy_t)                       # dL/dh_t: from the output and from step t+1
         da = phi_grad(h_t, _out(m_t, total), nonlinearity)
         g_prev = da @ w_hh_t
-        return (g_prev if m_t is None else g_prev + jnp.where(m_t, 0, total)), da
+        if m_t is not None:
+            g_prev = g_prev + jnp.where(m_t, 0, total)    # a padded step hands the gradient straight on
+        carry = (g_prev, dw_ih + x_t.T @ da, dw_hh + hp_t.T @ da, db + jnp.sum(da, axis=0))
+        return carry, da @ w_ih_t
 
-    dh0, da = lax.scan(step, dh_last, (_tm(dys), hs, m), reverse=not reverse)    # da (T, B, H)
-    h_prev = _prev(hs, h0, reverse)
-    dx = _tm(da @ w_ih.T)
-    dw_ih = jnp.einsum("bti,tbh->ih", x, da)
-    dw_hh = jnp.einsum("tbk,tbh->kh", h_prev, da)
-    return _like((dx, dh0, dw_ih, dw_hh, _bias_sum(da, b_ih is not None), _bias_sum(da, b_hh is not None)),
-                 (x, h0, w_ih, w_hh, b_ih, b_hh)) + (None,)
+    zeros = _zeros_like_grads(dh_last, w_ih, w_hh)
+    (dh0, dw_ih, dw_hh, db), dx = lax.scan(step, (dh_last, *zeros),
+                                           (_tm(dys), _tm(x), hs, _steps(hs), m), reverse=not reverse)
+    cts = (_tm(dx), dh0, dw_ih, dw_hh, _bias(db, b_ih), _bias(db, b_hh))
+    return _like(cts, (x, h0, w_ih, w_hh, b_ih, b_hh)) + (None,)
 
 
 # ------------------------------------------------------------------------------------------------- lstm
@@ -193,8 +210,8 @@ def _lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, mask=None,
 
     def step(carry, inp):
         h, c = carry
-        a_t, m_t = inp
-        acts = jnp.concatenate(lstm_gates(a_t + affine(h, w_hh, b_hh)), axis=-1)
+        x_t, m_t = inp
+        acts = jnp.concatenate(lstm_gates(affine(x_t, w_ih, b_ih) + affine(h, w_hh, b_hh)), axis=-1)
         i, f, g, o = jnp.split(acts, 4, axis=-1)
         c_new = f * c + i * g
         h_new = o * jnp.tanh(c_new)
@@ -204,7 +221,7 @@ def _lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, mask=None,
         return (h, c), (h, c, acts)
 
     carry = (_state(h0, x, w_hh), _state(c0, x, w_hh))
-    (h_last, c_last), (hs, cs, acts) = lax.scan(step, carry, (_tm(affine(x, w_ih, b_ih)), m), reverse=reverse)
+    (h_last, c_last), (hs, cs, acts) = lax.scan(step, carry, (_tm(x), m), reverse=reverse)
     res = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, hs, cs, acts, m)
     return (_tm(_out(m, hs)), h_last, c_last), res
 
@@ -212,34 +229,32 @@ def _lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, mask=None,
 def _lstm_bwd(res, cts, *, reverse=False):
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, hs, cs, acts, m = res
     dys, dh_last, dc_last = cts
-    c_prev = _prev(cs, c0, reverse)
-    w_hh_t = w_hh.T
-    w_hr_t = None if w_hr is None else w_hr.T
+    w_ih_t, w_hh_t = w_ih.T, w_hh.T
+    hidden = cs.shape[-1]
 
     def step(carry, inp):
-        gh, gc = carry
-        dy_t, acts_t, c_t, cp_t, m_t = inp
+        gh, gc, dw_ih, dw_hh, db, dw_hr = carry
+        dy_t, x_t, acts_t, c_t, t, m_t = inp
+        cp_t, hp_t = _prev_at(cs, c0, t, reverse), _prev_at(hs, h0, t, reverse)
         total = gh + _out(m_t, dy_t)                      # dL/dh_t
         dh_new, dc_new = _out(m_t, total), _out(m_t, gc)  # what reaches this step's cell (zero if padded)
-        dr = dh_new if w_hr is None else dh_new @ w_hr_t
+        if w_hr is None:
+            dr = dh_new
+        else:
+            dr = dh_new @ w_hr.T
+            dw_hr = dw_hr + (acts_t[..., 3 * hidden:] * jnp.tanh(c_t)).T @ dh_new     # r = o tanh(c), recomputed
         dz, dc = lstm_step_bwd(dr, dc_new, acts_t, cp_t, c_t)
         gh_prev = dz @ w_hh_t
         if m_t is not None:
             gh_prev = gh_prev + jnp.where(m_t, 0, total)
             dc = dc + jnp.where(m_t, 0, gc)
-        return (gh_prev, dc), (dz, dh_new if w_hr is not None else None)
+        carry = (gh_prev, dc, dw_ih + x_t.T @ dz, dw_hh + hp_t.T @ dz, db + jnp.sum(dz, axis=0), dw_hr)
+        return carry, dz @ w_ih_t
 
-    (dh0, dc0), (dz, dh_cell) = lax.scan(step, (dh_last, dc_last), (_tm(dys), acts, cs, c_prev, m),
-                                         reverse=not reverse)
-    h_prev = _prev(hs, h0, reverse)
-    dx = _tm(dz @ w_ih.T)
-    dw_ih = jnp.einsum("bti,tbg->ig", x, dz)
-    dw_hh = jnp.einsum("tbk,tbg->kg", h_prev, dz)
-    dw_hr = None
-    if w_hr is not None:
-        r = acts[..., 3 * cs.shape[-1]:] * jnp.tanh(cs)           # recomputed: r = o tanh(c)
-        dw_hr = jnp.einsum("tbh,tbp->hp", r, dh_cell)
-    cts = (dx, dh0, dc0, dw_ih, dw_hh, _bias_sum(dz, b_ih is not None), _bias_sum(dz, b_hh is not None), dw_hr)
+    zeros = _zeros_like_grads(dh_last, w_ih, w_hh) + (None if w_hr is None else jnp.zeros(w_hr.shape, dh_last.dtype),)
+    inputs = (_tm(dys), _tm(x), acts, cs, _steps(cs), m)
+    (dh0, dc0, dw_ih, dw_hh, db, dw_hr), dx = lax.scan(step, (dh_last, dc_last, *zeros), inputs, reverse=not reverse)
+    cts = (_tm(dx), dh0, dc0, dw_ih, dw_hh, _bias(db, b_ih), _bias(db, b_hh), dw_hr)
     return _like(cts, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)) + (None,)
 
 
@@ -265,36 +280,38 @@ def _gru_fwd(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, mask=None, *, reverse=Fals
     m = _time_mask(mask)
 
     def step(h, inp):
-        a_t, m_t = inp
-        h_new, rzn, un = gru_forward_step(a_t, h, w_hh, b_hh)
+        x_t, m_t = inp
+        h_new, rzn, un = gru_forward_step(affine(x_t, w_ih, b_ih), h, w_hh, b_hh)
         h = _keep(m_t, h_new, h)
         return h, (h, jnp.concatenate(rzn, axis=-1), un)
 
-    h_last, (hs, rzn, un) = lax.scan(step, _state(h0, x, w_hh), (_tm(affine(x, w_ih, b_ih)), m), reverse=reverse)
+    h_last, (hs, rzn, un) = lax.scan(step, _state(h0, x, w_hh), (_tm(x), m), reverse=reverse)
     return (_tm(_out(m, hs)), h_last), (x, h0, w_ih, w_hh, b_ih, b_hh, hs, rzn, un, m)
 
 
 def _gru_bwd(res, cts, *, reverse=False):
     x, h0, w_ih, w_hh, b_ih, b_hh, hs, rzn, un, m = res
     dys, dh_last = cts
-    h_prev = _prev(hs, h0, reverse)
-    w_hh_t = w_hh.T
+    w_ih_t, w_hh_t = w_ih.T, w_hh.T
 
-    def step(g, inp):
-        dy_t, rzn_t, un_t, hp_t, m_t = inp
+    def step(carry, inp):
+        g, dw_ih, dw_hh, db_ih, db_hh = carry
+        dy_t, x_t, rzn_t, un_t, t, m_t = inp
+        hp_t = _prev_at(hs, h0, t, reverse)
         total = g + _out(m_t, dy_t)
         da, du, dh_direct = gru_step_bwd(_out(m_t, total), rzn_t, un_t, hp_t)
         g_prev = dh_direct + du @ w_hh_t
         if m_t is not None:
             g_prev = g_prev + jnp.where(m_t, 0, total)
-        return g_prev, (da, du)
+        carry = (g_prev, dw_ih + x_t.T @ da, dw_hh + hp_t.T @ du, db_ih + jnp.sum(da, axis=0),
+                 db_hh + jnp.sum(du, axis=0))
+        return carry, da @ w_ih_t
 
-    dh0, (da, du) = lax.scan(step, dh_last, (_tm(dys), rzn, un, h_prev, m), reverse=not reverse)
-    dx = _tm(da @ w_ih.T)
-    dw_ih = jnp.einsum("bti,tbg->ig", x, da)
-    dw_hh = jnp.einsum("tbk,tbg->kg", h_prev, du)
-    return _like((dx, dh0, dw_ih, dw_hh, _bias_sum(da, b_ih is not None), _bias_sum(du, b_hh is not None)),
-                 (x, h0, w_ih, w_hh, b_ih, b_hh)) + (None,)
+    zeros = _zeros_like_grads(dh_last, w_ih, w_hh)
+    inputs = (_tm(dys), _tm(x), rzn, un, _steps(hs), m)
+    (dh0, dw_ih, dw_hh, db_ih, db_hh), dx = lax.scan(step, (dh_last, *zeros, zeros[-1]), inputs, reverse=not reverse)
+    cts = (_tm(dx), dh0, dw_ih, dw_hh, _bias(db_ih, b_ih), _bias(db_hh, b_hh))
+    return _like(cts, (x, h0, w_ih, w_hh, b_ih, b_hh)) + (None,)
 
 
 # --------------------------------------------------------------------------------------------- examples

@@ -379,5 +379,6 @@ for _name, _cell, _desc in (("rnn", "rnn_tanh", "Elman RNN (tanh)"), ("lstm", "l
              description=f"{_desc} sequence classifier (stacked, bidirectional), hand-written BPTT")
 register("char-lstm", _build_char_lstm, data=("tinyshakespeare",),
          defaults={"data": "tinyshakespeare", "steps": 3000, "batch_size": 64, "seq_len": 100, "optimizer": "adam",
-                   "lr": 3e-3, "clip_norm": 1.0, "embed": 64, "hidden": 512, "layers": 1},
+                   "lr": 3e-3, "schedule": "cosine", "warmup_steps": 100, "clip_norm": 1.0, "eval_every": 500,
+                   "eval_batches": 4, "embed": 64, "hidden": 384, "layers": 1},
          description="character-level LSTM language model (embedding, LSTM, softmax), sampling with temperature/top-k")
