@@ -146,7 +146,7 @@ def _drop(x, key, rate, train):
 
 
 def _embed(params, tokens, config, start=0):
-    pos = params["wpe"][start: start + tokens.shape[1]]
+    pos = jax.lax.dynamic_slice_in_dim(params["wpe"], start, tokens.shape[1], axis=0)
     return fd.embedding(params["wte"], tokens) + pos
 
 
@@ -247,7 +247,7 @@ def _chunk_value_and_grad(params, tokens, targets, key, config, train):
         v, g = jax.value_and_grad(_loss)(params, x, y, config, k if has_key else None, train)
         return (acc[0] + v, jax.tree.map(jnp.add, acc[1], g)), None
 
-    zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+    zero = (jnp.zeros((), params["wte"].dtype), jax.tree.map(jnp.zeros_like, params))
     xs = (split(tokens), split(targets), keys)
     if config.chunk_mode == "scan":
         (value, grads), _ = jax.lax.scan(body, zero, xs)
