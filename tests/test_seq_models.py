@@ -158,3 +158,17 @@ def test_date_pairs_are_right_and_held_out():
     rev = synthetic.load_reverse(n_train=100, n_val=10, n_test=10)
     s, t = synthetic.VOCAB.decode(rev.splits["train"]["x"][0]), synthetic.VOCAB.decode(rev.splits["train"]["y"][0])
     assert t == s[::-1]
+
+
+def test_vanishing_gradient_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    from funcdl.plots.sequence import clip_factor, plot_vanishing_gradients, state_gradient_norms
+
+    tanh, _ = state_gradient_norms("rnn_tanh", steps=30, hidden=16, batch=4)
+    lstm_fb, _ = state_gradient_norms("lstm", steps=30, hidden=16, batch=4, forget_bias=3.0)
+    assert tanh[0] < 1e-4 * tanh[-1]                  # vanishing: early steps get almost nothing
+    assert lstm_fb[0] > 1e3 * tanh[0]                 # the open forget gate keeps a path
+    big, w_norm = state_gradient_norms("rnn_relu", steps=30, hidden=16, batch=4, w_hh_scale=2.0)
+    assert big[0] > big[-1] and w_norm > 1.0 and clip_factor(w_norm, 1.0) == pytest.approx(1.0 / w_norm)
+    out = plot_vanishing_gradients(tmp_path / "v.png", steps=20, hidden=8)
+    assert out["path"].stat().st_size > 10_000
