@@ -52,6 +52,7 @@ from .losses import (
     softmax_cross_entropy,
     softmax_cross_entropy_with_probs,
 )
+from .positional import rope
 from .primitive import REGISTRY, Example, Primitive, autodiff, get, primitive, registered, use_reference
 from .recurrent import gru_cell, lstm_cell, rnn_cell
 
@@ -68,7 +69,7 @@ __all__ = [
     "binary_cross_entropy_with_logits", "binary_cross_entropy", "kl_div", "multi_margin_loss",
     "embedding", "rnn_cell", "lstm_cell", "gru_cell", "rnn", "lstm", "gru", "lengths_to_mask",
     "layer_norm", "rms_norm", "dot_product_attention", "multi_head_attention",
-    "gelu_mlp", "swiglu", "tied_softmax_cross_entropy", "flash_attention",
+    "gelu_mlp", "swiglu", "tied_softmax_cross_entropy", "flash_attention", "rope",
     "elu", "gelu", "get_activation", "hard_sigmoid", "hard_tanh", "identity", "leaky_relu", "log_softmax",
     "mish", "relu", "selu", "sigmoid", "silu", "softmax", "softplus", "swish", "tanh",
 ]
