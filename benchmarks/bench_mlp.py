@@ -55,10 +55,16 @@ def make_step(loss, config, opt):
     return jax.jit(step, donate_argnums=(0, 1))
 
 
-def count_dots(jitted, *args) -> int:
-    """Matrix products in the optimised HLO of the compiled step (fusions included)."""
-    text = jitted.lower(*args).compile().as_text()
-    return sum(line.count(" dot(") for line in text.splitlines())
+def compiled_profile(jitted, *args) -> dict:
+    """What XLA compiled: the matrix products in the optimised HLO (fusions included) and XLA's own cost
+    estimate (FLOP and bytes accessed) — machine-load-independent evidence that two steps do the same work."""
+    compiled = jitted.lower(*args).compile()
+    text = compiled.as_text()
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if isinstance(cost, list | tuple) else cost) or {}
+    return {"dots": sum(line.count(" dot(") for line in text.splitlines()),
+            "xla_flops": float(cost.get("flops", float("nan"))),
+            "xla_bytes": float(cost.get("bytes accessed", float("nan")))}
 
 
 class Runner:
@@ -115,14 +121,14 @@ def main(argv=None) -> dict:
     y = jax.random.randint(jax.random.fold_in(key, 2), (args.batch,), 0, args.sizes[-1])
     opt = optim.adam(1e-3)
 
-    runners, dots = [], {}
+    runners, profiles = [], {}
     for name, loss in (("hand", mlp.loss), ("autodiff", fd.autodiff(mlp.loss))):
         params = mlp.init(jax.random.fold_in(key, 3), config)
         # distinct buffers for every leaf (an optimizer may start two moments from one zeros array, and a
         # buffer cannot be donated twice)
         opt_state = jax.tree.map(lambda a: jnp.array(a, copy=True), opt.init(params))
         step = make_step(loss, config, opt)
-        dots[name] = count_dots(step, params, opt_state, x, y)
+        profiles[name] = compiled_profile(step, params, opt_state, x, y)
         r = Runner(name, step, params, opt_state, x, y)
         r.run(3)                                     # compile and warm up
         runners.append(r)
@@ -148,7 +154,8 @@ def main(argv=None) -> dict:
         t = statistics.median(r.times)
         result[r.name] = {
             "step_ms": 1e3 * t, "steps_per_s": 1 / t, "gflops": flops / t / 1e9,
-            "fraction_of_matmul": flops / t / 1e9 / mm_gflops, "dots_in_compiled_step": dots[r.name],
+            "fraction_of_matmul": flops / t / 1e9 / mm_gflops, "dots_in_compiled_step": profiles[r.name]["dots"],
+            "xla_cost_flops": profiles[r.name]["xla_flops"], "xla_cost_bytes": profiles[r.name]["xla_bytes"],
             "step_ms_min": 1e3 * min(r.times), "step_ms_max": 1e3 * max(r.times),
             # best repeat vs best matmul repeat: the least disturbed figures on a shared machine
             "fraction_of_matmul_best": flops / min(r.times) / 1e9 / mm_best,
@@ -171,6 +178,9 @@ def main(argv=None) -> dict:
             print(f"{r.name:<9} {m['step_ms']:>8.2f} {m['steps_per_s']:>8.1f} {m['gflops']:>8.1f} "
                   f"{m['fraction_of_matmul']:>9.1%} {m['dots_in_compiled_step']:>5}   "
                   f"({m['step_ms_min']:.2f}..{m['step_ms_max']:.2f})")
+        print("XLA cost analysis of the compiled steps: " + ", ".join(
+            f"{n} {result[n]['xla_cost_flops'] / 1e9:.3f} GFLOP, {result[n]['xla_cost_bytes'] / 1e6:.1f} MB"
+            for n in ("hand", "autodiff")))
         print(f"hand / autodiff speed: {result['hand_over_autodiff_speed']:.3f} (medians); best repeats: "
               f"hand {result['hand']['fraction_of_matmul_best']:.1%}, autodiff "
               f"{result['autodiff']['fraction_of_matmul_best']:.1%} of the best matmul repeat "
