@@ -32,6 +32,8 @@ from .conv import conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d
 from .pool import (adaptive_avg_pool1d, adaptive_avg_pool2d, avg_pool1d, avg_pool2d, global_avg_pool,
                    global_max_pool, max_pool1d, max_pool2d)
 from .norm import batch_norm, batch_norm_apply, batch_norm_eval, batch_norm_init, group_norm, instance_norm
+from .spatial import (concat_channels, flatten, spatial_dropout, squeeze_excitation, upsample_bilinear,
+                      upsample_nearest)
 from .dropout import dropout
 from .embedding import embedding
 from .feedforward import gelu_mlp, swiglu, tied_softmax_cross_entropy
@@ -59,6 +61,7 @@ from .recurrent import gru_cell, lstm_cell, rnn_cell
 __version__ = "0.1.0"
 
 __all__ = [
+    "concat_channels", "flatten", "spatial_dropout", "squeeze_excitation", "upsample_bilinear", "upsample_nearest",
     "batch_norm", "batch_norm_apply", "batch_norm_eval", "batch_norm_init", "group_norm", "instance_norm",
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "avg_pool1d", "avg_pool2d", "global_avg_pool", "global_max_pool",
     "max_pool1d", "max_pool2d",

@@ -43,15 +43,15 @@ def conv_init(key, kernel: tuple, cin: int, cout: int, *, groups: int = 1, bias:
     fan_in = math.prod(kernel) * cin // groups
     if scheme == "torch":
         bound = 1.0 / math.sqrt(fan_in)
-        p = {"w": jax.random.uniform(kw, shape, minval=-bound, maxval=bound)}
+        p = {"w": jax.random.uniform(kw, shape, jnp.float32, minval=-bound, maxval=bound)}
     elif scheme == "he":
         fan_out = math.prod(kernel) * cout // groups
-        p = {"w": jax.random.normal(kw, shape) * math.sqrt(2.0 / fan_out)}
+        p = {"w": jax.random.normal(kw, shape, jnp.float32) * math.sqrt(2.0 / fan_out)}
         bound = 1.0 / math.sqrt(fan_in)
     else:
         raise ValueError(f"conv_init: unknown scheme {scheme!r}; use 'torch' or 'he'")
     if bias:
-        p["b"] = jax.random.uniform(kb, (cout,), minval=-bound, maxval=bound)
+        p["b"] = jax.random.uniform(kb, (cout,), jnp.float32, minval=-bound, maxval=bound)
     return p
 
 
@@ -65,8 +65,8 @@ def conv(p: dict, x, *, stride=1, padding="SAME", dilation=1, groups=1):
 def dense_init(key, n_in: int, n_out: int) -> dict:
     kw, kb = jax.random.split(key)
     bound = 1.0 / math.sqrt(n_in)
-    return {"w": jax.random.uniform(kw, (n_in, n_out), minval=-bound, maxval=bound),
-            "b": jax.random.uniform(kb, (n_out,), minval=-bound, maxval=bound)}
+    return {"w": jax.random.uniform(kw, (n_in, n_out), jnp.float32, minval=-bound, maxval=bound),
+            "b": jax.random.uniform(kb, (n_out,), jnp.float32, minval=-bound, maxval=bound)}
 
 
 def bn_init(channels: int) -> tuple[dict, dict]:
