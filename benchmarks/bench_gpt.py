@@ -194,6 +194,19 @@ def torch_runner(tokens, vocab, cfg):
             it["n"] += 1
         return n_steps, float(loss)
 
+    def val_loss(val_tokens, n_windows=10000, batch=500, seed=5):
+        vt = torch.from_numpy(val_tokens.astype(np.int64))
+        g = torch.Generator().manual_seed(seed)
+        total = 0.0
+        with torch.no_grad():
+            for _ in range(n_windows // batch):
+                ix = torch.randint(len(vt) - t - 1, (batch,), generator=g)
+                x = torch.stack([vt[i:i + t] for i in ix])
+                y = torch.stack([vt[i + 1:i + 1 + t] for i in ix])
+                total += float(model(x, y))
+        return total / (n_windows // batch)
+
+    go.val_loss = val_loss
     return go, torch.get_num_threads()
 
 
@@ -207,9 +220,27 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median reported)")
     parser.add_argument("--scan", type=int, default=10, help="funcdl iterations per compiled lax.scan call")
     parser.add_argument("--warmup", type=int, default=20, help="untimed iterations first (compilation)")
+    parser.add_argument("--train-torch", type=int, default=0, metavar="STEPS",
+                        help="instead of timing: train the PyTorch baby GPT for STEPS iterations and print its "
+                        "validation loss on 10000 random windows (the reference for the 1.89 target)")
     args = parser.parse_args(argv)
 
     tokens, vocab = load_tokens(args.data_dir)
+    if args.train_torch:
+        import torch
+        path = Path(args.data_dir) / "input.txt"
+        text = path.read_text(encoding="utf-8")
+        index = {c: i for i, c in enumerate(sorted(set(text)))}
+        all_tokens = np.fromiter((index[c] for c in text), np.int32, len(text))
+        torch.manual_seed(0)
+        go, threads = torch_runner(tokens, vocab, dict(BABY, steps=args.train_torch))
+        t0 = time.perf_counter()
+        for done in range(0, args.train_torch, 250):
+            n = min(250, args.train_torch - done)
+            _, last = go(n)
+            print(f"torch step {done + n}: train loss {last:.4f}  val loss "
+                  f"{go.val_loss(all_tokens[len(tokens):]):.4f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+        return None
     cfg = dict(BABY)
     runners = {}
     info = {}

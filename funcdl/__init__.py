@@ -40,6 +40,7 @@ from .feedforward import gelu_mlp, swiglu, tied_softmax_cross_entropy
 from .flash import flash_attention
 from .layernorm import layer_norm, rms_norm
 from .linear import dense
+from .lora import lora_dense, lora_weight
 from .losses import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
@@ -72,7 +73,7 @@ __all__ = [
     "binary_cross_entropy_with_logits", "binary_cross_entropy", "kl_div", "multi_margin_loss",
     "embedding", "rnn_cell", "lstm_cell", "gru_cell", "rnn", "lstm", "gru", "lengths_to_mask",
     "layer_norm", "rms_norm", "dot_product_attention", "multi_head_attention",
-    "gelu_mlp", "swiglu", "tied_softmax_cross_entropy", "flash_attention", "rope",
+    "gelu_mlp", "swiglu", "tied_softmax_cross_entropy", "flash_attention", "rope", "lora_dense", "lora_weight",
     "elu", "gelu", "get_activation", "hard_sigmoid", "hard_tanh", "identity", "leaky_relu", "log_softmax",
     "mish", "relu", "selu", "sigmoid", "silu", "softmax", "softplus", "swish", "tanh",
 ]
