@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -172,7 +173,9 @@ class Primitive:
             if n not in self.inputs:
                 raise TypeError(f"primitive {name}: nondiff input {n!r} is not one of {self.inputs}")
         self._cache: dict[tuple, Callable] = {}
-        self.__doc__ = doc or reference.__doc__
+        # the math lives in the reference's docstring, or in the module's when the file is one primitive's section
+        module_doc = getattr(sys.modules.get(getattr(reference, "__module__", ""), None), "__doc__", None)
+        self.__doc__ = doc or reference.__doc__ or module_doc
         self.__name__ = name
         self.__wrapped__ = reference
 
