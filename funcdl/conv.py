@@ -245,7 +245,8 @@ def depthwise_kernel_grad(x, dy, kernel, stride, kpads, dilation):
     taps = []
     for _, start, limit in _taps(kernel, dilation, stride, out_spatial):
         patch = lax.slice(xp, (0, *start, 0), (xp.shape[0], *limit, cin), (1, *stride, 1))   # (N, *O, C_in)
-        taps.append(jnp.einsum("n...c,n...cm->cm", patch, dyr).reshape(cout))
+        # an elementwise product and one fused reduction (an einsum here becomes a slow batched dot on CPU)
+        taps.append(jnp.sum(patch[..., None] * dyr, axis=tuple(range(n + 1))).reshape(cout))
     return jnp.stack(taps).reshape(*kernel, 1, cout)
 
 

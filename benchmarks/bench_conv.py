@@ -1,0 +1,207 @@
+"""Convolution forward+backward: hand-derived rules vs JAX autodiff vs torch (when installed); and one ResNet
+training step (funcdl's small ResNet vs the same network written in torch).
+
+    python benchmarks/bench_conv.py [--batch 32] [--size 32] [--channels 32] [--reps 20] [--no-resnet]
+
+Each row times one call of a jitted function returning (dx, dw) of sum(conv(x, w) * g) for a fixed random g:
+"hand" runs funcdl's hand-derived backward, "autodiff" differentiates the reference (``funcdl.autodiff``),
+torch runs ``F.conv2d`` + ``backward`` on NCHW tensors. Times are medians of --reps calls after a warm-up.
+The ratio column is autodiff / hand (> 1: the hand rule is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import funcdl as fd
+
+
+def timeit(fn, reps):
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def conv_rows(n, size, c):
+    """(label, primitive, x shape, kernel shape, settings, torch settings)"""
+    return [
+        ("3x3 stride 1", fd.conv2d, (n, size, size, c), (3, 3, c, c), {"padding": 1}, {"padding": 1}),
+        ("3x3 stride 2", fd.conv2d, (n, size, size, c), (3, 3, c, 2 * c), {"padding": 1, "stride": 2},
+         {"padding": 1, "stride": 2}),
+        ("depthwise 3x3", fd.conv2d, (n, size, size, 4 * c), (3, 3, 1, 4 * c), {"padding": 1, "groups": 4 * c},
+         {"padding": 1, "groups": 4 * c}),
+        ("dilated 3x3 (d=2)", fd.conv2d, (n, size, size, c), (3, 3, c, c), {"padding": 2, "dilation": 2},
+         {"padding": 2, "dilation": 2}),
+        ("1x1", fd.conv2d, (n, size, size, 4 * c), (1, 1, 4 * c, c), {}, {}),
+        ("transposed 4x4 stride 2", fd.conv_transpose2d, (n, size // 2, size // 2, c), (4, 4, c, c),
+         {"stride": 2, "padding": 1}, {"stride": 2, "padding": 1}),
+    ]
+
+
+def bench_convs(args):
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        torch = None
+    print(f"conv2d forward+backward, batch {args.batch}, {args.size}x{args.size}, {args.channels} channels, "
+          f"float32, median of {args.reps} calls")
+    print(f"{'shape':<26}{'hand ms':>10}{'autodiff ms':>13}{'torch ms':>10}{'autodiff/hand':>15}{'torch/hand':>12}")
+    rng = np.random.default_rng(0)
+    for label, prim, xs, ws, settings, tsettings in conv_rows(args.batch, args.size, args.channels):
+        x = jnp.asarray(rng.normal(size=xs), jnp.float32)
+        w = jnp.asarray(rng.normal(size=ws) * 0.1, jnp.float32)
+        y = prim(x, w, **settings)
+        g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+
+        def loss(x, w, g, prim=prim, settings=settings):
+            return jnp.vdot(prim(x, w, **settings), g)
+
+        hand = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        auto = jax.jit(jax.grad(fd.autodiff(loss), argnums=(0, 1)))
+        dh, da = hand(x, w, g), auto(x, w, g)
+        err = max(float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30)) for a, b in zip(dh, da, strict=True))
+        assert err < 1e-4, (label, err)
+        th = timeit(lambda hand=hand, x=x, w=w, g=g: jax.block_until_ready(hand(x, w, g)), args.reps)
+        ta = timeit(lambda auto=auto, x=x, w=w, g=g: jax.block_until_ready(auto(x, w, g)), args.reps)
+        tt = float("nan")
+        if torch is not None:
+            tx = torch.tensor(np.moveaxis(np.asarray(x), -1, 1).copy(), requires_grad=True)
+            if prim is fd.conv2d:
+                tw = torch.tensor(np.transpose(np.asarray(w), (3, 2, 0, 1)).copy(), requires_grad=True)
+                tfn = lambda tx=tx, tw=tw, s=tsettings: F.conv2d(tx, tw, **s)
+            else:
+                tw = torch.tensor(np.transpose(np.asarray(w), (2, 3, 0, 1)).copy(), requires_grad=True)
+                tfn = lambda tx=tx, tw=tw, s=tsettings: F.conv_transpose2d(tx, tw, **s)
+            tg = torch.tensor(np.moveaxis(np.asarray(g), -1, 1).copy())
+
+            def torch_step(tx=tx, tw=tw, tg=tg, tfn=tfn):
+                tx.grad = None
+                tw.grad = None
+                tfn().backward(tg)
+
+            tt = timeit(torch_step, args.reps)
+        print(f"{label:<26}{th * 1e3:>10.2f}{ta * 1e3:>13.2f}{tt * 1e3:>10.2f}{ta / th:>15.2f}{tt / th:>12.2f}")
+
+
+# -- ResNet training step --------------------------------------------------------------------------------------
+
+
+def torch_resnet(widths=(16, 32, 64)):
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.b1 = nn.BatchNorm2d(cout)
+            self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.b2 = nn.BatchNorm2d(cout)
+            self.down = None
+            if stride != 1 or cin != cout:
+                self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            h = torch.relu(self.b1(self.c1(x)))
+            h = self.b2(self.c2(h))
+            return torch.relu(h + (x if self.down is None else self.down(x)))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(1, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
+                                      nn.ReLU())
+            blocks, cin = [], widths[0]
+            for i, w in enumerate(widths):
+                blocks.append(Block(cin, w, 1 if i == 0 else 2))
+                cin = w
+            self.blocks = nn.Sequential(*blocks)
+            self.head = nn.Linear(cin, 10)
+
+        def forward(self, x):
+            return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+
+    return Net()
+
+
+def bench_resnet(args):
+    import optim
+    from funcdl.task import DataInfo
+    from models import get_model
+
+    task = get_model("resnet").build(DataInfo("mnist", (28, 28, 1), 10))
+    params, state = task.init(jax.random.PRNGKey(0))
+    opt = optim.adam(learning_rate=1e-3)
+    opt_state = opt.init(params)
+    rng = np.random.default_rng(0)
+    batch = {"x": jnp.asarray(rng.normal(size=(args.resnet_batch, 28, 28, 1)), jnp.float32),
+             "y": jnp.asarray(rng.integers(0, 10, args.resnet_batch), jnp.int32)}
+
+    def make_step(loss_fn):
+        @jax.jit
+        def step(params, state, opt_state, batch):
+            (value, (state, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, batch, None, True)
+            updates, opt_state = opt.update(grads, opt_state, params)
+            return optim.apply_updates(params, updates), state, opt_state, value
+        return step
+
+    print(f"\nResNet (small: widths 16/32/64, one basic block per stage) training step, batch {args.resnet_batch}, "
+          "28x28x1, Adam")
+    results = {}
+    for name, loss_fn in [("hand", task.loss), ("autodiff", fd.autodiff(task.loss))]:
+        step = make_step(loss_fn)
+        carry = [params, state, opt_state]
+
+        def run(step=step, carry=carry):
+            p, s, o, v = step(*carry, batch)
+            jax.block_until_ready(v)
+
+        results[name] = timeit(run, args.reps)
+    try:
+        import torch
+
+        net = torch_resnet()
+        topt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        tx = torch.tensor(np.moveaxis(np.asarray(batch["x"]), -1, 1).copy())
+        ty = torch.tensor(np.asarray(batch["y"]), dtype=torch.long)
+
+        def tstep():
+            topt.zero_grad()
+            torch.nn.functional.cross_entropy(net(tx), ty).backward()
+            topt.step()
+
+        results["torch"] = timeit(tstep, args.reps)
+    except ImportError:
+        pass
+    for name, t in results.items():
+        print(f"  {name:<10}{t * 1e3:>9.1f} ms/step   ({t / results['hand']:.2f}x hand)")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--channels", type=int, default=32)
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--resnet-batch", type=int, default=128)
+    p.add_argument("--no-resnet", action="store_true")
+    args = p.parse_args()
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}")
+    bench_convs(args)
+    if not args.no_resnet:
+        bench_resnet(args)
+
+
+if __name__ == "__main__":
+    main()

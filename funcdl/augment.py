@@ -1,0 +1,113 @@
+"""Data augmentation for image batches (N, H, W, C) as pure functions of a PRNG key.
+
+Each function draws its randomness from ``key`` only (one independent draw per example), so the same key
+gives the same batch, and everything runs under ``jit`` and ``vmap``. None of them is differentiated (they act
+on data), so they are plain functions, not primitives.
+
+* ``random_crop(key, x, padding)``: zero-pad by ``padding`` on each side, cut a random H x W window
+  (the CIFAR recipe: padding 4);
+* ``hflip(key, x, p)``: mirror left-right with probability p;
+* ``translate(key, x, max_shift)``: shift by up to ``max_shift`` pixels in each direction, zero fill (the same
+  as a crop of the padded image, written as one);
+* ``cutout(key, x, size)``: zero a size x size square at a random centre (DeVries and Taylor 2017), clipped at
+  the border;
+* ``mixup(key, x, y, num_classes, alpha)``: lam ~ Beta(alpha, alpha); x' = lam x + (1 - lam) x[perm],
+  targets lam onehot(y) + (1 - lam) onehot(y[perm]) (Zhang et al. 2018);
+* ``cutmix(key, x, y, num_classes, alpha)``: paste a box of another example whose area is (1 - lam) of the
+  image; the targets mix by the box's actual area (Yun et al. 2019).
+
+The mixed targets are probabilities; ``mixed_cross_entropy(logits, y_probs)`` is the loss that takes them
+(the cross-entropy with soft targets, ``funcdl.losses.softmax_cross_entropy_with_probs``). The classification
+Task of ``models.cnn`` uses it when a batch carries ``y_probs``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["random_crop", "hflip", "translate", "cutout", "mixup", "cutmix", "mixed_cross_entropy"]
+
+
+def _check_images(name, x):
+    if x.ndim != 4:
+        raise ValueError(f"{name}: expected a batch of images (N, H, W, C), got shape {x.shape}")
+
+
+def random_crop(key, x, padding: int = 4):
+    _check_images("random_crop", x)
+    n, h, w, _ = x.shape
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    offsets = jax.random.randint(key, (n, 2), 0, 2 * padding + 1)
+
+    def crop(img, off):
+        return jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, x.shape[-1]))
+
+    return jax.vmap(crop)(xp, offsets)
+
+
+def hflip(key, x, p: float = 0.5):
+    _check_images("hflip", x)
+    flip = jax.random.bernoulli(key, p, (x.shape[0], 1, 1, 1))
+    return jnp.where(flip, x[:, :, ::-1, :], x)
+
+
+def translate(key, x, max_shift: int = 2):
+    """A shift of (dy, dx) in [-max_shift, max_shift]^2 per example; vacated pixels are zero."""
+    return random_crop(key, x, padding=max_shift)
+
+
+def cutout(key, x, size: int = 8):
+    _check_images("cutout", x)
+    n, h, w, _ = x.shape
+    ky, kx = jax.random.split(key)
+    cy = jax.random.randint(ky, (n, 1, 1, 1), 0, h)
+    cx = jax.random.randint(kx, (n, 1, 1, 1), 0, w)
+    rows = jnp.arange(h).reshape(1, h, 1, 1)
+    cols = jnp.arange(w).reshape(1, 1, w, 1)
+    ry, rx = cy - size // 2, cx - size // 2          # top-left corner; the square is size x size
+    inside = (rows >= ry) & (rows < ry + size) & (cols >= rx) & (cols < rx + size)
+    return jnp.where(inside, jnp.zeros((), x.dtype), x)
+
+
+def _onehot(y, num_classes, dtype):
+    return jax.nn.one_hot(y, num_classes, dtype=dtype)
+
+
+def mixup(key, x, y, num_classes: int, alpha: float = 0.2):
+    """``(x_mixed, y_probs, lam)``: one lam per batch, a random pairing by permutation."""
+    k1, k2 = jax.random.split(key)
+    lam = jax.random.beta(k1, alpha, alpha).astype(x.dtype)
+    perm = jax.random.permutation(k2, x.shape[0])
+    xm = lam * x + (1 - lam) * x[perm]
+    oh = _onehot(y, num_classes, x.dtype)
+    return xm, lam * oh + (1 - lam) * oh[perm], lam
+
+
+def cutmix(key, x, y, num_classes: int, alpha: float = 1.0):
+    """``(x_mixed, y_probs, lam)``: a box of side ratios sqrt(1 - lam) at a uniform centre, clipped at the
+    border; lam is then recomputed from the box's actual area."""
+    _check_images("cutmix", x)
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    n, h, w, _ = x.shape
+    lam = jax.random.beta(k1, alpha, alpha)
+    perm = jax.random.permutation(k2, n)
+    cut = jnp.sqrt(1.0 - lam)
+    bh, bw = (cut * h).astype(jnp.int32), (cut * w).astype(jnp.int32)
+    cy, cx = jax.random.randint(k3, (), 0, h), jax.random.randint(k4, (), 0, w)
+    y0, y1 = jnp.clip(cy - bh // 2, 0, h), jnp.clip(cy + bh // 2, 0, h)
+    x0, x1 = jnp.clip(cx - bw // 2, 0, w), jnp.clip(cx + bw // 2, 0, w)
+    rows = jnp.arange(h).reshape(1, h, 1, 1)
+    cols = jnp.arange(w).reshape(1, 1, w, 1)
+    box = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
+    xm = jnp.where(box, x[perm], x)
+    lam_area = (1.0 - (y1 - y0) * (x1 - x0) / (h * w)).astype(x.dtype)
+    oh = _onehot(y, num_classes, x.dtype)
+    return xm, lam_area * oh + (1 - lam_area) * oh[perm], lam_area
+
+
+def mixed_cross_entropy(logits, y_probs):
+    """Cross-entropy with mixed (soft) targets: -sum_k q_k log softmax(z)_k, averaged over the batch."""
+    from .losses import softmax_cross_entropy_with_probs
+
+    return softmax_cross_entropy_with_probs(logits, y_probs)
