@@ -172,3 +172,49 @@ def test_vanishing_gradient_plot(tmp_path):
     assert big[0] > big[-1] and w_norm > 1.0 and clip_factor(w_norm, 1.0) == pytest.approx(1.0 / w_norm)
     out = plot_vanishing_gradients(tmp_path / "v.png", steps=20, hidden=8)
     assert out["path"].stat().st_size > 10_000
+
+
+def test_tcn_is_causal_and_hand_equals_autodiff():
+    from models import tcn
+
+    cfg = tcn.TCNConfig(1, 3, channels=4, dilations=(1, 2, 4))
+    params = _f64(tcn.init(jax.random.PRNGKey(0), cfg))
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 1), jnp.float64)
+    h1 = tcn.features(params, x, cfg)
+    h2 = tcn.features(params, x.at[:, 9].add(3.0), cfg)
+    np.testing.assert_array_equal(h1[:, :9], h2[:, :9])          # the future does not leak into the past
+    assert float(jnp.abs(h1[:, 9:] - h2[:, 9:]).max()) > 0
+    assert tcn.receptive_field(cfg) == 1 + 2 * 2 * 7
+    loss = lambda p, x, y: fd.softmax_cross_entropy(tcn.apply(p, x, cfg), y)
+    assert _hand_vs_autodiff(loss, params, x, jnp.array([0, 2])) <= 1e-10
+
+
+def test_forecast_windows_and_model(tmp_path):
+    from funcdl.data import timeseries as ts
+    from models import forecast
+
+    series = np.arange(100.0)
+    w = ts.make_windows(series, series, window=5, horizon=2)
+    np.testing.assert_array_equal(w["x"][3, :, 0], [3, 4, 5, 6, 7])
+    np.testing.assert_array_equal(w["y"][3], [8, 9])
+    ds = ts.forecast_dataset("ramp", series, window=5, horizon=2)
+    train_x = ds.splits["train"]["x"]
+    assert abs(float(ds.extras["target_mean"]) - np.mean(series[:70])) < 1e-9     # statistics of train only
+    assert float(train_x.max()) < float(ds.splits["test"]["x"].min())            # chronological, no shuffle
+    with pytest.raises(ValueError, match="no window"):
+        ts.make_windows(np.arange(5.0), np.arange(5.0), 4, 2)
+    # a Jena-like CSV is parsed (header check, 14 features, hourly subsampling, target = temperature)
+    names = ["p (mbar)", "T (degC)", "Tpot (K)", "Tdew (degC)", "rh (%)", "VPmax (mbar)", "VPact (mbar)",
+             "VPdef (mbar)", "sh (g/kg)", "H2OC (mmol/mol)", "rho (g/m**3)", "wv (m/s)", "max. wv (m/s)", "wd (deg)"]
+    rows = ["\"Date Time\"," + ",".join(f'"{n}"' for n in names)]
+    for i in range(600):
+        rows.append(f"01.01.2009 00:{i % 60:02d}:00," + ",".join(str(float(i + j)) for j in range(14)))
+    (tmp_path / "jena_climate_2009_2016.csv").write_text("\n".join(rows))
+    jena = ts.load_jena_climate(data_dir=tmp_path, window=10, horizon=3, stride=1)
+    assert jena.extras["features"] == 14 and jena.extras["target_column"] == 1
+    cfg = forecast.ForecastConfig(14, 3, hidden=5)
+    task = forecast.make_task(cfg)
+    params, state = task.init(jax.random.PRNGKey(0))
+    batch = {k: jnp.asarray(v[:4]) for k, v in jena.splits["train"].items()}
+    value, (_, metrics) = jax.jit(task.loss, static_argnums=4)(params, state, batch, None, False)
+    assert np.isfinite(float(value)) and set(metrics) == {"loss", "mae", "persistence_mae"}
