@@ -297,13 +297,15 @@ def char_lstm_task(cfg: CharLSTMConfig, batch_size: int | None = None) -> Task:
                 extras={"config": cfg, "generate": functools.partial(generate, config=cfg)})
 
 
-def sample_logits(key, logits, *, temperature: float = 1.0, top_k: int | None = None):
-    """One token per row of ``logits`` (B, V): softmax(logits / temperature) restricted to the top-k.
-    temperature 0 is greedy."""
+def sample_logits(key, logits, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None):
+    """One token per row of ``logits`` (B, V): softmax(logits / temperature) restricted to the k most likely
+    tokens and/or to the smallest set whose probability reaches ``top_p`` (nucleus). temperature 0 is greedy."""
     if temperature < 0:
         raise ValueError(f"sample: temperature must be >= 0, got {temperature}")
     if top_k is not None and top_k <= 0:
         raise ValueError(f"sample: top_k must be positive, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"sample: top_p must lie in (0, 1], got {top_p}")
     logits = logits.astype(jnp.float32)
     if temperature == 0:
         return jnp.argmax(logits, axis=-1)
@@ -311,11 +313,17 @@ def sample_logits(key, logits, *, temperature: float = 1.0, top_k: int | None = 
     if top_k is not None and top_k < logits.shape[-1]:
         kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p is not None and top_p < 1.0:
+        srt = jnp.sort(logits, axis=-1)[..., ::-1]
+        probs = jax.nn.softmax(srt, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs               # mass strictly above each sorted token
+        cutoff = jnp.min(jnp.where(before < top_p, srt, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
     return jax.random.categorical(key, logits, axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "temperature", "top_k"))
-def _generate(params, prompt, key, *, config, max_new_tokens, temperature, top_k):
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "temperature", "top_k", "top_p"))
+def _generate(params, prompt, key, *, config, max_new_tokens, temperature, top_k, top_p):
     cfg = config.stack
     if prompt.shape[1] > 1:       # all but the last prompt token through the sequence primitive
         _, h, c = stack(params["rnn"], fd.embedding(params["embed"], prompt[:, :-1]), cfg)
@@ -326,7 +334,7 @@ def _generate(params, prompt, key, *, config, max_new_tokens, temperature, top_k
         h, c, tok = carry
         y, h, c = step_stack(params["rnn"], fd.embedding(params["embed"], tok), h, c, cfg)
         logits = fd.dense(y, params["head"]["w"], params["head"]["b"])
-        nxt = sample_logits(k, logits, temperature=temperature, top_k=top_k).astype(prompt.dtype)
+        nxt = sample_logits(k, logits, temperature=temperature, top_k=top_k, top_p=top_p).astype(prompt.dtype)
         return (h, c, nxt), nxt
 
     _, toks = jax.lax.scan(body, (h, c, prompt[:, -1]), jax.random.split(key, max_new_tokens))
@@ -334,9 +342,10 @@ def _generate(params, prompt, key, *, config, max_new_tokens, temperature, top_k
 
 
 def generate(params, prompt, key, max_new_tokens: int, *, config: CharLSTMConfig, temperature: float = 1.0,
-             top_k: int | None = None):
+             top_k: int | None = None, top_p: float | None = None, use_cache: bool = True):
     """Continue ``prompt`` (B, T) or (T,) token ids by ``max_new_tokens`` sampled tokens: the prompt runs
-    through the sequence primitive, then one ``lstm_cell`` step per new token. Returns (B, T + new)."""
+    through the sequence primitive, then one ``lstm_cell`` step per new token. Returns (B, T + new).
+    (``use_cache`` is accepted for the ``funcdl sample`` interface: an RNN's state already is its cache.)"""
     prompt = jnp.asarray(prompt, jnp.int32)
     if prompt.ndim == 1:
         prompt = prompt[None]
@@ -345,7 +354,7 @@ def generate(params, prompt, key, max_new_tokens: int, *, config: CharLSTMConfig
     if max_new_tokens < 1:
         return prompt
     return _generate(params, prompt, key, config=config, max_new_tokens=int(max_new_tokens),
-                     temperature=float(temperature), top_k=top_k)
+                     temperature=float(temperature), top_k=top_k, top_p=top_p)
 
 
 def sequential_windows(tokens, step, batch_size: int, seq_len: int) -> dict:

@@ -68,6 +68,8 @@ def test_char_lstm_grads_sampling_and_tbptt():
     topk1 = R.generate(p32, ids, jax.random.PRNGKey(3), 6, config=cfg, temperature=1.3, top_k=1)
     assert greedy.shape == (2, 11)
     np.testing.assert_array_equal(greedy, topk1)
+    nucleus = R.generate(p32, ids, jax.random.PRNGKey(5), 6, config=cfg, top_p=1e-6, use_cache=False)
+    np.testing.assert_array_equal(greedy, nucleus)              # a tiny nucleus keeps only the top token
     np.testing.assert_array_equal(greedy[:, :5], ids)
     logits, _ = R.apply_char_lstm(p32, greedy[:, :-1], cfg)
     np.testing.assert_array_equal(jnp.argmax(logits[:, 4:], -1), greedy[:, 5:])
