@@ -259,6 +259,18 @@ def _ndindex(shape):
 # -- convolution --------------------------------------------------------------------------------------------------
 
 
+def _common(x, w):
+    """Compute in the promoted dtype of input and kernel (a float32 kernel on float64 data works); the backward
+    casts each gradient back to its input's dtype."""
+    dt = jnp.result_type(x, w)
+    return x.astype(dt), w.astype(dt)
+
+
+def _bias_token(b):
+    """What the backward needs to know about the bias: its dtype (an empty array), or None when absent."""
+    return None if b is None else jnp.zeros((0,), b.dtype)
+
+
 def _settings(name, n, x, w, stride, padding, dilation):
     stride = _tuple(name, stride, n, "stride")
     dilation = _tuple(name, dilation, n, "dilation")
@@ -304,20 +316,23 @@ def _make_check(name, n):
 def _make_conv(name, n):
     def reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1):
         st, pads, dil = _settings(name, n, x, w, stride, padding, dilation)
-        y = conv_nd(x, w, st, pads, dil, groups)
+        xc, wc = _common(x, w)
+        y = conv_nd(xc, wc, st, pads, dil, groups)
         return y if b is None else y + b
 
     def fwd(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1):
         st, pads, dil = _settings(name, n, x, w, stride, padding, dilation)
-        y = conv_fast(x, w, st, pads, dil, groups)
-        return (y if b is None else y + b), (x, w, b is not None)
+        y = conv_fast(*_common(x, w), st, pads, dil, groups)
+        return (y if b is None else y + b), (x, w, _bias_token(b))
 
     def bwd(res, dy, *, stride=1, padding="VALID", dilation=1, groups=1):
         x, w, has_bias = res
         st, pads, dil = _settings(name, n, x, w, stride, padding, dilation)
-        dx = input_grad(dy, w, x.shape[1:1 + n], st, pads, dil, groups)
-        dw = kernel_grad(x, dy, w.shape[:n], st, pads, dil, groups)
-        db = jnp.sum(dy, axis=tuple(range(n + 1))) if has_bias else None
+        xc, wc = _common(x, w)
+        dy = dy.astype(xc.dtype)
+        dx = input_grad(dy, wc, x.shape[1:1 + n], st, pads, dil, groups).astype(x.dtype)
+        dw = kernel_grad(xc, dy, w.shape[:n], st, pads, dil, groups).astype(w.dtype)
+        db = jnp.sum(dy, axis=tuple(range(n + 1))).astype(has_bias.dtype) if has_bias is not None else None
         return dx, dw, db
 
     reference.__doc__ = __doc__
@@ -390,6 +405,7 @@ def _make_conv_t(name, n):
         out = _t_out_spatial(x, w, st, pads, op, dil)
         # plain statement of the definition: the input gradient of conv_nd, by autodiff of conv_nd
         cpads = tuple((lo, hi - o) for (lo, hi), o in zip(pads, op, strict=True))
+        x, w = _common(x, w)
         wc = _swap(w)
         zeros = jnp.zeros((x.shape[0], *out, wc.shape[-2] * groups), x.dtype)
         _, pull = jax.vjp(lambda z: conv_nd(z, wc, st, cpads, dil, groups), zeros)
@@ -400,17 +416,19 @@ def _make_conv_t(name, n):
         st, pads, op, dil = _t_settings(name, n, w, stride, padding, output_padding, dilation)
         out = _t_out_spatial(x, w, st, pads, op, dil)
         cpads = tuple((lo, hi - o) for (lo, hi), o in zip(pads, op, strict=True))
-        y = input_grad(x, _swap(w), out, st, cpads, dil, groups)
-        return (y if b is None else y + b), (x, w, b is not None)
+        xc, wc = _common(x, w)
+        y = input_grad(xc, _swap(wc), out, st, cpads, dil, groups)
+        return (y if b is None else y + b), (x, w, _bias_token(b))
 
     def bwd(res, dy, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
         x, w, has_bias = res
         st, pads, op, dil = _t_settings(name, n, w, stride, padding, output_padding, dilation)
         cpads = tuple((lo, hi - o) for (lo, hi), o in zip(pads, op, strict=True))
-        wc = _swap(w)
-        dx = conv_fast(dy, wc, st, cpads, dil, groups)
-        dw = _swap(kernel_grad(dy, x, w.shape[:n], st, cpads, dil, groups))
-        db = jnp.sum(dy, axis=tuple(range(n + 1))) if has_bias else None
+        xc, wcom = _common(x, w)
+        dy = dy.astype(xc.dtype)
+        dx = conv_fast(dy, _swap(wcom), st, cpads, dil, groups).astype(x.dtype)
+        dw = _swap(kernel_grad(dy, xc, w.shape[:n], st, cpads, dil, groups)).astype(w.dtype)
+        db = jnp.sum(dy, axis=tuple(range(n + 1))).astype(has_bias.dtype) if has_bias is not None else None
         return dx, dw, db
 
     reference.__doc__ = __doc__
