@@ -7,10 +7,14 @@ An iteration is what a training run repeats 2000 times: draw a batch of 12 rando
 of tiny shakespeare, forward, backward, clip the global gradient norm to 1, AdamW (betas 0.9/0.99, weight
 decay 0.1 on 2-D weights, warm-up + cosine learning rate). The variants:
 
-* ``hand``      funcdl's GPT with the fused transformer primitives (hand-derived backward everywhere),
-                ``--scan`` steps per compiled ``lax.scan`` call, as ``funcdl train`` runs it;
-* ``unfused``   the same model built from one primitive per operation (dense, gelu, layer_norm, ...);
-* ``autodiff``  ``funcdl.autodiff`` of the same loss: jax differentiates the plain jax.numpy references;
+* ``hand``      funcdl's GPT as ``funcdl train gpt`` runs it: the fused transformer primitives (hand-derived
+                backward everywhere), matrix products on bfloat16 operands with float32 accumulation
+                (float32 weights, statistics and softmax), the gradient computed in 2 chunks of 6 rows
+                (``grad_chunks=2``: the residuals of a chunk stay in cache), ``--scan`` steps per compiled
+                ``lax.scan`` call;
+* ``hand-f32``  the same in float32 throughout;
+* ``unfused``   float32, one primitive per operation (dense, gelu, layer_norm, ...), no chunks;
+* ``autodiff``  ``funcdl.autodiff`` of the float32 loss: jax differentiates the plain jax.numpy references;
 * ``torch``     the same architecture written here in PyTorch the way nanoGPT writes it (``nn.LayerNorm``
                 without bias, ``F.scaled_dot_product_attention(is_causal=True)``, GELU MLP, tied ``lm_head``),
                 ``torch.optim.AdamW`` with nanoGPT's two parameter groups, ``clip_grad_norm_``, the default
@@ -63,7 +67,8 @@ def funcdl_runner(tokens, vocab, cfg, *, variant, scan):
 
     config = gpt.GPTConfig(vocab_size=vocab, block_size=cfg["block_size"], n_layer=cfg["n_layer"],
                            n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=0.0, bias=False,
-                           fused=variant != "unfused", compute_dtype="bfloat16" if variant == "bf16" else None)
+                           fused=variant != "unfused", compute_dtype="bfloat16" if variant == "hand" else None,
+                           grad_chunks=2 if variant in ("hand", "hand-f32") else 1)
     params = gpt.init(jax.random.PRNGKey(0), config)
     schedule = optim.warmup_cosine(cfg["lr"], cfg["warmup"], cfg["steps"], cfg["min_lr"])
     opt = optim.chain(optim.clip_by_global_norm(cfg["clip"]),
@@ -214,8 +219,8 @@ def torch_runner(tokens, vocab, cfg):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare"))
-    parser.add_argument("--variants", default="hand,autodiff,torch",
-                        help="comma-separated: hand, unfused, autodiff, torch")
+    parser.add_argument("--variants", default="hand,hand-f32,autodiff,torch",
+                        help="comma-separated: hand, hand-f32, unfused, autodiff, torch")
     parser.add_argument("--steps", type=int, default=50, help="timed iterations per variant per round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median reported)")
     parser.add_argument("--scan", type=int, default=10, help="funcdl iterations per compiled lax.scan call")
@@ -252,11 +257,11 @@ def main(argv=None):
                 info[v] = f"torch {__import__('torch').__version__}, {threads} threads"
             except ImportError:
                 print("torch is not installed: skipping the torch variant")
-        elif v in ("hand", "bf16", "unfused", "autodiff"):
+        elif v in ("hand", "hand-f32", "unfused", "autodiff"):
             runners[v] = funcdl_runner(tokens, vocab, cfg, variant=v, scan=args.scan)
             info[v] = f"jax {__import__('jax').__version__}, {args.scan} steps per compiled call"
         else:
-            parser.error(f"unknown variant {v!r}; valid: hand, unfused, autodiff, torch")
+            parser.error(f"unknown variant {v!r}; valid: hand, hand-f32, unfused, autodiff, torch")
     for v, go in runners.items():
         t0 = time.perf_counter()
         go(args.warmup)
@@ -281,10 +286,10 @@ def main(argv=None):
     for v in runners:
         print(f"  {v:9s} wall {med[v]:7.1f} ms/iter  CPU {medc[v]:7.1f} ms/iter   "
               f"[wall {', '.join(f'{x:.1f}' for x in times[v])}]   {info[v]}")
-    for base in ("hand", "bf16"):
+    for base in ("hand", "hand-f32"):
         if base not in med:
             continue
-        for other in ("hand", "autodiff", "unfused", "bf16", "torch"):
+        for other in ("hand", "hand-f32", "autodiff", "unfused", "torch"):
             if other in med and other != base:
                 print(f"  {base} vs {other}: {med[other] / med[base]:.2f}x faster (wall), "
                       f"{medc[other] / medc[base]:.2f}x (CPU time)")
