@@ -29,11 +29,6 @@ from .activations import (
 from .attention import dot_product_attention, multi_head_attention
 from .bptt import gru, lengths_to_mask, lstm, rnn
 from .conv import conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d
-from .pool import (adaptive_avg_pool1d, adaptive_avg_pool2d, avg_pool1d, avg_pool2d, global_avg_pool,
-                   global_max_pool, max_pool1d, max_pool2d)
-from .norm import batch_norm, batch_norm_apply, batch_norm_eval, batch_norm_init, group_norm, instance_norm
-from .spatial import (concat_channels, flatten, spatial_dropout, squeeze_excitation, upsample_bilinear,
-                      upsample_nearest)
 from .dropout import dropout
 from .embedding import embedding
 from .feedforward import gelu_mlp, swiglu, tied_softmax_cross_entropy
@@ -55,9 +50,21 @@ from .losses import (
     softmax_cross_entropy,
     softmax_cross_entropy_with_probs,
 )
+from .norm import batch_norm, batch_norm_apply, batch_norm_eval, batch_norm_init, group_norm, instance_norm
+from .pool import (
+    adaptive_avg_pool1d,
+    adaptive_avg_pool2d,
+    avg_pool1d,
+    avg_pool2d,
+    global_avg_pool,
+    global_max_pool,
+    max_pool1d,
+    max_pool2d,
+)
 from .positional import rope
 from .primitive import REGISTRY, Example, Primitive, autodiff, get, primitive, registered, use_reference
 from .recurrent import gru_cell, lstm_cell, rnn_cell
+from .spatial import concat_channels, flatten, spatial_dropout, squeeze_excitation, upsample_bilinear, upsample_nearest
 
 __version__ = "0.1.0"
 

@@ -64,6 +64,7 @@ class TrainConfig:
     optimizer_options: dict = dataclasses.field(default_factory=dict)   # momentum, b1, ... (optim.create)
     schedule: str = "constant"
     warmup_steps: int = 0
+    min_lr: float = 0.0                    # the floor a decaying schedule ends at (nanoGPT: lr / 10)
     clip_norm: float | None = None         # clip the global gradient norm
     grad: str = "manual"                   # "manual" (hand-derived rules) or "autodiff" (references)
     seed: int = 0
@@ -122,21 +123,21 @@ class TrainingDiverged(RuntimeError):
 # optimizer, schedule, freezing
 
 
-def make_schedule(name: str, lr: float, total_steps: int, warmup_steps: int = 0):
+def make_schedule(name: str, lr: float, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0):
     """A learning-rate schedule by name (``optim.make_schedule``): a float for ``constant`` without warm-up,
     else a function ``step -> lr``. Names: ``optim.SCHEDULES`` (constant, cosine, linear, one_cycle, ...)."""
     if name in (None, "", "constant") and not warmup_steps:
         return float(lr)
     import optim
 
-    return optim.make_schedule(name or "constant", lr, int(total_steps), int(warmup_steps or 0))
+    return optim.make_schedule(name or "constant", lr, int(total_steps), int(warmup_steps or 0), float(min_lr or 0.0))
 
 
 def make_optimizer(config: TrainConfig, total_steps: int):
     """``optim.create(config.optimizer, schedule, weight_decay=..., **config.optimizer_options)``."""
     import optim
 
-    lr = make_schedule(config.schedule, config.lr, total_steps, config.warmup_steps)
+    lr = make_schedule(config.schedule, config.lr, total_steps, config.warmup_steps, config.min_lr)
     hyper = dict(config.optimizer_options)
     if config.weight_decay is not None:
         hyper["weight_decay"] = config.weight_decay

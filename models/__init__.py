@@ -4,4 +4,4 @@ from . import cnn, densenet, forecast, gpt, mbconv, mlp, resnet, rnn, seq2seq, t
 from .registry import MODELS, ModelEntry, get_model, register
 
 __all__ = ["MODELS", "ModelEntry", "get_model", "register", "mlp", "rnn", "seq2seq", "gpt", "cnn", "resnet", "densenet",
-           "mbconv", "tcn", "forecast"]
+           "mbconv", "tcn", "forecast", "transformer"]

@@ -460,10 +460,11 @@ register(
         "data": "tinyshakespeare", "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "seq_len": 64,
         "bias": False, "dropout": 0.0, "compute_dtype": "bfloat16", "grad_chunks": 2,
         "batch_size": 12, "steps": 2000, "optimizer": "adamw", "lr": 1e-3, "schedule": "cosine",
-        "warmup_steps": 100, "weight_decay": 0.1, "clip_norm": 1.0, "eval_every": 250, "eval_batches": 20,
+        "warmup_steps": 100, "min_lr": 1e-4, "weight_decay": 0.1, "clip_norm": 1.0, "eval_every": 250,
+        "eval_batches": 20,
         "optimizer_options": {"b1": 0.9, "b2": 0.99, "mask": DECAY_MASK},
-        # nanoGPT's GPU configuration; `--set preset=shakespeare-char` selects the model half of it, and a
-        # `--preset` option of `funcdl train` can merge the whole dict (model and training options)
+        # nanoGPT's GPU configuration: `funcdl train gpt --preset shakespeare-char` merges the whole dict
+        # (model and training options); `--set preset=shakespeare-char` selects only the model half
         "presets": {"shakespeare-char": {"preset": "shakespeare-char", "n_layer": 6, "n_head": 6, "n_embd": 384,
                                          "block_size": 256, "seq_len": 256, "batch_size": 64, "steps": 5000,
                                          "dropout": 0.2}},

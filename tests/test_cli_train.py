@@ -138,3 +138,18 @@ def test_per_data_defaults_beat_model_defaults_and_flags_beat_both():
     assert data == "mnist" and train["epochs"] == 15 and train["schedule"] == "cosine"
     data, train, model = resolve_options(entry, parse(["mlp", "--data", "mnist", "--epochs", "2"]))
     assert train["epochs"] == 2 and model["hidden"] == entry.defaults["hidden"]
+
+
+def test_preset_merges_model_and_training_options():
+    from funcdl.cli import build_parser
+    from funcdl.commands.train import resolve_options
+    from models import get_model
+
+    entry = get_model("gpt")
+    parse = lambda argv: build_parser().parse_args(["train", *argv])
+    _, train, model = resolve_options(entry, parse(["gpt"]))
+    assert model["n_layer"] == 4 and train["steps"] == 2000 and train["min_lr"] == 1e-4 and "presets" not in model
+    _, train, model = resolve_options(entry, parse(["gpt", "--preset", "shakespeare-char", "--steps", "7"]))
+    assert model["n_layer"] == 6 and model["n_embd"] == 384 and train["batch_size"] == 64 and train["steps"] == 7
+    with pytest.raises(ValueError, match="valid presets: shakespeare-char"):
+        resolve_options(entry, parse(["gpt", "--preset", "huge"]))

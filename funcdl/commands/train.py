@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 # flag name -> TrainConfig field, for the options that have their own flag
-_FLAGS = ("epochs", "steps", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "warmup_steps",
+_FLAGS = ("epochs", "steps", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "warmup_steps", "min_lr",
           "clip_norm", "grad", "seed", "eval_every", "patience", "freeze", "init_from")
 
 
@@ -61,6 +61,9 @@ def register(sub) -> None:
     p.add_argument("--schedule", help="learning-rate schedule: constant, cosine, linear, exponential, step, "
                    "polynomial, one_cycle, cosine_restarts (optim.SCHEDULES)")
     p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--min-lr", type=float, help="the learning rate a decaying schedule ends at (default 0)")
+    p.add_argument("--preset", help="a named set of model and training options the model registers "
+                   "(e.g. gpt: shakespeare-char)")
     p.add_argument("--clip-norm", type=float, help="clip the global gradient norm to this value")
     p.add_argument("--grad", choices=("manual", "autodiff"),
                    help="manual: hand-derived backward rules (default); autodiff: jax.grad of the references")
@@ -126,6 +129,17 @@ def resolve_options(entry, args) -> tuple[str, dict, dict]:
             merged.pop("steps", None)
         if k == "steps":
             merged.pop("epochs", None)
+    presets = merged.pop("presets", {})
+    if args.preset is not None:     # a preset beats the defaults; explicit flags still beat the preset
+        if args.preset not in presets:
+            valid = ", ".join(sorted(presets)) or "none"
+            raise ValueError(f"model {entry.name!r} has no preset {args.preset!r}; valid presets: {valid}")
+        for k, v in presets[args.preset].items():
+            merged[k] = v
+            if k == "epochs":
+                merged.pop("steps", None)
+            if k == "steps":
+                merged.pop("epochs", None)
     for name in _FLAGS:
         value = getattr(args, name, None)
         if value is not None:
