@@ -230,7 +230,23 @@ def run(args) -> int:
     print(f"{s['stopped']} after {s['steps']} steps in {s['wall_seconds']:.1f} s "
           f"({s['steps_per_second']} steps/s); {figures}")
     print(f"wrote {out}/summary.json")
+    if s["stopped"] != "diverged":
+        _print_sample(task, result.params, data)
     return 1 if s["stopped"] == "diverged" else 0
+
+
+def _print_sample(task, params, data, n_tokens: int = 300) -> None:
+    """A language model ends its run with a sample (temperature 0.8, top-k 20) from a newline prompt."""
+    import jax
+    import jax.numpy as jnp
+
+    generate = (task.extras or {}).get("generate")
+    extras = data.extras or {}
+    if task.kind != "language" or generate is None or "encode" not in extras:
+        return
+    prompt = jnp.asarray(extras["encode"]("\n"))[None]
+    tokens = generate(params, prompt, jax.random.PRNGKey(0), n_tokens, temperature=0.8, top_k=20)
+    print("sample:\n" + extras["decode"](tokens[0]))
 
 
 def load_run(run_dir, *, load_data: bool = True):
