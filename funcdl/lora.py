@@ -53,7 +53,7 @@ def _lw_check(w, a, bb, *, scale=1.0):
 
 
 def _lora_weight(w, a, bb, *, scale=1.0):
-    """W + scale * A B."""
+    """W_eff = W + s A B with s = scale.  With G the cotangent of W_eff: dW = G, dA = s G B^T, dB = s A^T G."""
     return w + scale * jnp.matmul(a, bb)
 
 
