@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import checkpoint as ckpt
-from .data.base import Dataset, epoch_indices, sample_windows
+from .data.base import Dataset, epoch_indices, sample_windows, sequential_windows
 from .primitive import autodiff
 from .task import Task
 
@@ -72,6 +72,8 @@ class TrainConfig:
     eval_batch_size: int | None = None     # default max(batch_size, 500)
     eval_batches: int = 20                 # language data: random validation windows batches per evaluation
     seq_len: int = 128                     # language data: window length
+    windows: str = "random"                # language data: "random" windows, or "sequential" streams (truncated
+                                           # BPTT: row b of batch s+1 continues row b of batch s)
     patience: int | None = None            # early stopping: evaluations without improvement
     monitor: str = "val_loss"              # val_loss (lower is better) or val_accuracy (higher is better)
     scan: bool = True                      # many steps per compiled call (lax.scan) vs one call per step
@@ -92,6 +94,8 @@ class TrainConfig:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.windows not in ("random", "sequential"):
+            raise ValueError(f"windows must be 'random' or 'sequential', got {self.windows!r}")
         if self.monitor not in ("val_loss", "val_accuracy"):
             raise ValueError(f"monitor must be 'val_loss' or 'val_accuracy', got {self.monitor!r}")
         if self.eval_every is not None and self.eval_every < 1:
@@ -369,6 +373,8 @@ def train(task: Task, data: Dataset, config: TrainConfig | None = None, out_dir=
         return epoch_indices(jax.random.fold_in(data_key, e), n_train_rows, B)
 
     def window_batch(tokens, s):
+        if config.windows == "sequential":
+            return sequential_windows(tokens, s, B, config.seq_len)
         return sample_windows(tokens, jax.random.fold_in(data_key, s), B, config.seq_len)
 
     # scan path: one compiled call per chunk

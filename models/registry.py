@@ -32,7 +32,8 @@ __all__ = ["ModelEntry", "MODELS", "TRAIN_KEYS", "register", "get_model", "split
 # keys of ``defaults`` / ``--set`` that are training options (the fields of funcdl.train.TrainConfig, and data)
 TRAIN_KEYS = frozenset({
     "data", "epochs", "steps", "batch_size", "optimizer", "lr", "weight_decay", "optimizer_options", "schedule",
-    "warmup_steps", "min_lr", "clip_norm", "grad", "seed", "eval_every", "eval_batch_size", "eval_batches", "seq_len",
+    "warmup_steps", "min_lr", "windows", "clip_norm", "grad", "seed", "eval_every", "eval_batch_size",
+    "eval_batches", "seq_len",
     "patience", "monitor", "scan", "freeze", "init_from", "log_every", "progress", "plots", "stop_after",
     "val_fraction",
 })

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 import funcdl as fd
+from funcdl.data.base import sequential_windows
 from funcdl.losses import softmax_cross_entropy
 from funcdl.task import DataInfo, Task
 
@@ -355,19 +356,6 @@ def generate(params, prompt, key, max_new_tokens: int, *, config: CharLSTMConfig
         return prompt
     return _generate(params, prompt, key, config=config, max_new_tokens=int(max_new_tokens),
                      temperature=float(temperature), top_k=top_k, top_p=top_p)
-
-
-def sequential_windows(tokens, step, batch_size: int, seq_len: int) -> dict:
-    """Windows for truncated BPTT: the token stream is cut into ``batch_size`` equal streams and step ``s``
-    reads window ``s`` of each, so batch s+1 continues batch s row by row (wraps around at the end)."""
-    n = tokens.shape[0]
-    per_stream = (n - 1) // batch_size
-    windows = per_stream // seq_len
-    if windows < 1:
-        raise ValueError(f"sequential_windows: {n} tokens do not give {batch_size} streams of {seq_len}+1 tokens")
-    starts = jnp.arange(batch_size) * per_stream + (step % windows) * seq_len
-    idx = starts[:, None] + jnp.arange(seq_len)[None, :]
-    return {"x": tokens[idx], "y": tokens[idx + 1]}
 
 
 def _build_char_lstm(info: DataInfo, embed=64, hidden=512, layers=1, dropout=0.0, proj_size=0, tbptt=False,

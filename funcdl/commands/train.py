@@ -215,7 +215,7 @@ def run(args) -> int:
     data = fdata.load(data_name, data_dir=data_dir, val_fraction=config.val_fraction)
     info = data.info(seq_len=config.seq_len if data.windowed else None)
     try:
-        task = entry.build(info, **model_opts)
+        task = build_task(entry, info, model_opts, config.batch_size)
     except TypeError as err:
         raise ValueError(f"model {args.model!r} does not take these options {sorted(model_opts)}: {err}") from None
     if (task.kind == "language") != data.windowed:
@@ -233,6 +233,17 @@ def run(args) -> int:
     if s["stopped"] != "diverged":
         _print_sample(task, result.params, data)
     return 1 if s["stopped"] == "diverged" else 0
+
+
+def build_task(entry, info, model_opts: dict, batch_size):
+    """``entry.build(info, **model_opts)``; a builder that declares ``batch_size`` also gets the training batch
+    size (a model that carries state between batches, such as char-lstm with truncated BPTT, needs it)."""
+    import inspect
+
+    opts = dict(model_opts)
+    if "batch_size" in inspect.signature(entry.build).parameters and batch_size is not None:
+        opts.setdefault("batch_size", int(batch_size))
+    return entry.build(info, **opts)
 
 
 def _print_sample(task, params, data, n_tokens: int = 300) -> None:
@@ -273,7 +284,7 @@ def load_run(run_dir, *, load_data: bool = True):
     if info is None:
         raise ValueError("load_run needs the data set to rebuild the model (load_data=True)")
     model_opts = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.get("model_options", {}).items()}
-    task = entry.build(info, **model_opts)
+    task = build_task(entry, info, model_opts, train_cfg.get("batch_size"))
     params, state = task.init(jax.random.PRNGKey(0))
     trees, meta = ckpt.restore(run_dir / "checkpoint.npz", {"params": params, "state": state})
     return {"task": task, "params": trees["params"], "state": trees["state"], "config": cfg, "data": data,

@@ -22,7 +22,7 @@ import numpy as np
 from funcdl.task import DataInfo
 
 __all__ = ["Dataset", "split_validation", "standardize", "epoch_indices", "batches", "sample_windows",
-           "check_arrays"]
+           "sequential_windows", "check_arrays"]
 
 
 @dataclasses.dataclass
@@ -142,4 +142,19 @@ def sample_windows(tokens, key, batch_size: int, seq_len: int) -> dict:
     starts = jax.random.randint(key, (batch_size,), 0, n - seq_len)
     offsets = jnp.arange(seq_len)
     idx = starts[:, None] + offsets[None, :]
+    return {"x": tokens[idx], "y": tokens[idx + 1]}
+
+
+def sequential_windows(tokens, step, batch_size: int, seq_len: int) -> dict:
+    """Windows for truncated BPTT: the token array is cut into ``batch_size`` equal streams and step ``s`` reads
+    window ``s`` of each (wrapping around), so row b of batch s + 1 continues row b of batch s and a model that
+    carries its hidden state between batches sees one long text per row. Works under jit."""
+    n = tokens.shape[0]
+    per_stream = (n - 1) // batch_size
+    windows = per_stream // seq_len
+    if windows < 1:
+        raise ValueError(f"sequential windows: {n} tokens do not give {batch_size} streams of {seq_len} + 1 tokens; "
+                         "use a smaller batch size or seq_len")
+    starts = jnp.arange(batch_size) * per_stream + (step % windows) * seq_len
+    idx = starts[:, None] + jnp.arange(seq_len)[None, :]
     return {"x": tokens[idx], "y": tokens[idx + 1]}
