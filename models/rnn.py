@@ -35,6 +35,7 @@ from funcdl.losses import softmax_cross_entropy
 from funcdl.task import DataInfo, Task
 
 from .registry import register
+from .sampling import sample_logits
 
 __all__ = ["CELLS", "StackConfig", "init_stack", "stack", "SeqClassifierConfig", "init_classifier",
            "apply_classifier", "classifier_task", "CharLSTMConfig", "init_char_lstm", "apply_char_lstm",
@@ -296,31 +297,6 @@ def char_lstm_task(cfg: CharLSTMConfig, batch_size: int | None = None) -> Task:
     return Task(task_init, task_loss, "language",
                 apply=lambda params, state, x: apply_char_lstm(params, x, cfg)[0],
                 extras={"config": cfg, "generate": functools.partial(generate, config=cfg)})
-
-
-def sample_logits(key, logits, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None):
-    """One token per row of ``logits`` (B, V): softmax(logits / temperature) restricted to the k most likely
-    tokens and/or to the smallest set whose probability reaches ``top_p`` (nucleus). temperature 0 is greedy."""
-    if temperature < 0:
-        raise ValueError(f"sample: temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k <= 0:
-        raise ValueError(f"sample: top_k must be positive, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"sample: top_p must lie in (0, 1], got {top_p}")
-    logits = logits.astype(jnp.float32)
-    if temperature == 0:
-        return jnp.argmax(logits, axis=-1)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
-    if top_p is not None and top_p < 1.0:
-        srt = jnp.sort(logits, axis=-1)[..., ::-1]
-        probs = jax.nn.softmax(srt, axis=-1)
-        before = jnp.cumsum(probs, axis=-1) - probs               # mass strictly above each sorted token
-        cutoff = jnp.min(jnp.where(before < top_p, srt, jnp.inf), axis=-1, keepdims=True)
-        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
-    return jax.random.categorical(key, logits, axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "temperature", "top_k", "top_p"))
