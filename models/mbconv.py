@@ -119,9 +119,10 @@ def apply(params, state, x, config: MBConvConfig, *, train=False, key=None):
     return logits, {"stem_bn": stem_s, "blocks": blocks, "head_bn": head_s}
 
 
-def _build(info: DataInfo, **_):
+def _build(info: DataInfo, stem=16, stages=((16, 1, 1, 1), (24, 4, 2, 2), (40, 4, 2, 2)), head=128, **_):
     _need_classes("mbconv", info)
-    cfg = MBConvConfig(image=_image_shape(info), num_classes=info.num_classes)
+    cfg = MBConvConfig(image=_image_shape(info), num_classes=info.num_classes, stem=int(stem),
+                       stages=tuple(tuple(int(v) for v in st) for st in stages), head=int(head))
     return classification_task(lambda key: init(key, cfg),
                                lambda p, s, x, train, key: apply(p, s, x, cfg, train=train, key=key), cfg)
 

@@ -24,7 +24,8 @@ CASES = [
     ("cnn", SEQ, {}), ("dilated", SEQ, {"channels": 6}), ("lenet", DataInfo("m", (28, 28, 1), 10), {}),
     ("resnet", IMAGES, {"widths": (4, 8), "blocks": (1, 1)}),
     ("resnet", IMAGES, {"widths": (2, 4), "blocks": (1, 1), "block": "bottleneck"}),
-    ("densenet", IMAGES, {"growth": 3, "blocks": (2, 1)}), ("mbconv", IMAGES, {}),
+    ("densenet", IMAGES, {"growth": 3, "blocks": (2, 1)}),
+    ("mbconv", IMAGES, {"stem": 8, "stages": ((8, 1, 1, 1), (8, 2, 2, 1)), "head": 16}),
 ]
 
 
