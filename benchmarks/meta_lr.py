@@ -39,26 +39,12 @@ from models import mlp  # noqa: E402
 
 
 def load_data():
-    """MNIST-1D train / validation arrays (funcdl.data when present, else the mnist1d generator)."""
-    try:
-        from funcdl import data as fdata
+    """MNIST-1D train / validation arrays from funcdl's loader (generated offline, cached)."""
+    from funcdl import data as fdata
 
-        ds = fdata.load("mnist1d")
-        tr, va = ds.splits["train"], ds.splits["val"]
-        return (jnp.asarray(tr["x"]), jnp.asarray(tr["y"])), (jnp.asarray(va["x"]), jnp.asarray(va["y"]))
-    except (ImportError, AttributeError, KeyError):
-        import random
-
-        from mnist1d.data import get_dataset_args, make_dataset
-
-        state, py_state = np.random.get_state(), random.getstate()
-        try:
-            d = make_dataset(get_dataset_args())
-        finally:
-            np.random.set_state(state)
-            random.setstate(py_state)
-        x, y = d["x"].astype(np.float32), d["y"].astype(np.int32)
-        return (jnp.asarray(x[:3600]), jnp.asarray(y[:3600])), (jnp.asarray(x[3600:]), jnp.asarray(y[3600:]))
+    ds = fdata.load("mnist1d")
+    tr, va = ds.splits["train"], ds.splits["val"]
+    return (jnp.asarray(tr["x"]), jnp.asarray(tr["y"])), (jnp.asarray(va["x"]), jnp.asarray(va["y"]))
 
 
 def make_meta_objective(config, k: int, batch: int, inner: str):
