@@ -119,14 +119,20 @@ def restore(path, templates: dict) -> tuple[dict, dict]:
     return out, meta
 
 
-def load_matching(path, params, name: str = "params", pattern: str | None = None) -> tuple[object, list, list]:
+def load_matching(path, params, name: str = "params", pattern: str | None = None,
+                  exclude: str | None = None) -> tuple[object, list, list]:
     """Copy into ``params`` every leaf of the checkpoint's ``name`` tree whose path and shape match.
 
-    For transfer learning (``--init-from``): a classifier head of another size keeps its fresh initialisation.
-    ``pattern`` (a regex on paths) restricts what is copied. Returns ``(params, copied paths, skipped paths)``.
+    For transfer learning (``--init-from``): a classifier head of another size keeps its fresh initialisation,
+    and so does every leaf whose path (``out/w``, as ``--freeze`` writes it) matches ``exclude`` (a new head of
+    the same size). ``pattern`` (a regex on the same paths) restricts what is copied.
+    Returns ``(params, copied paths, skipped paths)``.
     """
+    from optim import path_str
+
     arrays, _ = load_arrays(path)
     regex = re.compile(pattern) if pattern else None
+    no = re.compile(exclude) if exclude else None
     copied, skipped = [], []
 
     def pick(p, leaf):
@@ -134,7 +140,9 @@ def load_matching(path, params, name: str = "params", pattern: str | None = None
             return None
         key = jax.tree_util.keystr(p)
         a = arrays.get(f"{name}/{key}")
-        if a is None or a.shape != np.shape(leaf) or (regex is not None and not regex.search(key)):
+        slash = path_str(p)
+        if (a is None or a.shape != np.shape(leaf) or (regex is not None and not regex.search(slash))
+                or (no is not None and no.search(slash))):
             skipped.append(key)
             return leaf
         copied.append(key)

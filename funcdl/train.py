@@ -79,6 +79,9 @@ class TrainConfig:
     scan: bool = True                      # many steps per compiled call (lax.scan) vs one call per step
     freeze: str | None = None              # regex on parameter paths ("layers/0/w"); those are not updated
     init_from: str | None = None           # checkpoint whose matching params replace the initial ones
+    init_exclude: str | None = None        # regex on parameter paths --init-from must not copy (a new head: "^out/")
+    classes: Any = None                    # keep only these classes ("0-4", (5, 6, 7, 8, 9)), relabelled 0..k-1
+    label_fraction: float | None = None    # keep this share of the training labels (per class, fixed seed 0)
     log_every: int = 10                    # steps per train record in metrics.jsonl
     progress: bool = True                  # tqdm progress bar
     plots: bool = True
@@ -100,11 +103,15 @@ class TrainConfig:
             raise ValueError(f"monitor must be 'val_loss' or 'val_accuracy', got {self.monitor!r}")
         if self.eval_every is not None and self.eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
-        if self.freeze:
-            try:
-                re.compile(self.freeze)
-            except re.error as err:
-                raise ValueError(f"freeze pattern {self.freeze!r} is not a valid regular expression: {err}") from None
+        for what in ("freeze", "init_exclude"):
+            pattern = getattr(self, what)
+            if pattern:
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    raise ValueError(f"{what} pattern {pattern!r} is not a valid regular expression: {err}") from None
+        if self.label_fraction is not None and not 0.0 < self.label_fraction <= 1.0:
+            raise ValueError(f"label_fraction must lie in (0, 1], got {self.label_fraction}")
 
     def asdict(self) -> dict:
         return dataclasses.asdict(self)
@@ -320,7 +327,7 @@ def train(task: Task, data: Dataset, config: TrainConfig | None = None, out_dir=
     init_key, data_key, step_key = jax.random.split(key, 3)
     params, state = task.init(init_key)
     if config.init_from:
-        params, copied, skipped = ckpt.load_matching(config.init_from, params)
+        params, copied, skipped = ckpt.load_matching(config.init_from, params, exclude=config.init_exclude)
         if not copied:
             raise ValueError(f"--init-from {config.init_from}: no parameter matches this model by path and shape")
         print(f"init-from {config.init_from}: copied {len(copied)} arrays, kept fresh {len(skipped)}"

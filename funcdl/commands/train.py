@@ -84,6 +84,16 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def load_run_data(name: str, data_dir, train_options: dict):
+    """The data set a run trains on: ``funcdl.data.load`` with the run's validation share, then restricted to
+    its ``classes`` / ``label_fraction`` when it names them (transfer learning)."""
+    import funcdl.data as fdata
+
+    data = fdata.load(name, data_dir=data_dir, val_fraction=train_options.get("val_fraction"))
+    return data.subset(train_options.get("classes"), train_options.get("label_fraction"))
+
+
+
 def parse_value(text: str):
     """``"3"`` -> 3, ``"1e-3"`` -> 0.001, ``"true"`` -> True, ``"none"`` -> None, ``"256,256"`` -> (256, 256)."""
     text = text.strip()
@@ -182,7 +192,6 @@ def _latest_run(model: str, data: str | None) -> Path:
 
 
 def run(args) -> int:
-    import funcdl.data as fdata
     from funcdl.train import TrainConfig, train
 
     entry = _models().get_model(args.model)
@@ -212,7 +221,7 @@ def run(args) -> int:
             raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
     config = TrainConfig(**train_opts)
-    data = fdata.load(data_name, data_dir=data_dir, val_fraction=config.val_fraction)
+    data = load_run_data(data_name, data_dir, config.asdict())
     info = data.info(seq_len=config.seq_len if data.windowed else None)
     try:
         task = build_task(entry, info, model_opts, config.batch_size)
@@ -265,7 +274,6 @@ def load_run(run_dir, *, load_data: bool = True):
     ``task``, ``params``, ``state``, ``config`` (config.json), ``data`` (the Dataset, or None) and ``info``."""
     import jax
 
-    import funcdl.data as fdata
     from funcdl import checkpoint as ckpt
 
     run_dir = Path(run_dir)
@@ -275,8 +283,7 @@ def load_run(run_dir, *, load_data: bool = True):
     cfg = json.loads(cfg_path.read_text())
     entry = _models().get_model(cfg["model"])
     train_cfg = cfg.get("train", {})
-    data = fdata.load(cfg["data"], data_dir=cfg.get("data_dir"), val_fraction=train_cfg.get("val_fraction")) \
-        if load_data else None
+    data = load_run_data(cfg["data"], cfg.get("data_dir"), train_cfg) if load_data else None
     if data is not None:
         info = data.info(seq_len=train_cfg.get("seq_len") if data.windowed else None)
     else:

@@ -21,7 +21,7 @@ import numpy as np
 
 from funcdl.task import DataInfo
 
-__all__ = ["Dataset", "split_validation", "standardize", "epoch_indices", "batches", "sample_windows",
+__all__ = ["Dataset", "parse_classes", "split_validation", "standardize", "epoch_indices", "batches", "sample_windows",
            "sequential_windows", "check_arrays"]
 
 
@@ -68,10 +68,69 @@ class Dataset:
             shape = tuple(self.splits["train"]["x"].shape[1:])
         return DataInfo(self.name, shape, self.num_classes, self.vocab_size, self.kind, dict(self.extras))
 
+    def subset(self, classes=None, label_fraction: float | None = None, seed: int = 0) -> Dataset:
+        """A copy restricted to ``classes`` (relabelled 0..k-1 in the order given) in every split, and/or keeping
+        ``label_fraction`` of the training examples (the same share of every class, at least one each, fixed
+        ``seed``). For transfer learning: pretrain on ``classes=(0, 1, 2, 3, 4)``, fine-tune on ``(5, ..., 9)``
+        with ``label_fraction=0.01``. Validation and test splits are filtered by class, never subsampled."""
+        if classes is None and label_fraction is None:
+            return self
+        if self.kind != "classification":
+            raise ValueError(f"classes/label_fraction select examples by label; {self.name!r} is {self.kind} data")
+        splits = {k: dict(v) for k, v in self.splits.items()}
+        num_classes, extras = self.num_classes, dict(self.extras)
+        if classes is not None:
+            classes = parse_classes(classes, self.num_classes)
+            lookup = np.full(self.num_classes, -1, np.int64)
+            lookup[list(classes)] = np.arange(len(classes))
+            for name, arrays in splits.items():
+                keep = lookup[arrays["y"]] >= 0
+                splits[name] = {k: v[keep] for k, v in arrays.items()}
+                splits[name]["y"] = lookup[splits[name]["y"]].astype(arrays["y"].dtype)
+                if len(splits[name]["y"]) == 0:
+                    raise ValueError(f"{self.name}[{name!r}] has no example of classes {list(classes)}")
+            num_classes = len(classes)
+            extras["original_classes"] = list(classes)
+            if extras.get("classes"):
+                extras["classes"] = [extras["classes"][c] for c in classes]
+        if label_fraction is not None:
+            if not 0.0 < label_fraction <= 1.0:
+                raise ValueError(f"label_fraction must lie in (0, 1], got {label_fraction}")
+            y = splits["train"]["y"]
+            rng = np.random.default_rng(seed)
+            picked = []
+            for c in np.unique(y):
+                idx = np.flatnonzero(y == c)
+                picked.append(rng.choice(idx, max(1, int(round(label_fraction * len(idx)))), replace=False))
+            idx = np.sort(np.concatenate(picked))
+            splits["train"] = {k: v[idx] for k, v in splits["train"].items()}
+            extras["label_fraction"] = label_fraction
+        return Dataset(self.name, splits, self.kind, num_classes, self.vocab_size, extras)
+
     def describe(self) -> str:
         sizes = ", ".join(f"{k} {self.size(k)}" for k in self.splits)
         unit = "tokens" if self.windowed else "examples"
         return f"{self.name}: {self.kind}, {unit}: {sizes}"
+
+
+def parse_classes(classes, num_classes: int | None) -> tuple:
+    """``(5, 6, 7)``, ``"5,6,7"``, ``"5-9"`` or ``5`` -> a tuple of distinct class indices within range."""
+    if isinstance(classes, str):
+        out = []
+        for part in classes.replace(" ", "").split(","):
+            lo, dash, hi = part.partition("-")
+            if not lo.isdigit() or (dash and not hi.isdigit()):
+                raise ValueError(f"classes {classes!r}: write them as 0,1,2 or 0-4")
+            out.extend(range(int(lo), int(hi) + 1) if dash else [int(lo)])
+        classes = out
+    elif isinstance(classes, int | np.integer):
+        classes = [classes]
+    classes = tuple(int(c) for c in classes)
+    if not classes or len(set(classes)) != len(classes):
+        raise ValueError(f"classes must be a non-empty list of distinct labels, got {classes}")
+    if num_classes is not None and not all(0 <= c < num_classes for c in classes):
+        raise ValueError(f"classes {classes} out of range: the data set has labels 0..{num_classes - 1}")
+    return classes
 
 
 def check_arrays(arrays: dict, where: str) -> None:
