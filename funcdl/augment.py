@@ -26,7 +26,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["random_crop", "hflip", "translate", "cutout", "mixup", "cutmix", "mixed_cross_entropy"]
+__all__ = ["random_crop", "hflip", "translate", "cutout", "mixup", "cutmix", "mixed_cross_entropy", "make_augment",
+           "AUGMENTATIONS"]
 
 
 def _check_images(name, x):
@@ -111,3 +112,55 @@ def mixed_cross_entropy(logits, y_probs):
     from .losses import softmax_cross_entropy_with_probs
 
     return softmax_cross_entropy_with_probs(logits, y_probs)
+
+
+# -- the training loop's augmentation (``funcdl train ... --set augment=crop=4+flip+cutmix=1``) ----------------
+
+# name -> (function, default argument, takes labels)
+AUGMENTATIONS = {
+    "crop": (random_crop, 4, False),
+    "flip": (hflip, 0.5, False),
+    "translate": (translate, 2, False),
+    "cutout": (cutout, 8, False),
+    "mixup": (mixup, 0.2, True),
+    "cutmix": (cutmix, 1.0, True),
+}
+
+
+def make_augment(spec: str, num_classes: int | None):
+    """``fn(key, batch) -> batch`` from a spec such as ``"translate=2"`` or ``"crop=4+flip+cutmix=1.0"``: the
+    steps run left to right on ``batch["x"]``, each with its own key; a mixing step (mixup, cutmix; at most
+    one, and last) adds ``batch["y_probs"]``, which the classification loss then uses (``batch["y"]`` keeps
+    the hard labels for accuracy). Each step's number is its argument (crop/translate: pixels, flip: the
+    probability, cutout: the square's side, mixup/cutmix: the Beta parameter alpha)."""
+    steps = []
+    for part in str(spec).split("+"):
+        name, eq, arg = part.strip().partition("=")
+        if name not in AUGMENTATIONS:
+            raise ValueError(f"augment {spec!r}: unknown step {name!r}; steps: {', '.join(AUGMENTATIONS)} "
+                             "(joined by '+', e.g. crop=4+flip+cutmix=1.0)")
+        fn, default, mixes = AUGMENTATIONS[name]
+        try:
+            value = type(default)(float(arg)) if eq else default
+        except ValueError:
+            raise ValueError(f"augment {spec!r}: {name} takes a number, got {arg!r}") from None
+        if steps and steps[-1][2]:
+            raise ValueError(f"augment {spec!r}: a mixing step ({steps[-1][0]}) must come last")
+        if mixes and num_classes is None:
+            raise ValueError(f"augment {spec!r}: {name} mixes labels and needs a classification data set")
+        steps.append((name, (fn, value), mixes))
+
+    def augment(key, batch):
+        x = batch["x"]
+        _check_images(f"augment {spec!r}", x)
+        batch = dict(batch)
+        for i, (_, (fn, value), mixes) in enumerate(steps):
+            k = jax.random.fold_in(key, i)
+            if mixes:
+                x, batch["y_probs"], _ = fn(k, x, batch["y"], num_classes, value)
+            else:
+                x = fn(k, x, value)
+        batch["x"] = x
+        return batch
+
+    return augment

@@ -35,7 +35,7 @@ TRAIN_KEYS = frozenset({
     "warmup_steps", "min_lr", "windows", "clip_norm", "grad", "seed", "eval_every", "eval_batch_size",
     "eval_batches", "seq_len",
     "patience", "monitor", "scan", "freeze", "init_from", "log_every", "progress", "plots", "stop_after",
-    "val_fraction", "init_exclude", "classes", "label_fraction",
+    "val_fraction", "init_exclude", "classes", "label_fraction", "augment",
 })
 
 

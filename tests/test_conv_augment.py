@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from funcdl import augment as A
 
@@ -51,3 +52,27 @@ def test_mixup_and_cutmix_targets():
     from funcdl.losses import softmax_cross_entropy
     np.testing.assert_allclose(A.mixed_cross_entropy(logits, jax.nn.one_hot(y, 10)), softmax_cross_entropy(logits, y),
                                rtol=1e-6)
+
+
+def test_make_augment_runs_steps_in_order_and_mixes_labels_last():
+    from funcdl.augment import make_augment
+
+    x = jnp.arange(2 * 6 * 6, dtype=jnp.float32).reshape(2, 6, 6, 1)
+    y = jnp.array([0, 2])
+    aug = make_augment("translate=1+flip=1.0+mixup=0.4", num_classes=3)
+    out = aug(jax.random.PRNGKey(0), {"x": x, "y": y})
+    assert out["x"].shape == x.shape and out["y_probs"].shape == (2, 3)
+    np.testing.assert_allclose(np.asarray(out["y_probs"]).sum(1), 1.0, rtol=1e-6)
+    assert np.array_equal(np.asarray(out["y"]), [0, 2])                 # hard labels kept for accuracy
+    again = aug(jax.random.PRNGKey(0), {"x": x, "y": y})
+    np.testing.assert_array_equal(np.asarray(out["x"]), np.asarray(again["x"]))      # a function of the key
+    flipped = make_augment("flip=1.0", None)(jax.random.PRNGKey(1), {"x": x, "y": y})["x"]
+    np.testing.assert_array_equal(np.asarray(flipped), np.asarray(x[:, :, ::-1]))
+    with pytest.raises(ValueError, match="unknown step 'rotate'"):
+        make_augment("rotate=10", 3)
+    with pytest.raises(ValueError, match="must come last"):
+        make_augment("cutmix+flip", 3)
+    with pytest.raises(ValueError, match="takes a number"):
+        make_augment("crop=big", 3)
+    with pytest.raises(ValueError, match="classification"):
+        make_augment("mixup", None)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import funcdl as fd
 from funcdl import checkpoint as ckpt
 from funcdl.data import Dataset
 from funcdl.task import Task
@@ -213,3 +214,15 @@ def test_bad_config_is_reported():
         train(mlp_task(), blobs(), cfg(batch_size=1000))
     with pytest.raises(ValueError, match="unknown optimizer"):
         train(mlp_task(), blobs(), cfg(optimizer="nope"))
+
+
+def test_scan_is_slow_spots_convolutions_on_cpu():
+    from funcdl.train import scan_is_slow
+
+    x = jnp.ones((2, 8, 8, 1))
+    w = jnp.ones((3, 3, 1, 4))
+    conv_loss = jax.value_and_grad(lambda w: jnp.sum(fd.conv2d(x, w, padding=1)))
+    dense_loss = jax.value_and_grad(lambda w: jnp.sum(fd.dense(x.reshape(2, -1), w)))
+    on_cpu = jax.default_backend() == "cpu"
+    assert scan_is_slow(conv_loss, w) is on_cpu
+    assert scan_is_slow(dense_loss, jnp.ones((64, 3))) is False

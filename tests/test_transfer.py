@@ -67,8 +67,8 @@ def test_pretrain_then_new_head_on_a_frozen_backbone(tmp_path, capsys):
     assert main([*base, "--steps", "60", "--set", "classes=0-4", "--out", str(tmp_path / "pre")]) == 0
     pre = json.loads((tmp_path / "pre" / "config.json").read_text())
     assert pre["train"]["classes"] == "0-4"
-    rc = main([*base, "--steps", "20", "--set", "classes=5,6,7,8,9", "--set", "label_fraction=0.05", "--batch-size", "32",
-               "--init-from", str(tmp_path / "pre"), "--set", "init_exclude=^layers/2/",
+    rc = main([*base, "--steps", "20", "--set", "classes=5,6,7,8,9", "--set", "label_fraction=0.05",
+               "--batch-size", "32", "--init-from", str(tmp_path / "pre"), "--set", "init_exclude=^layers/2/",
                "--freeze", "^layers/[01]/", "--out", str(tmp_path / "fine")])
     assert rc == 0
     out = capsys.readouterr().out
