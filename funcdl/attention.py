@@ -42,6 +42,7 @@ import jax.numpy as jnp
 
 from .examples import Example, keys, normal
 from .linear import dense
+from .matmul import mat, t_mat
 from .primitive import primitive, unbroadcast
 
 __all__ = [
@@ -465,17 +466,6 @@ packed_causal_attention = primitive(
 
 
 # ------------------------------------------------------------------------ the whole causal attention sublayer
-def _mat(a, w, cdt):
-    if cdt is None:
-        return jnp.matmul(a, w)
-    return jnp.matmul(a.astype(cdt), w.astype(cdt), preferred_element_type=jnp.float32)
-
-
-def _flat_t(a, b, cdt):
-    """a^T b over all leading axes: (..., n), (..., m) -> (n, m)."""
-    return _mat(a.reshape(-1, a.shape[-1]).T, b.reshape(-1, b.shape[-1]), cdt)
-
-
 def _csa_check(x, w_qkv, b_qkv=None, w_o=None, b_o=None, key=None, *, n_heads, dropout_rate=0.0, scale=None,
                compute_dtype=None):
     name = "causal_self_attention"
@@ -502,7 +492,7 @@ def _csa_check(x, w_qkv, b_qkv=None, w_o=None, b_o=None, key=None, *, n_heads, d
 
 
 def _csa_qkv(x, w_qkv, b_qkv, cdt):
-    qkv = _mat(x, w_qkv, cdt).astype(x.dtype)
+    qkv = mat(x, w_qkv, cdt).astype(x.dtype)
     return qkv if b_qkv is None else qkv + b_qkv
 
 
@@ -515,7 +505,7 @@ def _csa(x, w_qkv, b_qkv=None, w_o=None, b_o=None, key=None, *, n_heads, dropout
     output Y and the probabilities P.
     """
     o, _ = _packed_core(_csa_qkv(x, w_qkv, b_qkv, compute_dtype), key, n_heads, dropout_rate, scale, compute_dtype)
-    y = _mat(o.reshape(x.shape), w_o, compute_dtype).astype(x.dtype)
+    y = mat(o.reshape(x.shape), w_o, compute_dtype).astype(x.dtype)
     return y if b_o is None else y + b_o
 
 
@@ -523,7 +513,7 @@ def _csa_fwd(x, w_qkv, b_qkv=None, w_o=None, b_o=None, key=None, *, n_heads, dro
              compute_dtype=None):
     qkv = _csa_qkv(x, w_qkv, b_qkv, compute_dtype)
     o, p = _packed_core(qkv, key, n_heads, dropout_rate, scale, compute_dtype)
-    y = _mat(o.reshape(x.shape), w_o, compute_dtype).astype(x.dtype)
+    y = mat(o.reshape(x.shape), w_o, compute_dtype).astype(x.dtype)
     y = y if b_o is None else y + b_o
     return y, (x, w_qkv, w_o, qkv, o, p, key, b_qkv is not None, b_o is not None)
 
@@ -532,13 +522,13 @@ def _csa_bwd(res, dy, *, n_heads, dropout_rate=0.0, scale=None, compute_dtype=No
     x, w_qkv, w_o, qkv, o, p, key, has_bqkv, has_bo = res
     cdt = compute_dtype
     y = o.reshape(x.shape)
-    dw_o = _flat_t(y, dy, cdt).astype(w_o.dtype)
+    dw_o = t_mat(y, dy, cdt).astype(w_o.dtype)
     db_o = jnp.sum(dy.reshape(-1, dy.shape[-1]), axis=0) if has_bo else None
-    do = _mat(dy, w_o.T, cdt).astype(x.dtype).reshape(o.shape)
+    do = mat(dy, w_o.T, cdt).astype(x.dtype).reshape(o.shape)
     dqkv = _packed_core_bwd(qkv, o, p, key, do, n_heads, dropout_rate, scale, cdt)
-    dw_qkv = _flat_t(x, dqkv, cdt).astype(w_qkv.dtype)
+    dw_qkv = t_mat(x, dqkv, cdt).astype(w_qkv.dtype)
     db_qkv = jnp.sum(dqkv.reshape(-1, dqkv.shape[-1]), axis=0) if has_bqkv else None
-    dx = _mat(dqkv, w_qkv.T, cdt).astype(x.dtype)
+    dx = mat(dqkv, w_qkv.T, cdt).astype(x.dtype)
     return dx, dw_qkv, db_qkv, dw_o, db_o, None
 
 

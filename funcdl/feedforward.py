@@ -41,6 +41,7 @@ import numpy as np
 from jax.scipy.special import erf
 
 from .examples import Example, keys, normal
+from .matmul import mat, t_mat
 from .primitive import is_concrete, primitive
 
 __all__ = ["gelu_mlp", "swiglu", "tied_softmax_cross_entropy", "gelu_mlp_init", "swiglu_init"]
@@ -73,18 +74,6 @@ def _flat_sum(a, n):
     return jnp.sum(a.reshape(-1, n), axis=0)
 
 
-def _mat(a, w, cdt=None):
-    """a @ w; with a compute dtype (mixed precision) on cast operands with float32 accumulation."""
-    if cdt is None:
-        return jnp.matmul(a, w)
-    return jnp.matmul(a.astype(cdt), w.astype(cdt), preferred_element_type=jnp.float32)
-
-
-def _flat_t_matmul(x, dy, cdt=None):
-    """x^T dy over all leading axes: (..., n) x (..., m) -> (n, m)."""
-    return _mat(x.reshape(-1, x.shape[-1]).T, dy.reshape(-1, dy.shape[-1]), cdt)
-
-
 def _check_cdt(name, compute_dtype):
     if compute_dtype not in (None, "bfloat16", "float16", "float32"):
         raise ValueError(f"{name}: compute_dtype must be None, 'float32', 'bfloat16' or 'float16', "
@@ -110,16 +99,16 @@ def _mlp_check(x, w1, b1=None, w2=None, b2=None, *, approximate=False, compute_d
 
 def _mlp_ref(x, w1, b1=None, w2=None, b2=None, *, approximate=False, compute_dtype=None):
     """y = gelu(x W1 + b1) W2 + b2."""
-    z = _mat(x, w1, compute_dtype).astype(x.dtype)
+    z = mat(x, w1, compute_dtype).astype(x.dtype)
     z = z if b1 is None else z + b1
-    y = _mat(_gelu(z, approximate), w2, compute_dtype).astype(x.dtype)
+    y = mat(_gelu(z, approximate), w2, compute_dtype).astype(x.dtype)
     return y if b2 is None else y + b2
 
 
 def _mlp_fwd(x, w1, b1=None, w2=None, b2=None, *, approximate=False, compute_dtype=None):
-    z = _mat(x, w1, compute_dtype).astype(x.dtype)
+    z = mat(x, w1, compute_dtype).astype(x.dtype)
     z = z if b1 is None else z + b1
-    y = _mat(_gelu(z, approximate), w2, compute_dtype).astype(x.dtype)
+    y = mat(_gelu(z, approximate), w2, compute_dtype).astype(x.dtype)
     y = y if b2 is None else y + b2
     return y, (x, w1, w2, z, b1 is not None, b2 is not None)
 
@@ -128,12 +117,12 @@ def _mlp_bwd(res, dy, *, approximate=False, compute_dtype=None):
     x, w1, w2, z, has_b1, has_b2 = res
     cdt = compute_dtype
     a, dadz = _gelu_and_grad(z, approximate)
-    dw2 = _flat_t_matmul(a, dy, cdt).astype(w2.dtype)
+    dw2 = t_mat(a, dy, cdt).astype(w2.dtype)
     db2 = _flat_sum(dy, dy.shape[-1]) if has_b2 else None
-    dz = _mat(dy, w2.T, cdt).astype(x.dtype) * dadz
-    dw1 = _flat_t_matmul(x, dz, cdt).astype(w1.dtype)
+    dz = mat(dy, w2.T, cdt).astype(x.dtype) * dadz
+    dw1 = t_mat(x, dz, cdt).astype(w1.dtype)
     db1 = _flat_sum(dz, dz.shape[-1]) if has_b1 else None
-    dx = _mat(dz, w1.T, cdt).astype(x.dtype)
+    dx = mat(dz, w1.T, cdt).astype(x.dtype)
     return dx, dw1, db1, dw2, db2
 
 
@@ -189,12 +178,12 @@ def _swiglu_bwd(res, dy):
     x, w_gate, w_up, w_down, g, u = res
     s = jax.nn.sigmoid(g)
     silu = g * s
-    dw_down = _flat_t_matmul(silu * u, dy)
+    dw_down = t_mat(silu * u, dy)
     dh = jnp.matmul(dy, w_down.T)
     du = dh * silu
     dg = dh * u * s * (1.0 + g * (1.0 - s))
     dx = jnp.matmul(dg, w_gate.T) + jnp.matmul(du, w_up.T)
-    return dx, _flat_t_matmul(x, dg), _flat_t_matmul(x, du), dw_down
+    return dx, t_mat(x, dg), t_mat(x, du), dw_down
 
 
 def _swiglu_examples(key, dtype):
@@ -235,7 +224,7 @@ def _tied_check(h, table, targets, *, compute_dtype=None):
 
 
 def _tied_logits(h, table, cdt):
-    return _mat(h.reshape(-1, h.shape[-1]), table.T, cdt).astype(h.dtype)
+    return mat(h.reshape(-1, h.shape[-1]), table.T, cdt).astype(h.dtype)
 
 
 def _tied_ref(h, table, targets, *, compute_dtype=None):
@@ -259,8 +248,8 @@ def _tied_bwd(res, g, *, compute_dtype=None):
     n, v = logits.shape
     p = jnp.exp(logits - lse)
     dlogits = (p - (jnp.arange(v)[None, :] == t).astype(p.dtype)) * (g / n)
-    dh = _mat(dlogits, table, compute_dtype).astype(h.dtype).reshape(h.shape)
-    dtable = _mat(dlogits.T, h.reshape(n, -1), compute_dtype).astype(table.dtype)
+    dh = mat(dlogits, table, compute_dtype).astype(h.dtype).reshape(h.shape)
+    dtable = t_mat(dlogits, h.reshape(n, -1), compute_dtype).astype(table.dtype)
     return dh, dtable, None
 
 

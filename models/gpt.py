@@ -59,9 +59,13 @@ class GPTConfig:
     compute_dtype: str | None = None   # "bfloat16": matrix products on bf16 operands, f32 accumulation (fused path)
     remat: bool = False            # recompute each block's forward in the backward (jax.checkpoint)
     grad_chunks: int = 1           # compute the gradient this many batch rows-chunks at a time (cache-sized)
-    chunk_mode: str = "scan"       # "scan": one chunk after the other; "unrolled": independent chunks
+    chunk_mode: str = "unrolled"   # "unrolled": independent chunks, which XLA's CPU runtime runs on both cores
+                                   # at once (baby GPT, 2 vCPUs: 25.7 ms/iteration); "scan": one chunk after
+                                   # the other in a lax.scan (28.4 ms)
 
     def __post_init__(self):
+        if self.chunk_mode not in ("unrolled", "scan"):
+            raise ValueError(f"GPTConfig: chunk_mode must be 'unrolled' or 'scan', got {self.chunk_mode!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_head ({self.n_head}) must divide n_embd ({self.n_embd})")
         if not 0.0 <= self.dropout < 1.0:

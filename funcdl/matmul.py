@@ -1,0 +1,28 @@
+"""The two matrix products every dense backward is made of, with an optional compute dtype.
+
+A dense layer ``y = x W`` with ``x: (..., n)`` and ``W: (n, m)`` has the backward
+
+    dx = dy W^T          ``mat(dy, W.T)``         (..., m) x (m, n)
+    dW = x^T dy          ``t_mat(x, dy)``         summed over every leading axis of x and dy
+
+``compute_dtype="bfloat16"`` casts both operands and accumulates in float32 (mixed precision): the fused
+transformer primitives (attention, feed-forward, tied output head) run their products this way when asked.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+__all__ = ["mat", "t_mat"]
+
+
+def mat(a, w, compute_dtype=None):
+    """``a @ w``; with a compute dtype, on operands cast to it with float32 accumulation."""
+    if compute_dtype is None:
+        return jnp.matmul(a, w)
+    return jnp.matmul(a.astype(compute_dtype), w.astype(compute_dtype), preferred_element_type=jnp.float32)
+
+
+def t_mat(a, b, compute_dtype=None):
+    """``a^T b`` over all leading axes: ``(..., n)`` and ``(..., m)`` -> ``(n, m)`` (a weight gradient)."""
+    return mat(a.reshape(-1, a.shape[-1]).T, b.reshape(-1, b.shape[-1]), compute_dtype)
