@@ -81,14 +81,18 @@ def _batch_shape(name, q, k, v):
         ) from None
 
 
+def broadcasts_to(shape, full) -> bool:
+    """Whether an array of ``shape`` broadcasts to ``full`` without growing it (masks and biases)."""
+    if len(shape) > len(full):
+        return False
+    try:
+        return jnp.broadcast_shapes(tuple(shape), tuple(full)) == tuple(full)
+    except ValueError:
+        return False
+
+
 def _check_against(name, what, arr, full):
-    ok = arr.ndim <= len(full)
-    if ok:
-        try:
-            ok = jnp.broadcast_shapes(arr.shape, full) == full
-        except ValueError:
-            ok = False
-    if not ok:
+    if not broadcasts_to(arr.shape, full):
         raise ValueError(
             f"{name}: {what} of shape {arr.shape} does not broadcast to the score shape {full} "
             f"(batch..., T queries, S keys); e.g. a key-padding mask should be (B, 1, 1, S) and a full mask (T, S)"
@@ -389,7 +393,11 @@ def _packed_check(qkv, key=None, *, n_heads, dropout_rate=0.0, scale=None, compu
     name = "packed_causal_attention"
     if qkv.ndim != 3 or qkv.shape[-1] % 3:
         raise ValueError(f"{name}: qkv must be (batch, time, 3 * width) from a fused projection, got {qkv.shape}")
-    width = qkv.shape[-1] // 3
+    _check_fused_settings(name, qkv.shape[-1] // 3, n_heads, dropout_rate, key, compute_dtype)
+
+
+def _check_fused_settings(name, width, n_heads, dropout_rate, key, compute_dtype):
+    """The settings both fused attention primitives share: heads dividing the width, dropout, compute dtype."""
     if n_heads <= 0 or width % n_heads:
         raise ValueError(f"{name}: the number of heads ({n_heads}) must divide the width ({width}); "
                          f"choose n_heads among the divisors of {width}")
@@ -481,14 +489,7 @@ def _csa_check(x, w_qkv, b_qkv=None, w_o=None, b_o=None, key=None, *, n_heads, d
         raise ValueError(f"{name}: b_qkv shape {b_qkv.shape} must be ({3 * d},)")
     if b_o is not None and b_o.shape != (d,):
         raise ValueError(f"{name}: b_o shape {b_o.shape} must be ({d},)")
-    if n_heads <= 0 or d % n_heads:
-        raise ValueError(f"{name}: the number of heads ({n_heads}) must divide the width ({d}); "
-                         f"choose n_heads among the divisors of {d}")
-    if not 0.0 <= dropout_rate < 1.0:
-        raise ValueError(f"{name}: dropout_rate must lie in [0, 1), got {dropout_rate}")
-    if dropout_rate > 0 and key is None:
-        raise ValueError(f"{name}: dropout_rate > 0 needs a PRNG key")
-    _check_cdt(name, compute_dtype)
+    _check_fused_settings(name, d, n_heads, dropout_rate, key, compute_dtype)
 
 
 def _csa_qkv(x, w_qkv, b_qkv, cdt):

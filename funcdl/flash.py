@@ -37,7 +37,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from .attention import _attention
+from .attention import _attention, broadcasts_to
 from .examples import Example, keys, normal
 from .primitive import primitive
 
@@ -59,13 +59,7 @@ def _check(q, k, v, kv_mask=None, *, causal=False, block_size=128, scale=None):
         raise ValueError(f"{name}: block_size must be a positive int, got {block_size!r}")
     if kv_mask is not None:
         full = (*q.shape[:-2], k.shape[-2])
-        ok = kv_mask.dtype == jnp.bool_ and kv_mask.ndim <= len(full)
-        if ok:
-            try:
-                ok = jnp.broadcast_shapes(kv_mask.shape, full) == full
-            except ValueError:
-                ok = False
-        if not ok:
+        if kv_mask.dtype != jnp.bool_ or not broadcasts_to(kv_mask.shape, full):
             raise ValueError(f"{name}: kv_mask must be boolean and broadcast to (batch..., S) = {full}; got "
                              f"{kv_mask.dtype} {kv_mask.shape}")
 

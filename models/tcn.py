@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 
 import funcdl as fd
-from funcdl.losses import softmax_cross_entropy
 from funcdl.task import DataInfo, Task
 
+from .cnn import classification_task
 from .registry import register
 
 __all__ = ["TCNConfig", "init", "apply", "receptive_field", "make_task"]
@@ -84,16 +84,10 @@ def apply(params, x, cfg: TCNConfig, *, key=None, train: bool = False):
 
 
 def make_task(cfg: TCNConfig) -> Task:
-    def task_init(key):
-        return init(key, cfg), {}
-
-    def task_loss(params, state, batch, key, train):
-        logits = apply(params, batch["x"], cfg, key=key, train=train)
-        value = softmax_cross_entropy(logits, batch["y"])
-        return value, (state, {"loss": value, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["y"])})
-
-    return Task(task_init, task_loss, "classification", apply=lambda p, s, x: apply(p, x, cfg),
-                extras={"config": cfg, "receptive_field": receptive_field(cfg)})
+    task = classification_task(lambda key: (init(key, cfg), {}),
+                               lambda p, s, x, train, key: (apply(p, x, cfg, key=key, train=train), s), cfg)
+    task.extras["receptive_field"] = receptive_field(cfg)
+    return task
 
 
 def _build(info: DataInfo, channels=32, kernel=3, dilations=(1, 2, 4, 8, 16), dropout=0.0, **_):
