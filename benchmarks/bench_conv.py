@@ -168,6 +168,22 @@ def bench_resnet(args):
             jax.block_until_ready(v)
 
         results[name] = timeit(run, args.reps)
+
+    # the same hand step, 4 per call inside lax.scan: XLA's CPU backend compiles convolutions in a loop body
+    # through a slow generic path, which is why funcdl.train runs convolutional steps as a loop of calls
+    hand_step = make_step(task.loss)
+
+    @jax.jit
+    def scanned(params, state, opt_state):
+        def body(carry, _):
+            p, s, o, v = hand_step(*carry, batch)
+            return (p, s, o), v
+        return jax.lax.scan(body, (params, state, opt_state), None, length=4)
+
+    def run_scan():
+        jax.block_until_ready(scanned(params, state, opt_state)[1])
+
+    results["hand in lax.scan"] = timeit(run_scan, max(1, args.reps // 4)) / 4
     try:
         import torch
 
@@ -185,7 +201,7 @@ def bench_resnet(args):
     except ImportError:
         pass
     for name, t in results.items():
-        print(f"  {name:<10}{t * 1e3:>9.1f} ms/step   ({t / results['hand']:.2f}x hand)")
+        print(f"  {name:<17}{t * 1e3:>9.1f} ms/step   ({t / results['hand']:.2f}x hand)")
 
 
 def main():

@@ -88,12 +88,16 @@ def test_conv_matches_torch(name):
         tb = None if b is None else to_torch(b)
         w_oihw = tw.permute(n + 1, n, *range(n))
         yt = nhwc(tconv(torch_pad(nchw(tx, n), pads), w_oihw, tb, stride=st, dilation=dl, groups=s["groups"]), n)
-        close(y, yt.detach().numpy())
-        gt = torch_grads(yt, [tx, tw, tb], ct)
-        close(g[0], gt[0])
-        close(g[1], gt[1])
-        if b is not None:
-            close(g[2], gt[2])
+        close_conv(y, g, yt, (tx, tw, tb), ct)
+
+
+def close_conv(y, g, yt, torch_inputs, ct):
+    """Our output and gradients ({input index: grad}) against torch's output and the gradients of its (x, w[, b]) leaves."""
+    close(y, yt.detach().numpy())
+    gt = torch_grads(yt, list(torch_inputs), ct)
+    for i, t in enumerate(torch_inputs):
+        if t is not None:
+            close(g[i], gt[i])
 
 
 def test_conv2d_same_padding_matches_torch_same():
@@ -136,12 +140,7 @@ def test_conv_transpose_matches_torch(name):
                    groups=s["groups"], dilation=dl)
         index = (slice(None), slice(None), *(slice(lo, yt.shape[2 + i] - hi) for i, (lo, hi) in enumerate(pads)))
         yt = nhwc(yt[index], n)
-        close(y, yt.detach().numpy())
-        gt = torch_grads(yt, [tx, tw, tb], ct)
-        close(g[0], gt[0])
-        close(g[1], gt[1])
-        if b is not None:
-            close(g[2], gt[2])
+        close_conv(y, g, yt, (tx, tw, tb), ct)
 
 
 def test_conv_transpose_symmetric_padding_is_torch_padding():
