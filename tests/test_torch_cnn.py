@@ -92,7 +92,7 @@ def test_conv_matches_torch(name):
 
 
 def close_conv(y, g, yt, torch_inputs, ct):
-    """Our output and gradients ({input index: grad}) against torch's output and the gradients of its (x, w[, b]) leaves."""
+    """Our output and gradients ({input index: grad}) against torch's output and its (x, w[, b]) gradients."""
     close(y, yt.detach().numpy())
     gt = torch_grads(yt, list(torch_inputs), ct)
     for i, t in enumerate(torch_inputs):
