@@ -35,9 +35,17 @@ Backward. Everything is linear, so each gradient is the same sum read the other 
 
 * Bias gradient: db[co] = sum over n and positions of dy[n, o, co].
 
-Residuals: x and w (both live already; nothing is recomputed). For depthwise kernels (C_in/G = 1) the kernel
-gradient is instead summed tap by tap, K elementwise products reduced over (n, o) -- XLA on CPU runs that
-much faster than the grouped correlation (see benchmarks/bench_conv.py).
+Residuals: x and w (both live already; nothing is recomputed).
+
+The same sums can be evaluated in other orders, and XLA's CPU backend is much faster at some of them than at
+its own convolution (``python benchmarks/bench_conv.py`` measures each): the hand-derived path picks
+
+* depthwise kernels (C_in/G = 1): forward, input and kernel gradient tap by tap, K elementwise products of a
+  strided slice (XLA's grouped convolution with one channel per group is slow on CPU);
+* grey or RGB inputs (C_in <= 3, groups 1): the forward as K * C_in broadcast multiply-adds (4-10x faster);
+* strided convolutions (groups 1): the input gradient as one matrix product dy (N*O, C_out) @ w^T
+  (C_out, K*C_in) whose K column blocks are each put back on the strided grid they were read from
+  ("col2im"), instead of a convolution over a dy dilated with s-1 zeros that it multiplies too.
 
 Transposed convolution ``conv_transpose`` is, by definition (torch's), the input gradient of a convolution:
 with the kernel stored ``(*k, C_in, C_out/G)`` (torch's (C_in, C_out/G, *k) moved to channels-last), it is the
@@ -135,10 +143,17 @@ def conv_nd(x, w, stride, pads, dilation, groups):
 
 
 def conv_fast(x, w, stride, pads, dilation, groups):
-    """The forward the hand-derived path runs: ``conv_nd``, or tap by tap for depthwise kernels."""
+    """The forward the hand-derived path runs: ``conv_nd``, or tap by tap for depthwise kernels and for inputs
+    with few channels (an RGB or grey stem), where XLA's CPU convolution is 4-10x slower than K fused
+    multiply-adds."""
     if _is_depthwise(x.shape[-1], groups):
         return depthwise_fwd(x, w, stride, pads, dilation)
+    if groups == 1 and x.shape[-1] <= _FEW_CHANNELS:
+        return few_channels_fwd(x, w, stride, pads, dilation)
     return conv_nd(x, w, stride, pads, dilation, groups)
+
+
+_FEW_CHANNELS = 3      # grey and RGB inputs
 
 
 def _regroup_flip(w, groups):
@@ -156,6 +171,8 @@ def input_grad(dy, w, in_spatial, stride, pads, dilation, groups):
     n = dy.ndim - 2
     if _is_depthwise(w.shape[-2] * groups, groups):
         return depthwise_input_grad(dy, w, in_spatial, stride, pads, dilation, groups)
+    if groups == 1 and any(s > 1 for s in stride):
+        return strided_input_grad(dy, w, in_spatial, stride, pads, dilation)
     ks = w.shape[:n]
     out_spatial = dy.shape[1:1 + n]
     tpads = []
@@ -211,27 +228,63 @@ def depthwise_fwd(x, w, stride, pads, dilation):
     return y.reshape(*y.shape[:-2], cout)
 
 
-def depthwise_input_grad(dy, w, in_spatial, stride, pads, dilation, cin):
-    """dxp[n, o*s + k*d, c] += sum_j dy[n, o, c*m + j] w[k, 0, c*m + j]: each tap's contribution is put back
-    on the strided grid it was read from (``lax.pad`` with interior padding s-1), then the padding is cropped."""
-    n = dy.ndim - 2
-    cout = dy.shape[-1]
-    kernel = w.shape[:n]
-    m = cout // cin
-    out_spatial = dy.shape[1:1 + n]
+def _scatter_taps(contributions, kernel, in_spatial, stride, pads, dilation):
+    """dx from each tap's contribution (N, *O, C_in): dxp[n, o*s + k*d, c] += contribution_k[n, o, c]. Each is
+    put back on the strided grid it was read from (``lax.pad`` with interior padding s-1), the K of them are
+    summed and the padding is cropped (a negative pad)."""
+    n = len(kernel)
+    out_spatial = contributions[0].shape[1:1 + n]
     padded = tuple(length + lo + hi for length, (lo, hi) in zip(in_spatial, pads, strict=True))
-    dyr = dy.reshape(*dy.shape[:-1], cin, m)
-    wr = w.reshape(*kernel, cin, m)
-    zero = jnp.zeros((), dy.dtype)
+    zero = jnp.zeros((), contributions[0].dtype)
     dxp = None
-    for idx, start, limit in _taps(kernel, dilation, stride, out_spatial):
-        g = jnp.sum(dyr * wr[idx], axis=-1)                                                   # (N, *O, C)
+    for g, (_, start, limit) in zip(contributions, _taps(kernel, dilation, stride, out_spatial), strict=True):
         cfg = ((0, 0, 0), *((st, p - lim, s - 1) for st, lim, p, s in zip(start, limit, padded, stride,
                                                                              strict=True)), (0, 0, 0))
         term = lax.pad(g, zero, cfg)
         dxp = term if dxp is None else dxp + term
     crop = ((0, 0, 0), *((-lo, -hi, 0) for lo, hi in pads), (0, 0, 0))
     return lax.pad(dxp, zero, crop)
+
+
+def depthwise_input_grad(dy, w, in_spatial, stride, pads, dilation, cin):
+    """Tap k contributes sum_j dy[n, o, c*m + j] w[k, 0, c*m + j] to dxp[n, o*s + k*d, c]."""
+    n = dy.ndim - 2
+    kernel = w.shape[:n]
+    m = dy.shape[-1] // cin
+    dyr = dy.reshape(*dy.shape[:-1], cin, m)
+    wr = w.reshape(*kernel, cin, m)
+    contributions = [jnp.sum(dyr * wr[idx], axis=-1) for idx in _ndindex(kernel)]
+    return _scatter_taps(contributions, kernel, in_spatial, stride, pads, dilation)
+
+
+def strided_input_grad(dy, w, in_spatial, stride, pads, dilation):
+    """dx of a strided convolution (groups 1) as one matrix product and a scatter ("col2im"): every tap's
+    contribution dy[n, o, :] @ w[k]^T comes out of dy (N*O, C_out) @ w^T (C_out, K*C_in), then goes back to
+    its grid. XLA's CPU backend runs this 1.5-3x faster than the transposed convolution with a dilated dy,
+    which multiplies the s^2 - 1 inserted zeros too."""
+    n = dy.ndim - 2
+    kernel = w.shape[:n]
+    cin, cout = w.shape[-2], w.shape[-1]
+    cols = jnp.dot(dy.reshape(-1, cout), w.reshape(-1, cout).T)                          # (N*O, K*C_in)
+    cols = cols.reshape(*dy.shape[:-1], -1, cin)
+    contributions = [cols[..., t, :] for t in range(cols.shape[-2])]
+    return _scatter_taps(contributions, kernel, in_spatial, stride, pads, dilation)
+
+
+def few_channels_fwd(x, w, stride, pads, dilation):
+    """y[n, o, :] = sum_k sum_c xp[n, o*s + k*d, c] w[k, c, :] for an input with few channels: K * C_in
+    broadcast multiply-adds of a strided slice."""
+    n = x.ndim - 2
+    cin = x.shape[-1]
+    xp = _pad_spatial(x, pads)
+    out_spatial = conv_output_shape(x.shape[1:1 + n], w.shape[:n], stride, pads, dilation)
+    y = None
+    for idx, start, limit in _taps(w.shape[:n], dilation, stride, out_spatial):
+        patch = lax.slice(xp, (0, *start, 0), (xp.shape[0], *limit, cin), (1, *stride, 1))   # (N, *O, C_in)
+        for c in range(cin):
+            term = patch[..., c:c + 1] * w[idx][c]
+            y = term if y is None else y + term
+    return y
 
 
 def depthwise_kernel_grad(x, dy, kernel, stride, kpads, dilation):
@@ -449,8 +502,18 @@ _CONV2D_CONFIGS = [
 ]
 
 
+# grey and RGB inputs take the few-channels forward: (stride, dilation, padding, input channels)
+_CONV2D_FEW = [(1, 1, "SAME", 1), (2, 2, ((1, 0), (2, 1)), 3)]
+
+
 def _conv2d_examples(key, dtype):
     exs = []
+    for j, (s, d, p, cin) in enumerate(_CONV2D_FEW):
+        k = keys(jax.random.fold_in(key, 100 + j), 3)
+        x = normal(k[0], (2, 7, 8, cin), dtype)
+        w = normal(k[1], (3, 3, cin, 5), dtype, scale=0.5)
+        exs.append(Example((x, w, normal(k[2], (5,), dtype)), {"stride": s, "dilation": d, "groups": 1,
+                           "padding": p}, f"s={s} d={d} pad={p} C_in={cin}"))
     for j, (s, d, g, p, bias) in enumerate(_CONV2D_CONFIGS):
         k = keys(jax.random.fold_in(key, j), 3)
         cout = 8 if g == 4 and j % 2 else 4 if g != 2 else 6
@@ -480,6 +543,9 @@ def _conv1d_examples(key, dtype):
         b = normal(k[2], (4,), dtype) if j % 3 else None
         exs.append(Example((x, w, b), {"stride": s, "dilation": d, "groups": g, "padding": p},
                            f"s={s} d={d} g={g} pad={p}"))
+    k = keys(jax.random.fold_in(key, 100), 2)     # one input channel (the MNIST-1D CNN's stem): few-channels path
+    exs.append(Example((normal(k[0], (2, 13, 1), dtype), normal(k[1], (3, 1, 4), dtype, scale=0.5), None),
+                       {"stride": 2, "padding": "CAUSAL", "dilation": 2, "groups": 1}, "s=2 d=2 pad=CAUSAL C_in=1"))
     return exs
 
 

@@ -89,6 +89,12 @@ def _bn_axes(x):
     return tuple(range(x.ndim - 1))
 
 
+def _rows(x):
+    """(N, *spatial, C) -> (M, C): the statistics are column reductions of a 2-D array, which XLA's CPU backend
+    runs about twice as fast as the same reduction over the leading axes of the 4-D array."""
+    return x.reshape(-1, x.shape[-1])
+
+
 def _batch_norm(x, gamma=None, beta=None, *, eps=1e-5):
     axes = _bn_axes(x)
     xf = x.astype(_stat_dtype(x))
@@ -97,28 +103,34 @@ def _batch_norm(x, gamma=None, beta=None, *, eps=1e-5):
     return _affine((xf - mu) / jnp.sqrt(var + eps), gamma, beta, x.dtype)
 
 
+def _bn_stats(x):
+    """Batch mean and biased variance per channel (two passes: the variance of centred values)."""
+    xf = _rows(x).astype(_stat_dtype(x))
+    mu = jnp.mean(xf, axis=0)
+    return mu, jnp.mean(jnp.square(xf - mu), axis=0)
+
+
 def _bn_fwd(x, gamma=None, beta=None, *, eps=1e-5):
-    axes = _bn_axes(x)
-    xf = x.astype(_stat_dtype(x))
-    mu = jnp.mean(xf, axis=axes)
-    var = jnp.mean(jnp.square(xf - mu), axis=axes)
+    mu, var = _bn_stats(x)
     rstd = jax.lax.rsqrt(var + eps)
-    y = _affine((xf - mu) * rstd, gamma, beta, x.dtype)
+    y = _affine((_rows(x).astype(mu.dtype) - mu) * rstd, gamma, beta, x.dtype).reshape(x.shape)
     return y, (x, mu, rstd, gamma, beta)
 
 
 def _bn_bwd(res, dy, *, eps=1e-5):
+    """With gamma a per-channel constant, sum_S g = gamma * dbeta and sum_S(g xhat) = gamma * dgamma: the two
+    reductions the parameter gradients need are the only two the input gradient needs."""
     x, mu, rstd, gamma, beta = res
-    axes = _bn_axes(x)
     m = x.size // x.shape[-1]
-    dyf = dy.astype(mu.dtype)
-    xhat = (x.astype(mu.dtype) - mu) * rstd                       # recomputed, not stored
-    g = dyf if gamma is None else dyf * gamma.astype(mu.dtype)
-    sum_g = jnp.sum(g, axis=axes)
-    sum_gx = jnp.sum(g * xhat, axis=axes)
-    dx = (rstd / m) * (m * g - sum_g - xhat * sum_gx)
-    dgamma, dbeta = _affine_grads(dyf, xhat, axes, gamma, beta)
-    return dx.astype(x.dtype), dgamma, dbeta
+    dyf = _rows(dy).astype(mu.dtype)
+    xhat = (_rows(x).astype(mu.dtype) - mu) * rstd                # recomputed, not stored
+    sum_dy = jnp.sum(dyf, axis=0)
+    sum_dyx = jnp.sum(dyf * xhat, axis=0)
+    scale = rstd if gamma is None else rstd * gamma.astype(mu.dtype)
+    dx = (scale / m) * (m * dyf - sum_dy - xhat * sum_dyx)
+    dgamma = None if gamma is None else sum_dyx.astype(gamma.dtype)
+    dbeta = None if beta is None else sum_dy.astype(beta.dtype)
+    return dx.reshape(x.shape).astype(x.dtype), dgamma, dbeta
 
 
 def _bn_examples(key, dtype):
@@ -311,11 +323,9 @@ def batch_norm_apply(params, state, x, *, train: bool, momentum: float = 0.1, ep
     if not train:
         return batch_norm_eval(x, state["mean"], state["var"], gamma, beta, eps=eps), state
     y = batch_norm(x, gamma, beta, eps=eps)
-    xs = jax.lax.stop_gradient(x).astype(_stat_dtype(x))
-    axes = _bn_axes(x)
+    mu, var = _bn_stats(jax.lax.stop_gradient(x))      # the same reductions as the primitive's: XLA computes them once
     m = x.size // x.shape[-1]
-    mu = jnp.mean(xs, axis=axes)
-    var = jnp.mean(jnp.square(xs - mu), axis=axes) * (m / (m - 1))
+    var = var * (m / (m - 1))
     new = {
         "mean": ((1 - momentum) * state["mean"] + momentum * mu).astype(state["mean"].dtype),
         "var": ((1 - momentum) * state["var"] + momentum * var).astype(state["var"].dtype),
