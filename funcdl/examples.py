@@ -8,22 +8,30 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .primitive import Example
 
-__all__ = ["Example", "normal", "uniform", "away_from", "keys"]
+__all__ = ["Example", "normal", "uniform", "away_from", "keys", "rng"]
 
 
 def keys(key, n: int):
     return list(jax.random.split(key, n))
 
 
+def rng(key) -> np.random.Generator:
+    """A NumPy generator seeded by a JAX key: example inputs are drawn on the host. ``jax.random.normal`` would
+    compile one small program per shape and dtype, which was half of the checker's time."""
+    data = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    return np.random.default_rng(np.asarray(data, np.uint32).ravel().tolist())
+
+
 def normal(key, shape, dtype=jnp.float64, scale: float = 1.0, shift: float = 0.0):
-    return (shift + scale * jax.random.normal(key, shape)).astype(dtype)
+    return jnp.asarray(shift + scale * rng(key).standard_normal(shape), dtype)
 
 
 def uniform(key, shape, dtype=jnp.float64, low: float = 0.0, high: float = 1.0):
-    return jax.random.uniform(key, shape, minval=low, maxval=high).astype(dtype)
+    return jnp.asarray(rng(key).uniform(low, high, shape), dtype)
 
 
 def away_from(x, points=(0.0,), margin: float = 0.05):
@@ -31,7 +39,9 @@ def away_from(x, points=(0.0,), margin: float = 0.05):
 
     Finite differences across a kink measure the wrong slope; examples keep clear of them.
     """
+    dtype = x.dtype
+    x = np.array(x)
     for p in points:
         d = x - p
-        x = jnp.where(jnp.abs(d) < margin, p + jnp.where(d < 0, -margin, margin), x)
-    return x
+        x = np.where(np.abs(d) < margin, p + np.where(d < 0, -margin, margin), x)
+    return jnp.asarray(x, dtype)

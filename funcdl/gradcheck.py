@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .examples import normal
 from .primitive import REGISTRY, Example, Primitive, autodiff
 
 TOL = {"vjp64": 1e-10, "vjp32": 1e-5, "fd": 1e-6, "jit": 1e-10, "vmap": 1e-10}
@@ -103,7 +104,7 @@ def _random_like(key, tree):
     out = []
     for k, leaf in zip(keys, leaves, strict=False):
         if jnp.issubdtype(leaf.dtype, jnp.inexact):
-            out.append(jax.random.normal(k, leaf.shape, leaf.dtype))
+            out.append(normal(k, leaf.shape, leaf.dtype))
         else:
             out.append(np.zeros(leaf.shape, dtype=jax.dtypes.float0))
     return jax.tree.unflatten(treedef, out)
@@ -146,7 +147,7 @@ def _cast(args: tuple, dtype) -> tuple:
 
 # The checker's own programs are small and run once: XLA's backend optimisations would cost more compile time
 # than they could save (about half of the checker's time), and they do not change what is computed.
-_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+jit_once = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
 def check_example(prim: Primitive, ex: Example, key, *, dtypes=("float64", "float32"),
@@ -200,8 +201,8 @@ def check_example(prim: Primitive, ex: Example, key, *, dtypes=("float64", "floa
         ct64 = _random_like(k_ct, out_shape)
         u = _random_like(k_u, out_shape)
         vkeys = jax.random.split(k_v, max(1, len(diff)))
-        vs = [jax.random.normal(kv, base[i].shape, base[i].dtype) for i, kv in zip(diff, vkeys, strict=False)]
-        hand64, ref64, g_u, evals = _jit(program64)(base, ct64, u, vs)
+        vs = [normal(kv, base[i].shape, base[i].dtype) for i, kv in zip(diff, vkeys, strict=False)]
+        hand64, ref64, g_u, evals = jit_once(program64)(base, ct64, u, vs)
     except Exception as e:
         for check in ("vjp", "fd", "jit"):
             if check in checks:
@@ -224,7 +225,7 @@ def check_example(prim: Primitive, ex: Example, key, *, dtypes=("float64", "floa
             args = _cast(base, dt)
             try:
                 ct = _random_like(k_ct, jax.eval_shape(hand, *args))
-                both = _jit(lambda a, c: (_vjp(hand, a, diff, c), _vjp(ref, a, diff, c)))
+                both = jit_once(lambda a, c: (_vjp(hand, a, diff, c), _vjp(ref, a, diff, c)))
                 (out_h, g_h), (out_r, g_r) = both(args, ct)
             except Exception as e:
                 failed("vjp", "*", dt, tol_of("vjp", dt), e)
@@ -255,7 +256,7 @@ def check_example(prim: Primitive, ex: Example, key, *, dtypes=("float64", "floa
                 batched = jax.vmap(lambda c, *a: _vjp(hand, a, diff, c), in_axes=(0, *axes))(cs, *st)
                 return batched, (_vjp(hand, a1, diff, c1), _vjp(hand, a2, diff, c2))
 
-            (v_out, v_grads), singles = _jit(program_vmap)(ct_stacked, stacked, base, other, cts[0], cts[1])
+            (v_out, v_grads), singles = jit_once(program_vmap)(ct_stacked, stacked, base, other, cts[0], cts[1])
             err = 0.0
             for j in range(2):
                 err = max(err, rel_error(jax.tree.map(lambda t, j=j: t[j], v_out), singles[j][0]))
@@ -343,9 +344,10 @@ class LeafError:
 
 
 def compare_model_grads(loss: Callable, params, *args, has_aux: bool = False, **kwargs) -> list[LeafError]:
-    """Gradient of ``loss(params, *args)`` with hand-derived rules vs pure autodiff, leaf by leaf."""
-    g_hand = jax.grad(loss, has_aux=has_aux)(params, *args, **kwargs)
-    g_auto = jax.grad(autodiff(loss), has_aux=has_aux)(params, *args, **kwargs)
+    """Gradient of ``loss(params, *args)`` with hand-derived rules vs pure autodiff, leaf by leaf. Each gradient
+    is one compiled program (``jit_once``): a model run op by op compiles every operation on its own."""
+    g_hand = jit_once(lambda p: jax.grad(loss, has_aux=has_aux)(p, *args, **kwargs))(params)
+    g_auto = jit_once(lambda p: jax.grad(autodiff(loss), has_aux=has_aux)(p, *args, **kwargs))(params)
     if has_aux:
         g_hand, g_auto = g_hand[0], g_auto[0]
     flat_h = jax.tree_util.tree_flatten_with_path(g_hand)[0]
