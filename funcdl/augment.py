@@ -8,7 +8,8 @@ on data), so they are plain functions, not primitives.
   (the CIFAR recipe: padding 4);
 * ``hflip(key, x, p)``: mirror left-right with probability p;
 * ``translate(key, x, max_shift)``: shift by up to ``max_shift`` pixels in each direction, zero fill (the same
-  as a crop of the padded image, written as one);
+  as a crop of the padded image, written as one); both take ``fill="edge"`` to repeat the border pixels
+  instead (the ``crop_edge`` and ``translate_edge`` steps of ``make_augment``);
 * ``cutout(key, x, size)``: zero a size x size square at a random centre (DeVries and Taylor 2017), clipped at
   the border;
 * ``mixup(key, x, y, num_classes, alpha)``: lam ~ Beta(alpha, alpha); x' = lam x + (1 - lam) x[perm],
@@ -35,10 +36,17 @@ def _check_images(name, x):
         raise ValueError(f"{name}: expected a batch of images (N, H, W, C), got shape {x.shape}")
 
 
-def random_crop(key, x, padding: int = 4):
+_FILLS = {"zero": "constant", "edge": "edge"}
+
+
+def random_crop(key, x, padding: int = 4, fill: str = "zero"):
+    """``fill="zero"`` pads with zeros (on standardised data: the mean, a grey border); ``fill="edge"`` repeats
+    the border pixels (on MNIST: the background)."""
     _check_images("random_crop", x)
+    if fill not in _FILLS:
+        raise ValueError(f"random_crop: fill must be one of {', '.join(_FILLS)}, got {fill!r}")
     n, h, w, _ = x.shape
-    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), mode=_FILLS[fill])
     offsets = jax.random.randint(key, (n, 2), 0, 2 * padding + 1)
 
     def crop(img, off):
@@ -53,9 +61,10 @@ def hflip(key, x, p: float = 0.5):
     return jnp.where(flip, x[:, :, ::-1, :], x)
 
 
-def translate(key, x, max_shift: int = 2):
-    """A shift of (dy, dx) in [-max_shift, max_shift]^2 per example; vacated pixels are zero."""
-    return random_crop(key, x, padding=max_shift)
+def translate(key, x, max_shift: int = 2, fill: str = "zero"):
+    """A shift of (dy, dx) in [-max_shift, max_shift]^2 per example; vacated pixels are zero (``fill="edge"``:
+    copies of the nearest border pixel)."""
+    return random_crop(key, x, padding=max_shift, fill=fill)
 
 
 def cutout(key, x, size: int = 8):
@@ -121,6 +130,8 @@ AUGMENTATIONS = {
     "crop": (random_crop, 4, False),
     "flip": (hflip, 0.5, False),
     "translate": (translate, 2, False),
+    "crop_edge": (lambda key, x, padding: random_crop(key, x, padding, fill="edge"), 4, False),
+    "translate_edge": (lambda key, x, shift: translate(key, x, shift, fill="edge"), 2, False),
     "cutout": (cutout, 8, False),
     "mixup": (mixup, 0.2, True),
     "cutmix": (cutmix, 1.0, True),

@@ -31,6 +31,17 @@ def test_crop_is_a_shifted_window_and_flip_mirrors():
     np.testing.assert_array_equal(f, x[:, :, ::-1])
 
 
+def test_edge_fill_repeats_the_border_pixels():
+    x = _images(n=1)
+    y = A.translate(jax.random.PRNGKey(0), x, 2, fill="edge")
+    xp = np.pad(np.asarray(x), ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
+    assert any(np.array_equal(y[0], xp[0, i:i + 10, j:j + 12]) for i in range(5) for j in range(5))
+    z = A.make_augment("crop_edge=2", None)(jax.random.PRNGKey(0), {"x": x, "y": None})["x"]
+    np.testing.assert_array_equal(z, A.random_crop(jax.random.fold_in(jax.random.PRNGKey(0), 0), x, 2, fill="edge"))
+    with pytest.raises(ValueError, match="fill must be one of zero, edge"):
+        A.random_crop(jax.random.PRNGKey(0), x, 2, fill="reflect")
+
+
 def test_cutout_zeros_one_square():
     x = jnp.ones((4, 16, 16, 1))
     y = A.cutout(jax.random.PRNGKey(1), x, 4)
