@@ -24,6 +24,8 @@ Task of ``models.cnn`` uses it when a batch carries ``y_probs``.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -130,8 +132,8 @@ AUGMENTATIONS = {
     "crop": (random_crop, 4, False),
     "flip": (hflip, 0.5, False),
     "translate": (translate, 2, False),
-    "crop_edge": (lambda key, x, padding: random_crop(key, x, padding, fill="edge"), 4, False),
-    "translate_edge": (lambda key, x, shift: translate(key, x, shift, fill="edge"), 2, False),
+    "crop_edge": (functools.partial(random_crop, fill="edge"), 4, False),
+    "translate_edge": (functools.partial(translate, fill="edge"), 2, False),
     "cutout": (cutout, 8, False),
     "mixup": (mixup, 0.2, True),
     "cutmix": (cutmix, 1.0, True),

@@ -142,6 +142,9 @@ def conv_nd(x, w, stride, pads, dilation, groups):
                                     dimension_numbers=_dn(n), feature_group_count=groups)
 
 
+_FEW_CHANNELS = 3      # grey and RGB inputs
+
+
 def conv_fast(x, w, stride, pads, dilation, groups):
     """The forward the hand-derived path runs: ``conv_nd``, or tap by tap for depthwise kernels and for inputs
     with few channels (an RGB or grey stem), where XLA's CPU convolution is 4-10x slower than K fused
@@ -151,9 +154,6 @@ def conv_fast(x, w, stride, pads, dilation, groups):
     if groups == 1 and x.shape[-1] <= _FEW_CHANNELS:
         return few_channels_fwd(x, w, stride, pads, dilation)
     return conv_nd(x, w, stride, pads, dilation, groups)
-
-
-_FEW_CHANNELS = 3      # grey and RGB inputs
 
 
 def _regroup_flip(w, groups):
@@ -211,6 +211,13 @@ def _pad_spatial(x, pads, value=0.0):
     return lax.pad(x, jnp.asarray(value, x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)))
 
 
+def _patches(xp, kernel, stride, dilation, out_spatial):
+    """For every kernel tap k: ``(k, xp[:, o*s + k*d, :])``, the strided slice (N, *O, C) of the padded input
+    that tap reads."""
+    for idx, start, limit in _taps(kernel, dilation, stride, out_spatial):
+        yield idx, lax.slice(xp, (0, *start, 0), (xp.shape[0], *limit, xp.shape[-1]), (1, *stride, 1))
+
+
 def depthwise_fwd(x, w, stride, pads, dilation):
     """y[n, o, c*m + j] = sum_k xp[n, o*s + k*d, c] w[k, 0, c*m + j]: one strided slice and one fused
     multiply-add per tap (XLA's grouped convolution with one channel per group is slow on CPU)."""
@@ -221,8 +228,7 @@ def depthwise_fwd(x, w, stride, pads, dilation):
     out_spatial = conv_output_shape(x.shape[1:1 + n], w.shape[:n], stride, pads, dilation)
     wr = w.reshape(*w.shape[:n], cin, mult)
     y = None
-    for idx, start, limit in _taps(w.shape[:n], dilation, stride, out_spatial):
-        patch = lax.slice(xp, (0, *start, 0), (xp.shape[0], *limit, cin), (1, *stride, 1))   # (N, *O, C)
+    for idx, patch in _patches(xp, w.shape[:n], stride, dilation, out_spatial):
         term = patch[..., None] * wr[idx]                                                      # (N, *O, C, m)
         y = term if y is None else y + term
     return y.reshape(*y.shape[:-2], cout)
@@ -275,13 +281,11 @@ def few_channels_fwd(x, w, stride, pads, dilation):
     """y[n, o, :] = sum_k sum_c xp[n, o*s + k*d, c] w[k, c, :] for an input with few channels: K * C_in
     broadcast multiply-adds of a strided slice."""
     n = x.ndim - 2
-    cin = x.shape[-1]
     xp = _pad_spatial(x, pads)
     out_spatial = conv_output_shape(x.shape[1:1 + n], w.shape[:n], stride, pads, dilation)
     y = None
-    for idx, start, limit in _taps(w.shape[:n], dilation, stride, out_spatial):
-        patch = lax.slice(xp, (0, *start, 0), (xp.shape[0], *limit, cin), (1, *stride, 1))   # (N, *O, C_in)
-        for c in range(cin):
+    for idx, patch in _patches(xp, w.shape[:n], stride, dilation, out_spatial):               # (N, *O, C_in)
+        for c in range(x.shape[-1]):
             term = patch[..., c:c + 1] * w[idx][c]
             y = term if y is None else y + term
     return y
@@ -296,8 +300,7 @@ def depthwise_kernel_grad(x, dy, kernel, stride, kpads, dilation):
     xp = _pad_spatial(x, tuple((lo, max(hi, 0)) for lo, hi in kpads))
     dyr = dy.reshape(*dy.shape[:-1], cin, mult)
     taps = []
-    for _, start, limit in _taps(kernel, dilation, stride, out_spatial):
-        patch = lax.slice(xp, (0, *start, 0), (xp.shape[0], *limit, cin), (1, *stride, 1))   # (N, *O, C_in)
+    for _, patch in _patches(xp, kernel, stride, dilation, out_spatial):                      # (N, *O, C_in)
         # an elementwise product and one fused reduction (an einsum here becomes a slow batched dot on CPU)
         taps.append(jnp.sum(patch[..., None] * dyr, axis=tuple(range(n + 1))).reshape(cout))
     return jnp.stack(taps).reshape(*kernel, 1, cout)
