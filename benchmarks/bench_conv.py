@@ -1,7 +1,7 @@
 """Convolution forward+backward: hand-derived rules vs JAX autodiff vs torch (when installed); and one ResNet
 training step (funcdl's small ResNet vs the same network written in torch).
 
-    python benchmarks/bench_conv.py [--batch 32] [--size 32] [--channels 32] [--reps 20] [--no-resnet]
+    python benchmarks/bench_conv.py [--batch 32] [--size 32] [--channels 32] [--reps 20] [--no-resnet] [--layers]
 
 Each row times one call of a jitted function returning (dx, dw) of sum(conv(x, w) * g) for a fixed random g:
 "hand" runs funcdl's hand-derived backward, "autodiff" differentiates the reference (``funcdl.autodiff``),
@@ -92,6 +92,85 @@ def bench_convs(args):
 
             tt = timeit(torch_step, args.reps)
         print(f"{label:<26}{th * 1e3:>10.2f}{ta * 1e3:>13.2f}{tt * 1e3:>10.2f}{ta / th:>15.2f}{tt / th:>12.2f}")
+
+
+# -- the ResNet's layers one by one --------------------------------------------------------------------------
+
+
+RESNET_LAYERS = [   # (label, input (H, C_in), C_out, stride, kernel)
+    ("stem 1->16", (28, 1), 16, 1, 3), ("16->16", (28, 16), 16, 1, 3), ("16->32 /2", (28, 16), 32, 2, 3),
+    ("32->32", (14, 32), 32, 1, 3), ("32->64 /2", (14, 32), 64, 2, 3), ("64->64", (7, 64), 64, 1, 3),
+    ("1x1 16->32 /2", (28, 16), 32, 2, 1),
+]
+
+
+def bench_layers(args):
+    """Each convolution of the small ResNet (batch --resnet-batch) forward+backward, hand vs autodiff vs torch, and
+    batch norm + ReLU at the three widths: where the ResNet step's time goes."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    n = args.resnet_batch
+    rng = np.random.default_rng(0)
+    print(f"\nResNet layers, batch {n}, float32, forward+backward (ms; GFLOP/s of the hand rule, 3 x the forward's "
+          "FLOPs)")
+    print(f"{'layer':<16}{'hand':>8}{'autodiff':>10}{'torch':>8}{'GFLOP/s':>9}")
+    for label, (size, cin), cout, stride, k in RESNET_LAYERS:
+        pad = 1 if k == 3 else 0
+        x = jnp.asarray(rng.normal(size=(n, size, size, cin)), jnp.float32)
+        w = jnp.asarray(rng.normal(size=(k, k, cin, cout)) * 0.1, jnp.float32)
+        y = fd.conv2d(x, w, stride=stride, padding=pad)
+        g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+        argnums = (0, 1) if cin > 1 else (1,)      # the stem's input is data: no input gradient
+
+        def loss(x, w, g, stride=stride, pad=pad):
+            return jnp.vdot(fd.conv2d(x, w, stride=stride, padding=pad), g)
+
+        hand = jax.jit(jax.grad(loss, argnums=argnums))
+        auto = jax.jit(jax.grad(fd.autodiff(loss), argnums=argnums))
+        th = timeit(lambda hand=hand, x=x, w=w, g=g: jax.block_until_ready(hand(x, w, g)), args.reps)
+        ta = timeit(lambda auto=auto, x=x, w=w, g=g: jax.block_until_ready(auto(x, w, g)), args.reps)
+        tt = float("nan")
+        if torch is not None:
+            tx = torch.tensor(np.moveaxis(np.asarray(x), -1, 1).copy(), requires_grad=cin > 1)
+            tw = torch.tensor(np.transpose(np.asarray(w), (3, 2, 0, 1)).copy(), requires_grad=True)
+            tg = torch.tensor(np.moveaxis(np.asarray(g), -1, 1).copy())
+
+            def torch_step(tx=tx, tw=tw, tg=tg, stride=stride, pad=pad):
+                tx.grad = tw.grad = None
+                torch.nn.functional.conv2d(tx, tw, stride=stride, padding=pad).backward(tg)
+
+            tt = timeit(torch_step, args.reps)
+        flops = 2 * y.size * k * k * cin * (1 + len(argnums))
+        print(f"{label:<16}{th * 1e3:>8.2f}{ta * 1e3:>10.2f}{tt * 1e3:>8.2f}{flops / th / 1e9:>9.0f}")
+    for size, c in [(28, 16), (14, 32), (7, 64)]:
+        x = jnp.asarray(rng.normal(size=(n, size, size, c)), jnp.float32)
+        g = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+        params, state = fd.batch_norm_init(c)
+
+        def loss(p, x, g, state=state):
+            y, _ = fd.batch_norm_apply(p, state, x, train=True)
+            return jnp.vdot(fd.relu(y), g)
+
+        hand = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        auto = jax.jit(jax.grad(fd.autodiff(loss), argnums=(0, 1)))
+        th = timeit(lambda hand=hand, p=params, x=x, g=g: jax.block_until_ready(hand(p, x, g)), args.reps)
+        ta = timeit(lambda auto=auto, p=params, x=x, g=g: jax.block_until_ready(auto(p, x, g)), args.reps)
+        tt = float("nan")
+        if torch is not None:
+            bn = torch.nn.BatchNorm2d(c)
+            tx = torch.tensor(np.moveaxis(np.asarray(x), -1, 1).copy(), requires_grad=True)
+            tg = torch.tensor(np.moveaxis(np.asarray(g), -1, 1).copy())
+
+            def torch_bn(tx=tx, tg=tg, bn=bn):
+                tx.grad = None
+                bn.zero_grad()
+                torch.relu(bn(tx)).backward(tg)
+
+            tt = timeit(torch_bn, args.reps)
+        label = f"bn+relu {size}x{size}x{c}"
+        print(f"{label:<16}{th * 1e3:>8.2f}{ta * 1e3:>10.2f}{tt * 1e3:>8.2f}")
 
 
 # -- ResNet training step --------------------------------------------------------------------------------------
@@ -212,9 +291,12 @@ def main():
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--resnet-batch", type=int, default=128)
     p.add_argument("--no-resnet", action="store_true")
+    p.add_argument("--layers", action="store_true", help="also time each ResNet layer (conv, batch norm) alone")
     args = p.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}")
     bench_convs(args)
+    if args.layers:
+        bench_layers(args)
     if not args.no_resnet:
         bench_resnet(args)
 
