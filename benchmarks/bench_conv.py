@@ -22,6 +22,12 @@ import numpy as np
 import funcdl as fd
 
 
+def jit(fn, args, *example):
+    """jax.jit with the compiler options a training step with this computation gets (funcdl.xla: YNNPACK for
+    convolutions on CPU, unless --ynn off)."""
+    return jax.jit(fn, compiler_options=fd.xla.compiler_options(fn, *example, ynn=False if args.ynn == "off" else None))
+
+
 def timeit(fn, reps):
     fn()
     times = []
@@ -67,8 +73,8 @@ def bench_convs(args):
         def loss(x, w, g, prim=prim, settings=settings):
             return jnp.vdot(prim(x, w, **settings), g)
 
-        hand = jax.jit(jax.grad(loss, argnums=(0, 1)))
-        auto = jax.jit(jax.grad(fd.autodiff(loss), argnums=(0, 1)))
+        hand = jit(jax.grad(loss, argnums=(0, 1)), args, x, w, g)
+        auto = jit(jax.grad(fd.autodiff(loss), argnums=(0, 1)), args, x, w, g)
         dh, da = hand(x, w, g), auto(x, w, g)
         err = max(float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30)) for a, b in zip(dh, da, strict=True))
         assert err < 1e-4, (label, err)
@@ -127,8 +133,8 @@ def bench_layers(args):
         def loss(x, w, g, stride=stride, pad=pad):
             return jnp.vdot(fd.conv2d(x, w, stride=stride, padding=pad), g)
 
-        hand = jax.jit(jax.grad(loss, argnums=argnums))
-        auto = jax.jit(jax.grad(fd.autodiff(loss), argnums=argnums))
+        hand = jit(jax.grad(loss, argnums=argnums), args, x, w, g)
+        auto = jit(jax.grad(fd.autodiff(loss), argnums=argnums), args, x, w, g)
         th = timeit(lambda hand=hand, x=x, w=w, g=g: jax.block_until_ready(hand(x, w, g)), args.reps)
         ta = timeit(lambda auto=auto, x=x, w=w, g=g: jax.block_until_ready(auto(x, w, g)), args.reps)
         tt = float("nan")
@@ -153,8 +159,8 @@ def bench_layers(args):
             y, _ = fd.batch_norm_apply(p, state, x, train=True)
             return jnp.vdot(fd.relu(y), g)
 
-        hand = jax.jit(jax.grad(loss, argnums=(0, 1)))
-        auto = jax.jit(jax.grad(fd.autodiff(loss), argnums=(0, 1)))
+        hand = jit(jax.grad(loss, argnums=(0, 1)), args, params, x, g)
+        auto = jit(jax.grad(fd.autodiff(loss), argnums=(0, 1)), args, params, x, g)
         th = timeit(lambda hand=hand, p=params, x=x, g=g: jax.block_until_ready(hand(p, x, g)), args.reps)
         ta = timeit(lambda auto=auto, p=params, x=x, g=g: jax.block_until_ready(auto(p, x, g)), args.reps)
         tt = float("nan")
@@ -228,7 +234,6 @@ def bench_resnet(args):
              "y": jnp.asarray(rng.integers(0, 10, args.resnet_batch), jnp.int32)}
 
     def make_step(loss_fn):
-        @jax.jit
         def step(params, state, opt_state, batch):
             (value, (state, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, batch, None, True)
             updates, opt_state = opt.update(grads, opt_state, params)
@@ -236,33 +241,25 @@ def bench_resnet(args):
         return step
 
     print(f"\nResNet (small: widths 16/32/64, one basic block per stage) training step, batch {args.resnet_batch}, "
-          "28x28x1, Adam")
-    results = {}
-    for name, loss_fn in [("hand", task.loss), ("autodiff", fd.autodiff(task.loss))]:
-        step = make_step(loss_fn)
-        carry = [params, state, opt_state]
+          f"28x28x1, Adam; {args.rounds} interleaved rounds of {args.reps} steps, median ms/step [range of the rounds]")
+    hand_step, auto_step = make_step(task.loss), make_step(fd.autodiff(task.loss))
+    example = (params, state, opt_state, batch)
 
-        def run(step=step, carry=carry):
-            p, s, o, v = step(*carry, batch)
-            jax.block_until_ready(v)
-
-        results[name] = timeit(run, args.reps)
-
-    # the same hand step, 4 per call inside lax.scan: XLA's CPU backend compiles convolutions in a loop body
-    # through a slow generic path, which is why funcdl.train runs convolutional steps as a loop of calls
-    hand_step = make_step(task.loss)
-
-    @jax.jit
-    def scanned(params, state, opt_state):
+    def scanned(params, state, opt_state, batch):     # the hand step, 4 per call inside lax.scan
         def body(carry, _):
             p, s, o, v = hand_step(*carry, batch)
             return (p, s, o), v
         return jax.lax.scan(body, (params, state, opt_state), None, length=4)
 
-    def run_scan():
-        jax.block_until_ready(scanned(params, state, opt_state)[1])
-
-    results["hand in lax.scan"] = timeit(run_scan, max(1, args.reps // 4)) / 4
+    variants = {"hand": (jit(hand_step, args, *example), 1), "autodiff": (jit(auto_step, args, *example), 1)}
+    if args.ynn == "auto" and fd.xla.ynn_available():
+        variants["hand, XLA default"] = (jax.jit(hand_step), 1)
+    variants["hand in lax.scan"] = (jit(scanned, args, *example), 4)
+    runs = {}
+    for name, (step, per_call) in variants.items():
+        def run(step=step):
+            jax.block_until_ready(step(*example)[-1])
+        runs[name] = (run, per_call)
     try:
         import torch
 
@@ -276,11 +273,19 @@ def bench_resnet(args):
             torch.nn.functional.cross_entropy(net(tx), ty).backward()
             topt.step()
 
-        results["torch"] = timeit(tstep, args.reps)
+        runs["torch"] = (tstep, 1)
     except ImportError:
         pass
-    for name, t in results.items():
-        print(f"  {name:<17}{t * 1e3:>9.1f} ms/step   ({t / results['hand']:.2f}x hand)")
+    rounds = {name: [] for name in runs}
+    for _ in range(args.rounds):
+        for name, (run, per_call) in runs.items():
+            rounds[name].append(timeit(run, max(1, args.reps // per_call)) / per_call)
+    med = {name: statistics.median(ts) for name, ts in rounds.items()}
+    for name, ts in rounds.items():
+        print(f"  {name:<19}{med[name] * 1e3:>8.1f} ms/step  [{min(ts) * 1e3:.1f}..{max(ts) * 1e3:.1f}]   "
+              f"({med[name] / med['hand']:.2f}x hand)")
+    if "torch" in med:
+        print(f"  hand / torch: {med['hand'] / med['torch']:.2f} (the issue's target: <= 1.2)")
 
 
 def main():
@@ -290,10 +295,16 @@ def main():
     p.add_argument("--channels", type=int, default=32)
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--resnet-batch", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds of the ResNet step")
     p.add_argument("--no-resnet", action="store_true")
     p.add_argument("--layers", action="store_true", help="also time each ResNet layer (conv, batch norm) alone")
+    p.add_argument("--ynn", choices=["auto", "off"], default="auto",
+                   help="auto: compile as funcdl.train does (YNNPACK option for convolutions on CPU, funcdl.xla); "
+                        "off: XLA's default CPU compilation")
     args = p.parse_args()
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}")
+    ynn = args.ynn == "auto" and fd.xla.ynn_available()
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; YNNPACK option for convolutions: "
+          f"{'on' if ynn else 'off'}")
     bench_convs(args)
     if args.layers:
         bench_layers(args)

@@ -5,7 +5,7 @@ keeps residuals, and a hand-derived backward, wired into ``jax.custom_vjp``. ``j
 from them runs the hand-derived rules; ``funcdl.autodiff(fn)`` differentiates the references instead.
 """
 
-from . import activations, init, linear, losses
+from . import activations, init, linear, losses, xla
 from . import dropout as _dropout_module
 from .activations import (
     elu,

@@ -47,6 +47,7 @@ from .augment import make_augment
 from .data.base import Dataset, epoch_indices, sample_windows, sequential_windows
 from .primitive import autodiff
 from .task import Task
+from .xla import compiler_options, scan_is_slow
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "make_optimizer", "make_schedule", "param_count",
            "freeze_mask", "TrainingDiverged"]
@@ -79,7 +80,9 @@ class TrainConfig:
     monitor: str = "val_loss"              # val_loss (lower is better) or val_accuracy (higher is better)
     scan: bool | None = None               # many steps per compiled call (lax.scan) vs one call per step;
                                            # None: scan unless XLA's CPU backend would slow the step down
-                                           # (a step with convolutions, see scan_is_slow)
+                                           # (autodiff's convolutions, see funcdl.xla.scan_is_slow)
+    ynn: bool | None = None                # XLA's YNNPACK option (CPU); None: on for steps with convolutions
+                                           # (funcdl.xla.compiler_options)
     freeze: str | None = None              # regex on parameter paths ("layers/0/w"); those are not updated
     init_from: str | None = None           # checkpoint whose matching params replace the initial ones
     init_exclude: str | None = None        # regex on parameter paths --init-from must not copy (a new head: "^out/")
@@ -192,33 +195,20 @@ def _global_norm(tree):
 # evaluation
 
 
-def scan_is_slow(fn, *args) -> bool:
-    """Whether ``fn(*args)`` would run much slower inside ``lax.scan`` than as one jitted call per step.
-
-    XLA's CPU backend compiles a convolution inside a loop body through a generic code path instead of its
-    convolution library: measured on 2 vCPUs, one training step of the small ResNet (batch 128) takes 168 ms
-    as a jitted call and 1446 ms inside ``lax.scan``; the MNIST-1D CNN runs 1068 against 322 steps/s. So on
-    CPU a step whose computation contains a convolution runs as a Python loop of jitted steps (the dispatch
-    costs microseconds); everything else keeps whole epochs inside one ``lax.scan``.
-    """
-    if jax.default_backend() != "cpu":
-        return False
-    return "conv_general_dilated" in str(jax.make_jaxpr(fn)(*args))
-
-
-def _eval_fns(task: Task, loop: bool = False):
+def _eval_fns(task: Task, loop: bool = False, compiler_options: dict | None = None):
     def batch_metrics(params, state, batch):
         _, (_, metrics) = task.loss(params, state, batch, None, False)
         return metrics
 
-    one_batch = jax.jit(batch_metrics)
+    one_batch = jax.jit(batch_metrics, compiler_options=compiler_options)
 
-    @jax.jit
     def full_batches_scan(params, state, arrays):       # arrays: each (nb, EB, ...)
         def body(_, batch):
             return None, batch_metrics(params, state, batch)
         _, metrics = jax.lax.scan(body, None, arrays)
         return jax.tree.map(lambda m: jnp.mean(m, 0), metrics)
+
+    full_batches_scan = jax.jit(full_batches_scan, compiler_options=compiler_options)
 
     def full_batches_loop(params, state, arrays):
         nb = len(next(iter(arrays.values())))
@@ -234,8 +224,9 @@ def evaluate(task: Task, params, state, arrays: dict, batch_size: int = 500, _fn
     :func:`scan_is_slow` -- plus one remainder batch, weighted by their sizes)."""
     if _fns is None:
         probe = {k: v[: min(batch_size, len(v))] for k, v in arrays.items()}
-        _fns = _eval_fns(task, loop=scan_is_slow(lambda p, s, b: task.loss(p, s, b, None, False), params, state,
-                                                 probe))
+        fn = lambda p, s, b: task.loss(p, s, b, None, False)  # noqa: E731
+        _fns = _eval_fns(task, loop=scan_is_slow(fn, params, state, probe),
+                         compiler_options=compiler_options(fn, params, state, probe))
     full_batches, one_batch = _fns
     n = len(next(iter(arrays.values())))
     bs = min(batch_size, n)
@@ -442,24 +433,24 @@ def train(task: Task, data: Dataset, config: TrainConfig | None = None, out_dir=
             (params, opt_state, state), metrics = jax.lax.scan(body, (params, opt_state, state), (steps, idx))
         return params, opt_state, state, metrics
 
-    run_chunk = jax.jit(chunk_fn, static_argnames="length", donate_argnums=(0, 1, 2))
-
     # python-loop path: one compiled call per step (batch gathered inside the same call)
     def one_step(params, opt_state, state, arrays, s, rows):
         batch = window_batch(arrays["tokens"], s) if windowed else batch_at(arrays, rows)
         return train_step(params, opt_state, state, batch, jax.random.fold_in(step_key, s))
 
-    run_step = jax.jit(one_step, donate_argnums=(0, 1, 2))
-
-    # ---- scan or loop (see scan_is_slow) -------------------------------------------------------------------
+    # ---- scan or loop, compiler options (funcdl.xla) ------------------------------------------------------
     if windowed:
         probe_batch = jax.eval_shape(lambda t: window_batch(t, 0), dev_train["tokens"])
     else:
         probe_batch = jax.eval_shape(lambda a: batch_at(a, jnp.arange(B)), dev_train)
+    probe = (params, opt_state, state, probe_batch, step_key)
     use_scan = config.scan
     if use_scan is None:
-        use_scan = not scan_is_slow(train_step, params, opt_state, state, probe_batch, step_key)
-    eval_fns = _eval_fns(task, loop=not use_scan)
+        use_scan = not scan_is_slow(train_step, *probe)
+    xla_options = compiler_options(train_step, *probe, ynn=config.ynn)
+    run_chunk = jax.jit(chunk_fn, static_argnames="length", donate_argnums=(0, 1, 2), compiler_options=xla_options)
+    run_step = jax.jit(one_step, donate_argnums=(0, 1, 2), compiler_options=xla_options)
+    eval_fns = _eval_fns(task, loop=not use_scan, compiler_options=xla_options)
     dev_val = jax.device_put(data.splits["val"]) if has_val else None
 
     @jax.jit

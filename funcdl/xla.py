@@ -1,0 +1,98 @@
+"""What funcdl asks of XLA's CPU backend for steps with convolutions.
+
+Two facts about XLA's CPU backend (jaxlib 0.10, measured on 2 vCPUs) shape how convolutional models run:
+
+* **A convolution in a non-canonical dimension order is slow inside ``lax.scan``.** XLA compiles it in a loop
+  body through a generic code path instead of its convolution library. JAX's autodiff writes the kernel
+  gradient that way (the example index as the contracted feature): the autodiff step of the small ResNet
+  (batch 128) takes 133 ms as a jitted call and 1725 ms inside ``lax.scan``, the MNIST-1D CNN's 0.83 against
+  3.2 ms. The hand-derived rules move the axes themselves and call every convolution in the canonical order
+  (``funcdl.conv.kernel_grad``), and their steps run *faster* inside ``lax.scan`` (ResNet 87 against 119 ms,
+  LeNet 14 against 20 ms). So only a step with a non-canonical convolution runs as a Python loop of jitted
+  steps; everything else keeps whole epochs inside one ``lax.scan`` (:func:`scan_is_slow`).
+* **YNNPACK runs the convolutions with 32 channels or more about twice as fast.** The compiler option
+  ``xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT`` hands matrix products to YNNPACK, and the
+  convolutions of a 3x3 layer with 32 or 64 channels at batch 128 go from ~90 to ~170 GFLOP/s (forward, input
+  gradient and kernel gradient alike; ``python benchmarks/bench_conv.py --layers``). The same option makes a
+  plain matmul-heavy step slower (the MLP benchmark 8.3 -> 9.5 ms, the baby GPT 30 -> 41 ms), so it is asked
+  for per compiled function, only where the step contains a convolution (:func:`compiler_options`), never as a
+  process-wide ``XLA_FLAGS``.
+
+The hand-derived rules do not depend on either choice: they are the same functions, compiled differently.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.extend import core as jex_core
+
+YNN_DOT = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+
+
+def _convolutions(jaxpr):
+    """Every ``conv_general_dilated`` equation of a jaxpr, sub-jaxprs (jit, scan, cond, custom_vjp) included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            yield eqn
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(sub, jex_core.ClosedJaxpr):
+                    yield from _convolutions(sub.jaxpr)
+                elif isinstance(sub, jex_core.Jaxpr):
+                    yield from _convolutions(sub)
+
+
+def _canonical(eqn) -> bool:
+    """Whether a convolution is in the dimension order XLA's CPU backend runs through its convolution library:
+    input (batch, *spatial, feature), kernel (*spatial, in, out), output (batch, *spatial, feature)."""
+    dn = eqn.params["dimension_numbers"]
+    n = len(dn.lhs_spec) - 2
+    sp = tuple(range(1, n + 1))
+    return (tuple(dn.lhs_spec) == (0, n + 1, *sp) and tuple(dn.out_spec) == (0, n + 1, *sp)
+            and tuple(dn.rhs_spec) == (n + 1, n, *range(n)) and eqn.params["batch_group_count"] == 1)
+
+
+def has_convolution(fn, *args) -> bool:
+    """Whether the computation of ``fn(*args)`` contains a convolution (traced, not run; args may be
+    ``jax.ShapeDtypeStruct``)."""
+    return any(True for _ in _convolutions(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
+def scan_is_slow(fn, *args) -> bool:
+    """Whether ``fn(*args)`` would run much slower inside ``lax.scan`` than as one jitted call per step: on CPU,
+    when its computation contains a convolution in a non-canonical dimension order (module docstring). The
+    hand-derived rules write every convolution canonically; JAX's own transpose rules (``grad="autodiff"``)
+    do not."""
+    if jax.default_backend() != "cpu":
+        return False
+    return not all(_canonical(eqn) for eqn in _convolutions(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
+@functools.cache
+def ynn_available() -> bool:
+    """Whether this jaxlib accepts the YNNPACK compiler option (it is experimental: a jaxlib that renamed or
+    dropped it compiles without it instead of failing)."""
+    if jax.default_backend() != "cpu":
+        return False
+    try:
+        jax.jit(lambda a: a @ a, compiler_options=YNN_DOT).lower(jnp.ones((2, 2), jnp.float32)).compile()
+    except Exception:  # noqa: BLE001 - any refusal means "not available"
+        return False
+    return True
+
+
+def compiler_options(fn, *args, ynn: bool | None = None) -> dict | None:
+    """The ``compiler_options`` to give ``jax.jit`` for a function like ``fn(*args)``.
+
+    ``ynn=None`` (auto): the YNNPACK option on CPU when the computation contains a convolution; ``True``: on
+    CPU whatever the computation; ``False``: XLA's defaults. ``None`` is returned where no option applies, so
+    the result can be passed straight to ``jax.jit(..., compiler_options=...)``.
+    """
+    if ynn is False or not ynn_available():
+        return None
+    if ynn is None and not has_convolution(fn, *args):
+        return None
+    return dict(YNN_DOT)
