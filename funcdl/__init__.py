@@ -75,7 +75,7 @@ __all__ = [
     "max_pool1d", "max_pool2d",
     "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
     "REGISTRY", "Example", "Primitive", "autodiff", "get", "primitive", "registered", "use_reference",
-    "activations", "init", "linear", "losses", "dense", "dropout", "cross_entropy", "softmax_cross_entropy",
+    "activations", "init", "linear", "losses", "xla", "dense", "dropout", "cross_entropy", "softmax_cross_entropy",
     "softmax_cross_entropy_with_probs", "nll_loss", "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss",
     "binary_cross_entropy_with_logits", "binary_cross_entropy", "kl_div", "multi_margin_loss",
     "embedding", "rnn_cell", "lstm_cell", "gru_cell", "rnn", "lstm", "gru", "lengths_to_mask",
