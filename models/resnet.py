@@ -173,8 +173,9 @@ register(
     defaults={"data": "mnist", "epochs": 3, "batch_size": 128, "optimizer": "adam", "lr": 2e-3,
               "schedule": "cosine", "widths": (16, 32, 64), "blocks": (1, 1, 1), "block": "basic"},
     # the usual ResNet recipe (SGD with momentum and weight decay, cosine) and +-2 pixel shifts: Adam without
-    # weight decay stops at 99.15% on MNIST (3 epochs; 99.16% with 4 epochs and the shifts)
-    data_defaults={"mnist": {"epochs": 6, "optimizer": "sgd", "lr": 0.05, "optimizer_options": {"momentum": 0.9},
+    # weight decay stops at 99.15% on MNIST (3 epochs; 99.16% with 4 epochs and the shifts). 6 epochs: 99.30%
+    # and 99.22% (seeds 0, 1); 8 epochs: 99.36% and 99.39%
+    data_defaults={"mnist": {"epochs": 8, "optimizer": "sgd", "lr": 0.05, "optimizer_options": {"momentum": 0.9},
                              "weight_decay": 5e-4, "warmup_steps": 100, "augment": "translate=2"}},
     description="small ResNet for 28x28/32x32 images: 3x3 stem, basic blocks (16, 32, 64) x (1, 1, 1), batch norm",
 )
