@@ -31,7 +31,9 @@ Backward. Everything is linear, so each gradient is the same sum read the other 
   kernel is dy: the output index is k, which moves the window by d (``window_strides = d``: dilation becomes a
   stride) and the kernel taps o are s apart (``rhs_dilation = s``: stride becomes a dilation). Padding lo before;
   after, (K-1)d + (O-1)s + 1 - L - lo, which drops input rows no window used. Groups pair input-channel group g
-  with output-channel group g: ``batch_group_count = G``.
+  with output-channel group g (``batch_group_count = G``); the code runs one convolution per group, with x
+  moved to (C_in, *spatial, N) and dy to (*spatial, N, C_out) first (see ``kernel_grad``: XLA's canonical
+  dimension order, which its CPU backend runs through its convolution library, also inside ``lax.scan``).
 
 * Bias gradient: db[co] = sum over n and positions of dy[n, o, co].
 
@@ -45,7 +47,10 @@ its own convolution (``python benchmarks/bench_conv.py`` measures each): the han
 * grey or RGB inputs (C_in <= 3, groups 1): the forward as K * C_in broadcast multiply-adds (4-10x faster);
 * strided convolutions (groups 1): the input gradient as one matrix product dy (N*O, C_out) @ w^T
   (C_out, K*C_in) whose K column blocks are each put back on the strided grid they were read from
-  ("col2im"), instead of a convolution over a dy dilated with s-1 zeros that it multiplies too.
+  ("col2im"), instead of a convolution over a dy dilated with s-1 zeros that it multiplies too;
+* pointwise kernels (every kernel size 1, no padding, groups 1): both gradients as matrix products of the
+  (N*positions, C) views, dx = dy @ w^T and dw = x^T @ dy, with x read at the strided positions and dx put
+  back on them (2x faster than the two convolutions).
 
 Transposed convolution ``conv_transpose`` is, by definition (torch's), the input gradient of a convolution:
 with the kernel stored ``(*k, C_in, C_out/G)`` (torch's (C_in, C_out/G, *k) moved to channels-last), it is the
@@ -210,6 +215,26 @@ def kernel_grad(x, dy, kernel, stride, pads, dilation, groups):
                                     dimension_numbers=("N" + sp + "C", sp + "IO", "N" + sp + "C"))
            for g in range(groups)]                                  # each (C_in/G, *k, C_out/G)
     return jnp.moveaxis(jnp.concatenate(dws, axis=-1) if groups > 1 else dws[0], 0, n)
+
+
+def _is_pointwise(w, pads, groups):
+    n = w.ndim - 2
+    return groups == 1 and all(k == 1 for k in w.shape[:n]) and all(p == (0, 0) for p in pads)
+
+
+def pointwise_grads(x, dy, w, stride):
+    """(dx, dw) of a 1x1 convolution without padding: matrix products of the (N*positions, C) views. The
+    output reads x at positions o*s, so dw = x[::s]^T @ dy and dx is dy @ w^T on those positions, zero
+    elsewhere. (Dilation does not matter for a kernel of size 1.)"""
+    w2 = w.reshape(w.shape[-2:])                                        # (C_in, C_out)
+    picked = tuple(slice(None, None, s) for s in stride)
+    xs = x[(slice(None), *picked)]                                      # (N, *O, C_in)
+    dyr = dy.reshape(-1, dy.shape[-1])
+    dw = lax.dot_general(xs.reshape(-1, x.shape[-1]), dyr, (((0,), (0,)), ((), ()))).reshape(w.shape)
+    dxs = (dyr @ w2.T).reshape(xs.shape)
+    if all(s == 1 for s in stride):
+        return dxs, dw
+    return jnp.zeros_like(x).at[(slice(None), *picked)].set(dxs), dw
 
 
 def _taps(kernel, dilation, stride, out_spatial):
@@ -399,8 +424,12 @@ def _make_conv(name, n):
         st, pads, dil = _settings(name, n, x, w, stride, padding, dilation)
         xc, wc = _common(x, w)
         dy = dy.astype(xc.dtype)
-        dx = input_grad(dy, wc, x.shape[1:1 + n], st, pads, dil, groups).astype(x.dtype)
-        dw = kernel_grad(xc, dy, w.shape[:n], st, pads, dil, groups).astype(w.dtype)
+        if _is_pointwise(w, pads, groups):
+            dx, dw = pointwise_grads(xc, dy, wc, st)
+            dx, dw = dx.astype(x.dtype), dw.astype(w.dtype)
+        else:
+            dx = input_grad(dy, wc, x.shape[1:1 + n], st, pads, dil, groups).astype(x.dtype)
+            dw = kernel_grad(xc, dy, w.shape[:n], st, pads, dil, groups).astype(w.dtype)
         db = jnp.sum(dy, axis=tuple(range(n + 1))).astype(has_bias.dtype) if has_bias is not None else None
         return dx, dw, db
 
@@ -539,7 +568,17 @@ def _conv2d_examples(key, dtype):
         b = normal(k[2], (cout,), dtype) if bias else None
         exs.append(Example((x, w, b), {"stride": s, "dilation": d, "groups": g, "padding": p},
                            f"s={s} d={d} g={g} pad={p}{'' if bias else ' nobias'}"))
+    for j, (s, p, g) in enumerate(_CONV2D_POINTWISE):
+        k = keys(jax.random.fold_in(key, 200 + j), 3)
+        x = normal(k[0], (2, 7, 8, 4), dtype)
+        w = normal(k[1], (1, 1, 4 // g, 6), dtype, scale=0.5)
+        exs.append(Example((x, w, normal(k[2], (6,), dtype) if j % 2 else None),
+                           {"stride": s, "dilation": 1, "groups": g, "padding": p}, f"1x1 s={s} g={g} pad={p}"))
     return exs
+
+
+# 1x1 kernels: (stride, padding, groups); without padding and groups they take the matrix-product rule
+_CONV2D_POINTWISE = [(1, "VALID", 1), (2, "SAME", 1), ((2, 3), "VALID", 1), (2, 1, 1), (1, "VALID", 2)]
 
 
 _CONV1D_CONFIGS = [
@@ -559,6 +598,9 @@ def _conv1d_examples(key, dtype):
         b = normal(k[2], (4,), dtype) if j % 3 else None
         exs.append(Example((x, w, b), {"stride": s, "dilation": d, "groups": g, "padding": p},
                            f"s={s} d={d} g={g} pad={p}"))
+    k = keys(jax.random.fold_in(key, 200), 2)     # a pointwise kernel, strided: the matrix-product rule
+    exs.append(Example((normal(k[0], (2, 13, 4), dtype), normal(k[1], (1, 4, 3), dtype, scale=0.5), None),
+                       {"stride": 3, "padding": "VALID", "dilation": 1, "groups": 1}, "1x1 s=3"))
     k = keys(jax.random.fold_in(key, 100), 2)     # one input channel (the MNIST-1D CNN's stem): few-channels path
     exs.append(Example((normal(k[0], (2, 13, 1), dtype), normal(k[1], (3, 1, 4), dtype, scale=0.5), None),
                        {"stride": 2, "padding": "CAUSAL", "dilation": 2, "groups": 1}, "s=2 d=2 pad=CAUSAL C_in=1"))
@@ -566,12 +608,13 @@ def _conv1d_examples(key, dtype):
 
 
 def _conv3d_examples(key, dtype):
-    configs = [(1, 1, 1, "VALID"), (2, 1, 2, "SAME"), (1, 2, 1, 1), ((1, 2, 1), 1, 4, ((1, 0), (0, 1), (1, 1)))]
+    configs = [(1, 1, 1, "VALID"), (2, 1, 2, "SAME"), (1, 2, 1, 1), ((1, 2, 1), 1, 4, ((1, 0), (0, 1), (1, 1))),
+               ((2, 1, 2), 1, 1, "VALID")]
     exs = []
     for j, (s, d, g, p) in enumerate(configs):
         k = keys(jax.random.fold_in(key, j), 3)
         x = normal(k[0], (2, 5, 6, 5, 4), dtype)
-        w = normal(k[1], (2, 3, 2, 4 // g, 4), dtype, scale=0.5)
+        w = normal(k[1], (2, 3, 2, 4 // g, 4) if j < 4 else (1, 1, 1, 4, 4), dtype, scale=0.5)
         b = normal(k[2], (4,), dtype)
         exs.append(Example((x, w, b), {"stride": s, "dilation": d, "groups": g, "padding": p},
                            f"s={s} d={d} g={g} pad={p}"))
