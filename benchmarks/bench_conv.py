@@ -6,7 +6,8 @@ training step (funcdl's small ResNet vs the same network written in torch).
 
 Each row times one call of a jitted function returning (dx, dw) of sum(conv(x, w) * g) for a fixed random g:
 "hand" runs funcdl's hand-derived backward, "autodiff" differentiates the reference (``funcdl.autodiff``),
-torch runs ``F.conv2d`` + ``backward`` on NCHW tensors. Times are medians of --reps calls after a warm-up.
+torch runs ``F.conv2d`` + ``backward`` on NCHW tensors. Times are medians over --rounds interleaved rounds
+(hand, autodiff, torch in turn) of the median of --reps calls after a warm-up.
 The ratio column is autodiff / hand (> 1: the hand rule is faster). Every function is compiled the way
 ``funcdl train`` compiles a step with convolutions (``funcdl.xla.compiler_options``: XLA's YNNPACK option on
 CPU); ``--ynn off`` gives XLA's defaults instead.
@@ -32,6 +33,16 @@ def jit(fn, args, *example):
     """jax.jit with the compiler options a training step with this computation gets (funcdl.xla: YNNPACK for
     convolutions on CPU, unless --ynn off)."""
     return jax.jit(fn, compiler_options=fd.xla.compiler_options(fn, *example, ynn=False if args.ynn == "off" else None))
+
+
+def interleaved(fns, reps, rounds):
+    """{name: median over --rounds of the median of reps calls}; the rounds run the variants in turn, so a
+    busy machine slows them alike."""
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(timeit(fn, reps))
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def timeit(fn, reps):
@@ -67,7 +78,7 @@ def bench_convs(args):
     except ImportError:
         torch = None
     print(f"conv2d forward+backward, batch {args.batch}, {args.size}x{args.size}, {args.channels} channels, "
-          f"float32, median of {args.reps} calls")
+          f"float32, median of {args.rounds} interleaved rounds of {args.reps} calls")
     print(f"{'shape':<26}{'hand ms':>10}{'autodiff ms':>13}{'torch ms':>10}{'autodiff/hand':>15}{'torch/hand':>12}")
     rng = np.random.default_rng(0)
     for label, prim, xs, ws, settings, tsettings in conv_rows(args.batch, args.size, args.channels):
@@ -84,9 +95,8 @@ def bench_convs(args):
         dh, da = hand(x, w, g), auto(x, w, g)
         err = max(float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30)) for a, b in zip(dh, da, strict=True))
         assert err < 1e-4, (label, err)
-        th = timeit(lambda hand=hand, x=x, w=w, g=g: jax.block_until_ready(hand(x, w, g)), args.reps)
-        ta = timeit(lambda auto=auto, x=x, w=w, g=g: jax.block_until_ready(auto(x, w, g)), args.reps)
-        tt = float("nan")
+        fns = {"hand": lambda hand=hand, x=x, w=w, g=g: jax.block_until_ready(hand(x, w, g)),
+               "auto": lambda auto=auto, x=x, w=w, g=g: jax.block_until_ready(auto(x, w, g))}
         if torch is not None:
             tx = torch.tensor(np.moveaxis(np.asarray(x), -1, 1).copy(), requires_grad=True)
             if prim is fd.conv2d:
@@ -102,7 +112,9 @@ def bench_convs(args):
                 tw.grad = None
                 tfn().backward(tg)
 
-            tt = timeit(torch_step, args.reps)
+            fns["torch"] = torch_step
+        t = interleaved(fns, args.reps, args.rounds)
+        th, ta, tt = t["hand"], t["auto"], t.get("torch", float("nan"))
         print(f"{label:<26}{th * 1e3:>10.2f}{ta * 1e3:>13.2f}{tt * 1e3:>10.2f}{ta / th:>15.2f}{tt / th:>12.2f}")
 
 
@@ -141,9 +153,8 @@ def bench_layers(args):
 
         hand = jit(jax.grad(loss, argnums=argnums), args, x, w, g)
         auto = jit(jax.grad(fd.autodiff(loss), argnums=argnums), args, x, w, g)
-        th = timeit(lambda hand=hand, x=x, w=w, g=g: jax.block_until_ready(hand(x, w, g)), args.reps)
-        ta = timeit(lambda auto=auto, x=x, w=w, g=g: jax.block_until_ready(auto(x, w, g)), args.reps)
-        tt = float("nan")
+        fns = {"hand": lambda hand=hand, x=x, w=w, g=g: jax.block_until_ready(hand(x, w, g)),
+               "auto": lambda auto=auto, x=x, w=w, g=g: jax.block_until_ready(auto(x, w, g))}
         if torch is not None:
             tx = torch.tensor(np.moveaxis(np.asarray(x), -1, 1).copy(), requires_grad=cin > 1)
             tw = torch.tensor(np.transpose(np.asarray(w), (3, 2, 0, 1)).copy(), requires_grad=True)
@@ -153,7 +164,9 @@ def bench_layers(args):
                 tx.grad = tw.grad = None
                 torch.nn.functional.conv2d(tx, tw, stride=stride, padding=pad).backward(tg)
 
-            tt = timeit(torch_step, args.reps)
+            fns["torch"] = torch_step
+        t = interleaved(fns, args.reps, args.rounds)
+        th, ta, tt = t["hand"], t["auto"], t.get("torch", float("nan"))
         flops = 2 * y.size * k * k * cin * (1 + len(argnums))
         print(f"{label:<16}{th * 1e3:>8.2f}{ta * 1e3:>10.2f}{tt * 1e3:>8.2f}{flops / th / 1e9:>9.0f}")
     for size, c in [(28, 16), (14, 32), (7, 64)]:
@@ -167,9 +180,8 @@ def bench_layers(args):
 
         hand = jit(jax.grad(loss, argnums=(0, 1)), args, params, x, g)
         auto = jit(jax.grad(fd.autodiff(loss), argnums=(0, 1)), args, params, x, g)
-        th = timeit(lambda hand=hand, p=params, x=x, g=g: jax.block_until_ready(hand(p, x, g)), args.reps)
-        ta = timeit(lambda auto=auto, p=params, x=x, g=g: jax.block_until_ready(auto(p, x, g)), args.reps)
-        tt = float("nan")
+        fns = {"hand": lambda hand=hand, p=params, x=x, g=g: jax.block_until_ready(hand(p, x, g)),
+               "auto": lambda auto=auto, p=params, x=x, g=g: jax.block_until_ready(auto(p, x, g))}
         if torch is not None:
             bn = torch.nn.BatchNorm2d(c)
             tx = torch.tensor(np.moveaxis(np.asarray(x), -1, 1).copy(), requires_grad=True)
@@ -180,7 +192,9 @@ def bench_layers(args):
                 bn.zero_grad()
                 torch.relu(bn(tx)).backward(tg)
 
-            tt = timeit(torch_bn, args.reps)
+            fns["torch"] = torch_bn
+        t = interleaved(fns, args.reps, args.rounds)
+        th, ta, tt = t["hand"], t["auto"], t.get("torch", float("nan"))
         label = f"bn+relu {size}x{size}x{c}"
         print(f"{label:<16}{th * 1e3:>8.2f}{ta * 1e3:>10.2f}{tt * 1e3:>8.2f}")
 
@@ -302,7 +316,7 @@ def main():
     p.add_argument("--channels", type=int, default=32)
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--resnet-batch", type=int, default=128)
-    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds of the ResNet step")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median reported)")
     p.add_argument("--no-resnet", action="store_true")
     p.add_argument("--layers", action="store_true", help="also time each ResNet layer (conv, batch norm) alone")
     p.add_argument("--ynn", choices=["auto", "off"], default="auto",
