@@ -5,20 +5,22 @@ Two facts about XLA's CPU backend (jaxlib 0.10, measured on 2 vCPUs) shape how c
 * **A convolution in a non-canonical dimension order is slow inside ``lax.scan``.** XLA compiles it in a loop
   body through a generic code path instead of its convolution library. JAX's autodiff writes the kernel
   gradient that way (the example index as the contracted feature): the autodiff step of the small ResNet
-  (batch 128) takes 133 ms as a jitted call and 1725 ms inside ``lax.scan``, the MNIST-1D CNN's 0.83 against
-  3.2 ms. The hand-derived rules move the axes themselves and call every convolution in the canonical order
-  (``funcdl.conv.kernel_grad``), and their steps run *faster* inside ``lax.scan`` (ResNet 87 against 119 ms,
-  LeNet 14 against 20 ms). So only a step with a non-canonical convolution runs as a Python loop of jitted
-  steps; everything else keeps whole epochs inside one ``lax.scan`` (:func:`scan_is_slow`).
+  (batch 128) takes 158 ms as a jitted call and 2038 ms inside ``lax.scan``. The hand-derived rules move the
+  axes themselves and call every convolution in the canonical order (``funcdl.conv.kernel_grad``), and their
+  step runs *faster* inside ``lax.scan``: 97 against 134 ms (``python benchmarks/bench_conv.py``). So only a
+  step with a non-canonical convolution runs as a Python loop of jitted steps; everything else keeps whole
+  epochs inside one ``lax.scan`` (:func:`scan_is_slow`).
 * **The convolutions run about twice as fast with XLA's YNNPACK fusion list set to {dot, reduce}.** The
   compiler option ``xla_cpu_experimental_ynn_fusion_type`` names the operations XLA hands to the YNNPACK
   library; setting it replaces jaxlib's default list. With ``dot,reduce`` the 3x3 convolutions with 32 or 64
-  channels at batch 128 run at ~170 instead of ~90 GFLOP/s (forward, input gradient and kernel gradient alike:
-  ``python benchmarks/bench_conv.py --layers``), and the batch-norm reductions stay on YNNPACK (``dot`` alone
-  makes them 1.5-2.5x slower). Small ResNet step, 4 per ``lax.scan`` call, one interleaved run: default list
-  110 ms, ``dot`` 89, ``reduce`` 84, ``dot,reduce`` 83 ms. The same option makes a matmul-heavy step slower
-  (the MLP benchmark 8.3 -> 9.5 ms, the baby GPT 27 -> 35-41 ms), so it is asked for per compiled function,
-  only where the step contains a convolution (:func:`compiler_options`), never as a process-wide ``XLA_FLAGS``.
+  channels at batch 128 run at ~170 instead of ~90 GFLOP/s (forward, input gradient and kernel gradient
+  alike), and the batch-norm reductions stay on YNNPACK (``dot`` alone makes them 1.5-2.5x slower). The
+  ResNet step inside ``lax.scan``: 97 ms with the option, 137 ms with XLA's defaults
+  (``python benchmarks/bench_conv.py``; ``--ynn off`` compiles everything with the defaults). The same option
+  makes a matmul-heavy step slower (``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot,reduce`` in front
+  of ``python benchmarks/bench_mlp.py``: 10.3 -> 11.1 ms; ``bench_gpt.py --variants hand``: 36 -> 42 ms), so
+  it is asked for per compiled function, only where the step contains a convolution
+  (:func:`compiler_options`), never as a process-wide ``XLA_FLAGS``.
 
 The hand-derived rules do not depend on either choice: they are the same functions, compiled differently.
 """
