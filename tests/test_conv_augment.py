@@ -27,6 +27,7 @@ def test_crop_is_a_shifted_window_and_flip_mirrors():
     y = A.random_crop(jax.random.PRNGKey(0), x, 2)
     xp = np.pad(np.asarray(x), ((0, 0), (2, 2), (2, 2), (0, 0)))
     assert any(np.array_equal(y[0], xp[0, i:i + 10, j:j + 12]) for i in range(5) for j in range(5))
+    assert not np.array_equal(y, A.translate(jax.random.PRNGKey(0), x, 2))   # a real shift: zero fill differs
     f = A.hflip(jax.random.PRNGKey(0), x, p=1.0)
     np.testing.assert_array_equal(f, x[:, :, ::-1])
 
@@ -36,6 +37,7 @@ def test_edge_fill_repeats_the_border_pixels():
     y = A.translate(jax.random.PRNGKey(0), x, 2, fill="edge")
     xp = np.pad(np.asarray(x), ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
     assert any(np.array_equal(y[0], xp[0, i:i + 10, j:j + 12]) for i in range(5) for j in range(5))
+    assert not np.array_equal(y, A.translate(jax.random.PRNGKey(0), x, 2))   # a real shift: zero fill differs
     z = A.make_augment("crop_edge=2", None)(jax.random.PRNGKey(0), {"x": x, "y": None})["x"]
     np.testing.assert_array_equal(z, A.random_crop(jax.random.fold_in(jax.random.PRNGKey(0), 0), x, 2, fill="edge"))
     with pytest.raises(ValueError, match="fill must be one of zero, edge"):
