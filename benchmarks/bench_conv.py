@@ -9,7 +9,7 @@ Each row times one call of a jitted function returning (dx, dw) of sum(conv(x, w
 torch runs ``F.conv2d`` + ``backward`` on NCHW tensors. Times are medians over --rounds interleaved rounds
 (hand, autodiff, torch in turn) of the median of --reps calls after a warm-up.
 The ratio column is autodiff / hand (> 1: the hand rule is faster). Every function is compiled the way
-``funcdl train`` compiles a step with convolutions (``funcdl.xla.compiler_options``: XLA's YNNPACK option on
+``funcdl train`` compiles a step with convolutions (``funcdl.core.xla.compiler_options``: XLA's YNNPACK option on
 CPU); ``--ynn off`` gives XLA's defaults instead.
 
 The ResNet step is timed in --rounds interleaved rounds (hand, autodiff, hand 4 steps per ``lax.scan`` call --
@@ -31,7 +31,7 @@ import funcdl as fd
 
 
 def jit(fn, args, *example):
-    """jax.jit with the compiler options a training step with this computation gets (funcdl.xla: YNNPACK for
+    """jax.jit with the compiler options a training step with this computation gets (funcdl.core.xla: YNNPACK for
     convolutions on CPU, unless --ynn off)."""
     return jax.jit(fn, compiler_options=fd.xla.compiler_options(fn, *example, ynn=False if args.ynn == "off" else None))
 
@@ -242,9 +242,10 @@ def torch_resnet(widths=(16, 32, 64)):
 
 
 def bench_resnet(args):
-    import optim
-    from funcdl.task import DataInfo
-    from models import get_model
+    from funcdl.models import get_model
+
+    from funcdl import optim
+    from funcdl.training.task import DataInfo
 
     task = get_model("resnet").build(DataInfo("mnist", (28, 28, 1), 10))
     params, state = task.init(jax.random.PRNGKey(0))
@@ -311,7 +312,7 @@ def bench_resnet(args):
         print(f"  time / torch's: hand {med['hand'] / med['torch']:.2f}, hand in lax.scan (as funcdl train runs "
               f"the step) {med['hand in lax.scan'] / med['torch']:.2f}")
     # autodiff's kernel gradient is a non-canonical convolution, which XLA's CPU backend runs through a generic
-    # loop inside lax.scan (funcdl.xla.scan_is_slow): one call of 4 steps, timed once (it takes seconds)
+    # loop inside lax.scan (funcdl.core.xla.scan_is_slow): one call of 4 steps, timed once (it takes seconds)
     auto_scan = jit(scan_of(auto_step), args, *example)
     jax.block_until_ready(auto_scan(*example)[-1])
     t = time.perf_counter()
@@ -330,7 +331,7 @@ def main():
     p.add_argument("--no-resnet", action="store_true")
     p.add_argument("--layers", action="store_true", help="also time each ResNet layer (conv, batch norm) alone")
     p.add_argument("--ynn", choices=["auto", "off"], default="auto",
-                   help="auto: compile as funcdl.train does (YNNPACK option for convolutions on CPU, funcdl.xla); "
+                   help="auto: compile as training does (YNNPACK for convolutions on CPU, funcdl.core.xla); "
                         "off: XLA's default CPU compilation")
     args = p.parse_args()
     ynn = args.ynn == "auto" and fd.xla.ynn_available()

@@ -60,10 +60,10 @@ def load_tokens(data_dir):
 def funcdl_runner(tokens, vocab, cfg, *, variant, scan):
     import jax
     import jax.numpy as jnp
+    from funcdl.models import gpt
 
     import funcdl as fd
-    import optim
-    from models import gpt
+    from funcdl import optim
 
     config = gpt.GPTConfig(vocab_size=vocab, block_size=cfg["block_size"], n_layer=cfg["n_layer"],
                            n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=0.0, bias=False,

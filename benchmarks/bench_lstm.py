@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import funcdl as fd
-from funcdl.recurrent import lstm_gates
+from funcdl.nn.recurrent import lstm_gates
 
 
 def _timeit(fn, repeat):

@@ -35,10 +35,10 @@ import time
 
 import jax
 import jax.numpy as jnp
+from funcdl.models import mlp
 
 import funcdl as fd
-import optim
-from models import mlp
+from funcdl import optim
 
 
 def flops_per_step(sizes, batch) -> int:

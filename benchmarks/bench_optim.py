@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-import optim  # noqa: E402
+from funcdl import optim  # noqa: E402
 
 
 def make_params(n_params: int, key):

@@ -8,7 +8,7 @@ mapped onto the Shakespeare character vocabulary (unknown characters become spac
 no download. Both fine-tunings run the same number of AdamW steps from the same pretrained weights:
 
 * full: every parameter trains;
-* LoRA: rank-r adapters on every attention and MLP weight (``funcdl.lora.lora_weight``), the pretrained
+* LoRA: rank-r adapters on every attention and MLP weight (``funcdl.nn.lora.lora_weight``), the pretrained
   weights frozen with ``optim.freeze(opt, "^base/")``.
 
 Prints the trainable parameter counts and the validation loss on the new text before and after, and checks
@@ -41,11 +41,12 @@ def licence_text(vocab: str, limit: int = 400_000) -> str:
 def main(argv=None):
     import jax
     import jax.numpy as jnp
+    from funcdl.models import gpt
 
     import funcdl as fd
-    import optim
-    from funcdl import checkpoint, lora
-    from models import gpt
+    from funcdl import optim
+    from funcdl.nn import lora
+    from funcdl.training import checkpoint
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", help="a baby-GPT checkpoint.npz from `funcdl train gpt`")

@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from funcdl.models import mlp  # noqa: E402
 
-import optim  # noqa: E402
-from models import mlp  # noqa: E402
+from funcdl import optim  # noqa: E402
 
 
 def load_data():

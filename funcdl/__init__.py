@@ -5,9 +5,11 @@ keeps residuals, and a hand-derived backward, wired into ``jax.custom_vjp``. ``j
 from them runs the hand-derived rules; ``funcdl.autodiff(fn)`` differentiates the references instead.
 """
 
-from . import activations, init, linear, losses, xla
-from . import dropout as _dropout_module
-from .activations import (
+from .core import xla
+from .core.primitive import REGISTRY, Example, Primitive, autodiff, get, primitive, registered, use_reference
+from .nn import activations, init, linear, losses
+from .nn import dropout as _dropout_module
+from .nn.activations import (
     elu,
     gelu,
     get_activation,
@@ -26,17 +28,17 @@ from .activations import (
     swish,
     tanh,
 )
-from .attention import dot_product_attention, multi_head_attention
-from .bptt import gru, lengths_to_mask, lstm, rnn
-from .conv import conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d
-from .dropout import dropout
-from .embedding import embedding
-from .feedforward import gelu_mlp, swiglu, tied_softmax_cross_entropy
-from .flash import flash_attention
-from .layernorm import layer_norm, rms_norm
-from .linear import dense
-from .lora import lora_dense, lora_weight
-from .losses import (
+from .nn.attention import dot_product_attention, multi_head_attention
+from .nn.bptt import gru, lengths_to_mask, lstm, rnn
+from .nn.conv import conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d
+from .nn.dropout import dropout
+from .nn.embedding import embedding
+from .nn.feedforward import gelu_mlp, swiglu, tied_softmax_cross_entropy
+from .nn.flash import flash_attention
+from .nn.layernorm import layer_norm, rms_norm
+from .nn.linear import dense
+from .nn.lora import lora_dense, lora_weight
+from .nn.losses import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
     cross_entropy,
@@ -50,8 +52,8 @@ from .losses import (
     softmax_cross_entropy,
     softmax_cross_entropy_with_probs,
 )
-from .norm import batch_norm, batch_norm_apply, batch_norm_eval, batch_norm_init, group_norm, instance_norm
-from .pool import (
+from .nn.norm import batch_norm, batch_norm_apply, batch_norm_eval, batch_norm_init, group_norm, instance_norm
+from .nn.pool import (
     adaptive_avg_pool1d,
     adaptive_avg_pool2d,
     avg_pool1d,
@@ -61,10 +63,16 @@ from .pool import (
     max_pool1d,
     max_pool2d,
 )
-from .positional import rope
-from .primitive import REGISTRY, Example, Primitive, autodiff, get, primitive, registered, use_reference
-from .recurrent import gru_cell, lstm_cell, rnn_cell
-from .spatial import concat_channels, flatten, spatial_dropout, squeeze_excitation, upsample_bilinear, upsample_nearest
+from .nn.positional import rope
+from .nn.recurrent import gru_cell, lstm_cell, rnn_cell
+from .nn.spatial import (
+    concat_channels,
+    flatten,
+    spatial_dropout,
+    squeeze_excitation,
+    upsample_bilinear,
+    upsample_nearest,
+)
 
 __version__ = "0.1.0"
 

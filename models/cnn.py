@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 
 import funcdl as fd
-from funcdl.losses import softmax_cross_entropy
-from funcdl.task import DataInfo, Task
+from funcdl.nn.losses import softmax_cross_entropy
+from funcdl.training.task import DataInfo, Task
 
 from .registry import register
 
@@ -97,7 +97,7 @@ def spatial_dims_of(info: DataInfo) -> int:
 def classification_task(init_fn: callable, apply_fn: callable, config) -> Task:
     """A Task from ``init_fn(key) -> (params, state)`` and ``apply_fn(params, state, x, train, key) -> (logits,
     state)``. A batch may carry mixed targets ``y_mix`` (MixUp/CutMix): then the loss is the cross-entropy with
-    those probabilities (funcdl.augment)."""
+    those probabilities (funcdl.training.augment)."""
 
     def task_loss(params, state, batch, key, train):
         logits, new_state = apply_fn(params, state, batch["x"], train, key)

@@ -18,8 +18,8 @@ import dataclasses
 import jax
 
 import funcdl as fd
-from funcdl.spatial import concat_channels
-from funcdl.task import DataInfo
+from funcdl.nn.spatial import concat_channels
+from funcdl.training.task import DataInfo
 
 from .cnn import _image_shape, _need_classes, bn, bn_init, classification_task, conv, conv_init, dense_init
 from .registry import register

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 import funcdl as fd
-from funcdl.task import DataInfo, Task
+from funcdl.training.task import DataInfo, Task
 
 from .registry import register
 from .rnn import StackConfig, init_stack, stack

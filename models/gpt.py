@@ -33,11 +33,11 @@ import jax
 import jax.numpy as jnp
 
 import funcdl as fd
-from funcdl import attention as attn_ops
-from funcdl import feedforward as ff
-from funcdl.attention import merge_heads, split_heads
-from funcdl.primitive import _reference_mode
-from funcdl.task import DataInfo, Task
+from funcdl.core.primitive import _reference_mode
+from funcdl.nn import attention as attn_ops
+from funcdl.nn import feedforward as ff
+from funcdl.nn.attention import merge_heads, split_heads
+from funcdl.training.task import DataInfo, Task
 
 from .registry import register
 from .sampling import sample_logits

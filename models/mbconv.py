@@ -8,7 +8,7 @@ An MBConv block (inverted residual with squeeze-and-excitation):
     h = bn(conv1x1(h))                        project e C -> C_out, no activation (linear bottleneck)
     y = x + h                                 when s = 1 and C_out = C
 
-The depthwise convolution is where the hand-derived rule pays: it runs tap by tap (see funcdl.conv), which
+The depthwise convolution is where the hand-derived rule pays: it runs tap by tap (see funcdl.nn.conv), which
 XLA on CPU executes much faster than its grouped convolution. Stem: conv3x3 (16); stages (channels,
 expansion, stride, repeats) = (16, 1, 1, 1), (24, 4, 2, 2), (40, 4, 2, 2); head conv1x1 (128), silu, global
 average pooling, dense.
@@ -22,8 +22,8 @@ import math
 import jax
 
 import funcdl as fd
-from funcdl.spatial import squeeze_excitation
-from funcdl.task import DataInfo
+from funcdl.nn.spatial import squeeze_excitation
+from funcdl.training.task import DataInfo
 
 from .cnn import _image_shape, _need_classes, bn, bn_init, classification_task, conv, conv_init, dense_init
 from .registry import register

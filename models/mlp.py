@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 
 import funcdl as fd
-from funcdl import init as initializers
-from funcdl.losses import softmax_cross_entropy
-from funcdl.task import DataInfo, Task
+from funcdl.nn import init as initializers
+from funcdl.nn.losses import softmax_cross_entropy
+from funcdl.training.task import DataInfo, Task
 
 from .registry import register
 

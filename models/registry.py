@@ -5,7 +5,7 @@ Each model file calls ``register(...)`` once::
     register("mlp", build, data=("mnist1d", "mnist"), description="...",
              defaults={"data": "mnist1d", "epochs": 60, "lr": 1e-2, "hidden": (100, 100)})
 
-``build(info: funcdl.task.DataInfo, **model_options) -> funcdl.task.Task``. ``info`` says the input shape
+``build(info: DataInfo, **model_options) -> Task`` (both from ``funcdl.training.task``). ``info`` says the input shape
 (for language data ``(seq_len,)``), ``num_classes`` or ``vocab_size``, and the data kind.
 
 ``defaults`` mixes two kinds of keys, told apart by :data:`TRAIN_KEYS`:
@@ -13,7 +13,7 @@ Each model file calls ``register(...)`` once::
 * training options (keys in ``TRAIN_KEYS``: ``data``, ``epochs`` or ``steps``, ``batch_size``, ``optimizer``,
   ``lr``, ``weight_decay``, ``optimizer_options`` (a dict such as ``{"momentum": 0.9}``), ``schedule``,
   ``warmup_steps``, ``clip_norm``, ``seq_len`` (window length of language data), ``eval_every``, ``patience``,
-  ``val_fraction``, ...) go to ``funcdl.train.TrainConfig``;
+  ``val_fraction``, ...) go to ``funcdl.training.loop.TrainConfig``;
 * every other key is a model option and is passed to ``build`` as a keyword argument (``hidden``, ``dropout``,
   ``n_layers``, ...), so ``build`` must accept each model option its defaults list.
 
@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 __all__ = ["ModelEntry", "MODELS", "TRAIN_KEYS", "register", "get_model", "split_options"]
 
-# keys of ``defaults`` / ``--set`` that are training options (the fields of funcdl.train.TrainConfig, and data)
+# keys of ``defaults`` / ``--set`` that are training options (the fields of funcdl.training.loop.TrainConfig, and data)
 TRAIN_KEYS = frozenset({
     "data", "epochs", "steps", "batch_size", "optimizer", "lr", "weight_decay", "optimizer_options", "schedule",
     "warmup_steps", "min_lr", "windows", "clip_norm", "grad", "seed", "eval_every", "eval_batch_size",

@@ -22,7 +22,7 @@ import dataclasses
 import jax
 
 import funcdl as fd
-from funcdl.task import DataInfo
+from funcdl.training.task import DataInfo
 
 from .cnn import _image_shape, _need_classes, bn, bn_init, classification_task, conv, conv_init, dense_init
 from .registry import register

@@ -31,8 +31,8 @@ import jax.numpy as jnp
 
 import funcdl as fd
 from funcdl.data.base import sequential_windows
-from funcdl.losses import softmax_cross_entropy
-from funcdl.task import DataInfo, Task
+from funcdl.nn.losses import softmax_cross_entropy
+from funcdl.training.task import DataInfo, Task
 
 from .registry import register
 from .sampling import sample_logits

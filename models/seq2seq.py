@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import funcdl as fd
-from funcdl.losses import softmax_cross_entropy
-from funcdl.task import DataInfo, Task
+from funcdl.nn.losses import softmax_cross_entropy
+from funcdl.training.task import DataInfo, Task
 
 from .registry import register
 from .rnn import StackConfig, init_stack, stack

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 import funcdl as fd
-from funcdl.task import DataInfo, Task
+from funcdl.training.task import DataInfo, Task
 
 from .cnn import classification_task
 from .registry import register

@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 
 import funcdl as fd
-from funcdl import feedforward as ff
-from funcdl.attention import mha_init
-from funcdl.task import DataInfo, Task
+from funcdl.nn import feedforward as ff
+from funcdl.nn.attention import mha_init
+from funcdl.training.task import DataInfo, Task
 
 from .registry import register
 

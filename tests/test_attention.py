@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import funcdl as fd
-from funcdl import attention as A
-from funcdl import feedforward as F
-from funcdl.gradcheck import compare_model_grads, max_model_error
+from funcdl.core.gradcheck import compare_model_grads, max_model_error
+from funcdl.nn import attention as A
+from funcdl.nn import feedforward as F
 
 
 @pytest.fixture(autouse=True)

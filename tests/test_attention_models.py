@@ -5,9 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import pytest
+from funcdl.models import transformer as tr
 
-from funcdl.gradcheck import compare_model_grads, max_model_error
-from models import transformer as tr
+from funcdl.core.gradcheck import compare_model_grads, max_model_error
 
 CFG = tr.TransformerConfig(vocab_size=13, max_len=10, n_layer=1, n_head=2, d_model=8, n_classes=3, patch=4,
                            image_shape=(8, 8, 1))

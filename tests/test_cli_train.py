@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from funcdl.cli import main
+from funcdl.commands.cli import main
 from funcdl.commands.train import parse_sets, parse_value
 
 
@@ -120,15 +120,16 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert proc.returncode == 0, output
     s = json.loads((out / "summary.json").read_text())
     assert s["stopped"] == "interrupted" and 0 < s["steps"] < s["total_steps"]
-    from funcdl.checkpoint import load_meta
+    from funcdl.training.checkpoint import load_meta
     assert load_meta(out)["step"] == s["steps"]
     assert "Traceback" not in output
 
 
 def test_per_data_defaults_beat_model_defaults_and_flags_beat_both():
-    from funcdl.cli import build_parser
+    from funcdl.models import get_model
+
+    from funcdl.commands.cli import build_parser
     from funcdl.commands.train import resolve_options
-    from models import get_model
 
     entry = get_model("mlp")
     parse = lambda argv: build_parser().parse_args(["train", *argv])
@@ -141,9 +142,10 @@ def test_per_data_defaults_beat_model_defaults_and_flags_beat_both():
 
 
 def test_preset_merges_model_and_training_options():
-    from funcdl.cli import build_parser
+    from funcdl.models import get_model
+
+    from funcdl.commands.cli import build_parser
     from funcdl.commands.train import resolve_options
-    from models import get_model
 
     entry = get_model("gpt")
     parse = lambda argv: build_parser().parse_args(["train", *argv])

@@ -4,11 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from funcdl.models import get_model
 
 import funcdl as fd
-from funcdl import gradcheck as gc
-from funcdl.task import DataInfo
-from models import get_model
+from funcdl.core import gradcheck as gc
+from funcdl.training.task import DataInfo
 
 IMAGES = DataInfo("tiny", (8, 8, 1), 10)
 SEQ = DataInfo("tiny1d", (40,), 10)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from funcdl import augment as A
+from funcdl.training import augment as A
 
 
 def _images(n=6, h=10, w=12, c=2):
@@ -61,13 +61,13 @@ def test_mixup_and_cutmix_targets():
         np.testing.assert_allclose(np.asarray(q)[np.arange(6), np.asarray(y)] >= float(lam) - 1e-6, True)
     logits = jax.random.normal(jax.random.PRNGKey(0), (6, 10))
     # with one-hot targets the mixed loss is the ordinary cross-entropy
-    from funcdl.losses import softmax_cross_entropy
+    from funcdl.nn.losses import softmax_cross_entropy
     np.testing.assert_allclose(A.mixed_cross_entropy(logits, jax.nn.one_hot(y, 10)), softmax_cross_entropy(logits, y),
                                rtol=1e-6)
 
 
 def test_make_augment_runs_steps_in_order_and_mixes_labels_last():
-    from funcdl.augment import make_augment
+    from funcdl.training.augment import make_augment
 
     x = jnp.arange(2 * 6 * 6, dtype=jnp.float32).reshape(2, 6, 6, 1)
     y = jnp.array([0, 2])

@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from funcdl.models import gpt
 
 import funcdl as fd
-from funcdl.gradcheck import compare_model_grads, max_model_error
-from models import gpt
+from funcdl.core.gradcheck import compare_model_grads, max_model_error
 
 SMALL = gpt.GPTConfig(vocab_size=11, block_size=12, n_layer=2, n_head=2, n_embd=8)
 

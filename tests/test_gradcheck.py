@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 import funcdl as fd
-from funcdl import gradcheck as gc
+from funcdl.core import gradcheck as gc
 
 
 @pytest.mark.parametrize("name", fd.registered())

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from funcdl import init
+from funcdl.nn import init
 
 KEY = jax.random.PRNGKey(0)
 BIG = (800, 600)          # 480k draws: a sample std is within ~0.2% of the true one

@@ -1,10 +1,10 @@
 import jax
 import jax.numpy as jnp
 import pytest
+from funcdl.models import mlp
 
 import funcdl as fd
-from funcdl.gradcheck import compare_model_grads, max_model_error, rel_error
-from models import mlp
+from funcdl.core.gradcheck import compare_model_grads, max_model_error, rel_error
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "gelu", "silu"])

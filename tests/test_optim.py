@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import optim
+from funcdl import optim
 
 ALL = sorted(optim.OPTIMIZERS)
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from funcdl.cli import main
+from funcdl.commands.cli import main
 
 
 def _is_png(path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import funcdl as fd
-from funcdl.gradcheck import rel_error
+from funcdl.core.gradcheck import rel_error
 
 
 def _weights(key, n_in, hidden, gates, out=None):

@@ -6,14 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from funcdl.models import get_model
+from funcdl.models import rnn as R
+from funcdl.models import seq2seq as S
 
 import funcdl as fd
+from funcdl.core.gradcheck import rel_error
 from funcdl.data import synthetic
-from funcdl.gradcheck import rel_error
-from funcdl.task import DataInfo
-from models import get_model
-from models import rnn as R
-from models import seq2seq as S
+from funcdl.training.task import DataInfo
 
 
 def _hand_vs_autodiff(loss, params, *args):
@@ -177,7 +177,7 @@ def test_vanishing_gradient_plot(tmp_path):
 
 
 def test_tcn_is_causal_and_hand_equals_autodiff():
-    from models import tcn
+    from funcdl.models import tcn
 
     cfg = tcn.TCNConfig(1, 3, channels=4, dilations=(1, 2, 4))
     params = _f64(tcn.init(jax.random.PRNGKey(0), cfg))
@@ -192,8 +192,9 @@ def test_tcn_is_causal_and_hand_equals_autodiff():
 
 
 def test_forecast_windows_and_model(tmp_path):
+    from funcdl.models import forecast
+
     from funcdl.data import timeseries as ts
-    from models import forecast
 
     series = np.arange(100.0)
     w = ts.make_windows(series, series, window=5, horizon=2)

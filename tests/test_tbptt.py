@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from funcdl.data.base import sequential_windows
-from funcdl.train import TrainConfig
+from funcdl.training.loop import TrainConfig
 
 
 def test_sequential_windows_continue_each_row():
@@ -26,9 +26,10 @@ def test_windows_option_is_checked():
 
 
 def test_char_lstm_with_carried_state_trains(tmp_path):
+    from funcdl.models.rnn import CharLSTMConfig, char_lstm_task
+
     from funcdl.data.base import Dataset
-    from funcdl.train import train
-    from models.rnn import CharLSTMConfig, char_lstm_task
+    from funcdl.training.loop import train
 
     text = np.random.default_rng(0).integers(0, 7, size=4000).astype(np.int32)
     data = Dataset("toy", {"train": {"tokens": text[:3600]}, "val": {"tokens": text[3600:]}}, kind="language",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import funcdl as fd
-from funcdl import attention as A
+from funcdl.nn import attention as A
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

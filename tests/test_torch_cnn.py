@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import funcdl as fd
-from funcdl import gradcheck as gc
-from funcdl.conv import normalize_padding
+from funcdl.core import gradcheck as gc
+from funcdl.nn.conv import normalize_padding
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -323,6 +323,6 @@ def test_group_and_instance_norm_match_torch():
 def test_channel_layer_norm_matches_torch():
     rng = np.random.default_rng(8)
     x, w, b = rng.normal(size=(2, 3, 4, 6)), rng.normal(size=6), rng.normal(size=6)
-    y = fd.norm.channel_layer_norm(jnp.asarray(x), jnp.asarray(w), jnp.asarray(b))
+    y = fd.nn.norm.channel_layer_norm(jnp.asarray(x), jnp.asarray(w), jnp.asarray(b))
     yt = F.layer_norm(torch.tensor(x), (6,), torch.tensor(w), torch.tensor(b))
     close(y, yt.numpy())

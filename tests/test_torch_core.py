@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import funcdl as fd
-from funcdl.gradcheck import rel_error
+from funcdl.core.gradcheck import rel_error
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -142,7 +142,7 @@ def test_dropout_with_torchs_mask(rate, monkeypatch):
         holder["mask"] = (y != 0).detach().numpy()
         return y
 
-    module = sys.modules["funcdl.dropout"]
+    module = sys.modules["funcdl.nn.dropout"]
     t_in = torch.tensor(x, requires_grad=True)
     theirs(t_in)                                  # draw once to learn torch's mask for seed 0
     mask = holder["mask"]
@@ -294,5 +294,5 @@ def test_every_loss_is_compared():
     compared = {"softmax_cross_entropy", "softmax_cross_entropy_with_probs", "nll_loss", "mse_loss", "l1_loss",
                 "huber_loss", "smooth_l1_loss", "binary_cross_entropy_with_logits", "binary_cross_entropy",
                 "kl_div", "multi_margin_loss"}
-    losses = {n for n, p in fd.REGISTRY.items() if p.reference.__module__ == "funcdl.losses"}
+    losses = {n for n, p in fd.REGISTRY.items() if p.reference.__module__ == "funcdl.nn.losses"}
     assert losses <= compared, f"losses without a torch comparison: {losses - compared}"

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import optim
+from funcdl import optim
 
 torch = pytest.importorskip("torch")
 

@@ -5,8 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from models import rnn as R
+from funcdl.models import rnn as R
 
 torch = pytest.importorskip("torch")
 

@@ -7,13 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from funcdl.models.mlp import MLPConfig, make_task
 
 import funcdl as fd
-from funcdl import checkpoint as ckpt
 from funcdl.data import Dataset
-from funcdl.task import Task
-from funcdl.train import TrainConfig, freeze_mask, train
-from models.mlp import MLPConfig, make_task
+from funcdl.training import checkpoint as ckpt
+from funcdl.training.loop import TrainConfig, freeze_mask, train
+from funcdl.training.task import Task
 
 
 def blobs(n=240, d=6, classes=3, seed=0, noise=1.0, val_labels="true"):
@@ -217,7 +217,7 @@ def test_bad_config_is_reported():
 
 
 def test_scan_is_slow_spots_non_canonical_convolutions_on_cpu():
-    from funcdl.train import scan_is_slow
+    from funcdl.training.loop import scan_is_slow
 
     x = jnp.ones((2, 8, 8, 6))
     w = jnp.ones((3, 3, 6, 4))
@@ -233,7 +233,7 @@ def test_scan_is_slow_spots_non_canonical_convolutions_on_cpu():
 
 
 def test_compiler_options_ask_for_ynnpack_only_for_convolutions():
-    from funcdl import xla
+    from funcdl.core import xla
 
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 10, 10, 32)), jnp.float32)
     w = jnp.asarray(np.random.default_rng(1).normal(size=(3, 3, 32, 32)) * 0.1, jnp.float32)

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from funcdl import checkpoint as ckpt
-from funcdl.cli import main
+from funcdl.commands.cli import main
 from funcdl.data.base import Dataset, parse_classes
+from funcdl.training import checkpoint as ckpt
 
 
 @pytest.fixture(autouse=True)

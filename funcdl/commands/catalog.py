@@ -27,8 +27,8 @@ def _fmt(v):
 
 
 def run_models(args) -> int:
-    import models
-    from models.registry import split_options
+    from funcdl import models
+    from funcdl.models.registry import split_options
 
     names = args.names or sorted(models.MODELS)
     entries = [models.get_model(n) for n in names]

@@ -25,7 +25,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import funcdl
-    from funcdl import gradcheck as gc
+    from funcdl.core import gradcheck as gc
 
     if args.list:
         for name in funcdl.registered():

@@ -42,8 +42,8 @@ def load_model(path: str, data_dir: str | None = None):
     import jax
 
     import funcdl.data as data
-    import models
-    from funcdl import checkpoint
+    from funcdl import models
+    from funcdl.training import checkpoint
 
     ckpt, config_path = _locate(path)
     cfg = json.loads(config_path.read_text())

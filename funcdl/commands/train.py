@@ -20,7 +20,7 @@ _FLAGS = ("epochs", "steps", "batch_size", "optimizer", "lr", "weight_decay", "s
 
 
 def _models():
-    import models
+    from funcdl import models
 
     return models
 
@@ -127,8 +127,8 @@ def parse_sets(items: list[str]) -> dict:
 
 def resolve_options(entry, args) -> tuple[str, dict, dict]:
     """``(data name, training options, model options)`` from the model's defaults and the command line."""
-    from funcdl.train import TrainConfig
-    from models.registry import TRAIN_KEYS
+    from funcdl.models.registry import TRAIN_KEYS
+    from funcdl.training.loop import TrainConfig
 
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     merged = dict(entry.defaults)
@@ -192,7 +192,7 @@ def _latest_run(model: str, data: str | None) -> Path:
 
 
 def run(args) -> int:
-    from funcdl.train import TrainConfig, train
+    from funcdl.training.loop import TrainConfig, train
 
     entry = _models().get_model(args.model)
 
@@ -274,7 +274,7 @@ def load_run(run_dir, *, load_data: bool = True):
     ``task``, ``params``, ``state``, ``config`` (config.json), ``data`` (the Dataset, or None) and ``info``."""
     import jax
 
-    from funcdl import checkpoint as ckpt
+    from funcdl.training import checkpoint as ckpt
 
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"

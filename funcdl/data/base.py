@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcdl.task import DataInfo
+from funcdl.training.task import DataInfo
 
 __all__ = ["Dataset", "parse_classes", "split_validation", "standardize", "epoch_indices", "batches", "sample_windows",
            "sequential_windows", "check_arrays"]
@@ -59,7 +59,7 @@ class Dataset:
         return len(next(iter(arrays.values())))
 
     def info(self, seq_len: int | None = None) -> DataInfo:
-        """The :class:`funcdl.task.DataInfo` a model builder receives. Language data need ``seq_len``."""
+        """The :class:`funcdl.training.task.DataInfo` a model builder receives. Language data need ``seq_len``."""
         if self.windowed:
             if seq_len is None:
                 raise ValueError(f"language data set {self.name!r} needs a window length (seq_len)")

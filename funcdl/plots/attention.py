@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import attention as A
-from .. import layernorm, positional
+from ..nn import attention as A
+from ..nn import layernorm, positional
 
 __all__ = ["attention_maps", "plot_attention_maps", "positional_similarity", "plot_positional_similarity"]
 

@@ -72,7 +72,7 @@ LR_GRID = tuple(float(v) for v in np.logspace(-4, 1, 16))
 def optimizer_paths(name: str, fn: TestFunction, steps: int, lr_grid=LR_GRID):
     """Paths of optimizer ``name`` on ``fn`` for every learning rate of the grid; returns
     ``(best_lr, path (steps + 1, 2), gaps (steps + 1,))`` for the best rate."""
-    import optim
+    from funcdl import optim
 
     grad = jax.grad(fn.f)
 
@@ -111,7 +111,7 @@ def _subplots(nrows, ncols, figsize, dpi):
 
 def plot_optimizers(out_dir, steps: int = 300, optimizers: str | None = None) -> list[Path]:
     """Write ``optimizer_paths.png`` and ``optimizer_losses.png`` into ``out_dir``."""
-    import optim
+    from funcdl import optim
 
     names = [n.strip() for n in optimizers.split(",")] if optimizers else sorted(optim.OPTIMIZERS)
     for n in names:
@@ -166,7 +166,7 @@ def plot_optimizers(out_dir, steps: int = 300, optimizers: str | None = None) ->
 def plot_schedules(out_dir, steps: int = 1000, warmup: int = 100) -> list[Path]:
     """Write ``schedules.png``: every ``optim.make_schedule`` name with the same (peak, total, warm-up, min), and
     the torch-style schedulers with their own arguments."""
-    import optim
+    from funcdl import optim
 
     if steps < 2 or not 0 <= warmup < steps:
         raise ValueError(f"need steps >= 2 and 0 <= warmup < steps, got steps={steps}, warmup={warmup}")

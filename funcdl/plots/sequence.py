@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import recurrent
+from ..nn import recurrent
 
 __all__ = ["state_gradient_norms", "clip_factor", "plot_vanishing_gradients"]
 

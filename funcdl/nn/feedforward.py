@@ -6,7 +6,7 @@ GELU-MLP (GPT-2, BERT, ViT)
     z = x W1 + b1      a = gelu(z)      y = a W2 + b2         x (..., D), W1 (D, F), W2 (F, D)
 
     dW2 = a^T dy    db2 = sum dy    da = dy W2^T
-    dz  = da * gelu'(z),   gelu'(z) = Phi(z) + z phi(z)   (tanh form: see ``funcdl.activations.gelu``)
+    dz  = da * gelu'(z),   gelu'(z) = Phi(z) + z phi(z)   (tanh form: see ``funcdl.nn.activations.gelu``)
     dW1 = x^T dz    db1 = sum dz    dx = dz W1^T
 Residuals: x and z. a = gelu(z) is recomputed in the backward together with gelu'(z) — both need Phi(z), so
 recomputing a costs one multiply — instead of keeping a second (..., F) array.
@@ -40,9 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import erf
 
-from .examples import Example, keys, normal
-from .matmul import mat, t_mat
-from .primitive import is_concrete, primitive
+from ..core.examples import Example, keys, normal
+from ..core.primitive import is_concrete, primitive
+from ._matmul import mat, t_mat
 
 __all__ = ["gelu_mlp", "swiglu", "tied_softmax_cross_entropy", "gelu_mlp_init", "swiglu_init"]
 

@@ -71,8 +71,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .examples import Example, keys, normal
-from .primitive import primitive
+from ..core.examples import Example, keys, normal
+from ..core.primitive import primitive
 
 __all__ = [
     "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_output_shape",

@@ -42,12 +42,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..core.primitive import autodiff
+from ..core.xla import compiler_options, scan_is_slow
+from ..data.base import Dataset, epoch_indices, sample_windows, sequential_windows
 from . import checkpoint as ckpt
 from .augment import make_augment
-from .data.base import Dataset, epoch_indices, sample_windows, sequential_windows
-from .primitive import autodiff
 from .task import Task
-from .xla import compiler_options, scan_is_slow
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "make_optimizer", "make_schedule", "param_count",
            "freeze_mask", "TrainingDiverged"]
@@ -80,14 +80,14 @@ class TrainConfig:
     monitor: str = "val_loss"              # val_loss (lower is better) or val_accuracy (higher is better)
     scan: bool | None = None               # many steps per compiled call (lax.scan) vs one call per step;
                                            # None: scan unless XLA's CPU backend would slow the step down
-                                           # (autodiff's convolutions, see funcdl.xla.scan_is_slow)
+                                           # (autodiff's convolutions, see funcdl.core.xla.scan_is_slow)
     ynn: bool | None = None                # XLA's YNNPACK option (CPU); None: on for steps with convolutions
-                                           # (funcdl.xla.compiler_options)
+                                           # (funcdl.core.xla.compiler_options)
     freeze: str | None = None              # regex on parameter paths ("layers/0/w"); those are not updated
     init_from: str | None = None           # checkpoint whose matching params replace the initial ones
     init_exclude: str | None = None        # regex on parameter paths --init-from must not copy (a new head: "^out/")
     augment: str | None = None             # training-batch augmentation: "translate=2", "crop=4+flip+cutmix=1"
-                                           # (funcdl.augment.make_augment)
+                                           # (funcdl.training.augment.make_augment)
     classes: Any = None                    # keep only these classes ("0-4", (5, 6, 7, 8, 9)), relabelled 0..k-1
     label_fraction: float | None = None    # keep this share of the training labels (per class, fixed seed 0)
     log_every: int = 10                    # steps per train record in metrics.jsonl
@@ -147,14 +147,14 @@ def make_schedule(name: str, lr: float, total_steps: int, warmup_steps: int = 0,
     else a function ``step -> lr``. Names: ``optim.SCHEDULES`` (constant, cosine, linear, one_cycle, ...)."""
     if name in (None, "", "constant") and not warmup_steps:
         return float(lr)
-    import optim
+    from funcdl import optim
 
     return optim.make_schedule(name or "constant", lr, int(total_steps), int(warmup_steps or 0), float(min_lr or 0.0))
 
 
 def make_optimizer(config: TrainConfig, total_steps: int):
     """``optim.create(config.optimizer, schedule, weight_decay=..., **config.optimizer_options)``."""
-    import optim
+    from funcdl import optim
 
     lr = make_schedule(config.schedule, config.lr, total_steps, config.warmup_steps, config.min_lr)
     hyper = dict(config.optimizer_options)
@@ -170,7 +170,7 @@ def make_optimizer(config: TrainConfig, total_steps: int):
 def freeze_mask(params, pattern: str | None):
     """A pytree of bools like ``params``: True where the leaf's path (``layers/0/w``) matches ``pattern``
     (``re.search``), as ``optim.frozen_mask`` reads it."""
-    import optim
+    from funcdl import optim
 
     if not pattern:
         return jax.tree.map(lambda _: False, params)
@@ -178,7 +178,7 @@ def freeze_mask(params, pattern: str | None):
 
 
 def optim_paths(params) -> list[str]:
-    import optim
+    from funcdl import optim
 
     return [optim.path_str(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
 
@@ -364,7 +364,7 @@ def train(task: Task, data: Dataset, config: TrainConfig | None = None, out_dir=
         raise ValueError(f"--freeze {config.freeze!r} matches no parameter; parameter paths look like "
                          f"{', '.join(optim_paths(params)[:4])}")
     if n_frozen:
-        import optim
+        from funcdl import optim
 
         opt = optim.freeze(opt, config.freeze)      # frozen leaves: no optimizer state, exactly zero updates
     opt_state = opt.init(params)
@@ -438,7 +438,7 @@ def train(task: Task, data: Dataset, config: TrainConfig | None = None, out_dir=
         batch = window_batch(arrays["tokens"], s) if windowed else batch_at(arrays, rows)
         return train_step(params, opt_state, state, batch, jax.random.fold_in(step_key, s))
 
-    # ---- scan or loop, compiler options (funcdl.xla) ------------------------------------------------------
+    # ---- scan or loop, compiler options (funcdl.core.xla) ------------------------------------------------------
     if windowed:
         probe_batch = jax.eval_shape(lambda t: window_batch(t, 0), dev_train["tokens"])
     else:
@@ -649,7 +649,7 @@ def train(task: Task, data: Dataset, config: TrainConfig | None = None, out_dir=
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         if config.plots and history:
             try:
-                from .plots.training import plot_run
+                from ..plots.training import plot_run
                 plot_run(out)
             except Exception as err:  # a plotting problem must not lose a finished run
                 print(f"warning: plots not written: {err}")

@@ -6,7 +6,7 @@ Two facts about XLA's CPU backend (jaxlib 0.10, measured on 2 vCPUs) shape how c
   body through a generic code path instead of its convolution library. JAX's autodiff writes the kernel
   gradient that way (the example index as the contracted feature): the autodiff step of the small ResNet
   (batch 128) takes 158 ms as a jitted call and 2038 ms inside ``lax.scan``. The hand-derived rules move the
-  axes themselves and call every convolution in the canonical order (``funcdl.conv.kernel_grad``), and their
+  axes themselves and call every convolution in the canonical order (``funcdl.nn.conv.kernel_grad``), and their
   step runs *faster* inside ``lax.scan``: 97 against 134 ms (``python benchmarks/bench_conv.py``). So only a
   step with a non-canonical convolution runs as a Python loop of jitted steps; everything else keeps whole
   epochs inside one ``lax.scan`` (:func:`scan_is_slow`).

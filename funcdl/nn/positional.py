@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .examples import Example, keys, normal
-from .primitive import primitive
+from ..core.examples import Example, keys, normal
+from ..core.primitive import primitive
 
 __all__ = ["sinusoidal_table", "learned_positions", "positions_init", "rope", "rope_angles", "alibi_slopes",
            "alibi_bias"]

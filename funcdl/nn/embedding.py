@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .examples import Example, keys, normal
-from .primitive import is_concrete, primitive
+from ..core.examples import Example, keys, normal
+from ..core.primitive import is_concrete, primitive
 
 __all__ = ["embedding"]
 

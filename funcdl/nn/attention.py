@@ -21,7 +21,7 @@ Backward, given dO (and dP_w when the weights are returned too):
 
 The row sums D need not touch the (T, S) matrices: sum_j P_ij dP_ij = sum_j Pd_ij dPd_ij =
 sum_j Pd_ij (dO V^T)_ij = sum_c dO_ic (Pd V)_ic = rowsum(dO * O). So D = rowsum(dO * O) — the identity the
-flash-attention backward (``funcdl.flash``) is built on — costs O(T dv), even with dropout.
+flash-attention backward (``funcdl.nn.flash``) is built on — costs O(T dv), even with dropout.
 
 Residuals: q, k, v, O and P (the (T, S) probabilities) plus the dropout key. P is kept, not recomputed: for
 the short contexts this plain version is meant for, keeping it is cheaper than a second Q K^T product; the
@@ -40,10 +40,10 @@ import math
 import jax
 import jax.numpy as jnp
 
-from .examples import Example, keys, normal
+from ..core.examples import Example, keys, normal
+from ..core.primitive import primitive, unbroadcast
+from ._matmul import mat, t_mat
 from .linear import dense
-from .matmul import mat, t_mat
-from .primitive import primitive, unbroadcast
 
 __all__ = [
     "dot_product_attention", "scaled_dot_product_attention", "causal_mask", "padding_mask", "multi_head_attention",

@@ -5,7 +5,7 @@ Layout (JAX, batch-first; torch stores every weight transposed): x (B, I), h (B,
 torch's order. Biases are optional (``None``). Leading batch dimensions may be any shape (or none).
 
 The whole-sequence versions, with backpropagation through time written out as a reverse scan, are in
-``funcdl.bptt``; they reuse the per-step backward formulas defined here (``*_step_bwd``), so the derivation
+``funcdl.nn.bptt``; they reuse the per-step backward formulas defined here (``*_step_bwd``), so the derivation
 lives in one place.
 
 rnn_cell (G = 1; torch ``nn.RNNCell``)
@@ -46,8 +46,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .examples import Example, keys, normal
-from .primitive import primitive
+from ..core.examples import Example, keys, normal
+from ..core.primitive import primitive
 
 __all__ = ["rnn_cell", "lstm_cell", "gru_cell", "NONLINEARITIES", "GATES", "check_recurrent"]
 

@@ -18,7 +18,7 @@ on data), so they are plain functions, not primitives.
   image; the targets mix by the box's actual area (Yun et al. 2019).
 
 The mixed targets are probabilities; ``mixed_cross_entropy(logits, y_probs)`` is the loss that takes them
-(the cross-entropy with soft targets, ``funcdl.losses.softmax_cross_entropy_with_probs``). The classification
+(the cross-entropy with soft targets, ``funcdl.nn.losses.softmax_cross_entropy_with_probs``). The classification
 Task of ``models.cnn`` uses it when a batch carries ``y_probs``.
 """
 
@@ -120,7 +120,7 @@ def cutmix(key, x, y, num_classes: int, alpha: float = 1.0):
 
 def mixed_cross_entropy(logits, y_probs):
     """Cross-entropy with mixed (soft) targets: -sum_k q_k log softmax(z)_k, averaged over the batch."""
-    from .losses import softmax_cross_entropy_with_probs
+    from ..nn.losses import softmax_cross_entropy_with_probs
 
     return softmax_cross_entropy_with_probs(logits, y_probs)
 

@@ -36,9 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ..core.examples import Example, keys, normal
+from ..core.primitive import primitive
 from .conv import conv_output_shape, normalize_padding
-from .examples import Example, keys, normal
-from .primitive import primitive
 
 __all__ = [
     "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "global_avg_pool", "global_max_pool",

@@ -1,6 +1,6 @@
 """Blockwise ("flash") attention: memory linear in the sequence length, with a hand-derived backward.
 
-The plain attention (``funcdl.attention``) materialises the (T, S) matrix P and keeps it for the backward:
+The plain attention (``funcdl.nn.attention``) materialises the (T, S) matrix P and keeps it for the backward:
 quadratic memory. Here keys and values are visited in blocks of ``block_size`` and only the output O and
 one number per query row — the log-sum-exp of its scores — are kept (Dao et al. 2022, FlashAttention).
 
@@ -15,7 +15,7 @@ rounding. A row whose keys are all masked has l = 0: its output is 0 (as in ``do
 its lse is +inf, so that exp(s - lse) = 0 recomputes its probabilities as zeros.
 
 Backward (FlashAttention's, from the plain rule dS = P * (dP - rowsum(P * dP))). First the row sums
-D = rowsum(dO * O) (the identity rowsum(P * dP) = rowsum(dO * O) of ``funcdl.attention``), then for each
+D = rowsum(dO * O) (the identity rowsum(P * dP) = rowsum(dO * O) of ``funcdl.nn.attention``), then for each
 key block j, recomputing the probabilities from the kept lse instead of storing them:
 
     P_j  = exp(q K_j^T * scale - lse)           (0 where masked)
@@ -37,9 +37,9 @@ import math
 import jax
 import jax.numpy as jnp
 
+from ..core.examples import Example, keys, normal
+from ..core.primitive import primitive
 from .attention import _attention, broadcasts_to
-from .examples import Example, keys, normal
-from .primitive import primitive
 
 __all__ = ["flash_attention"]
 

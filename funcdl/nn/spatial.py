@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .examples import Example, keys, normal
-from .primitive import primitive
+from ..core.examples import Example, keys, normal
+from ..core.primitive import primitive
 
 __all__ = ["spatial_dropout", "flatten", "upsample_nearest", "upsample_bilinear", "squeeze_excitation",
            "concat_channels", "bilinear_matrix"]

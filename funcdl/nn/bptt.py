@@ -1,6 +1,6 @@
 """Whole sequences: ``rnn``, ``lstm``, ``gru`` with backpropagation through time written out.
 
-Shapes (batch-first): x (B, T, I), initial states h0 (B, H) [c0 (B, H)], weights as in ``funcdl.recurrent``,
+Shapes (batch-first): x (B, T, I), initial states h0 (B, H) [c0 (B, H)], weights as in ``funcdl.nn.recurrent``,
 mask (B, T) boolean (True = a real step, False = padding; ``None`` = all real). Outputs: the per-step
 outputs ys (B, T, H) and the final state(s) h_T [c_T].
 
@@ -18,7 +18,7 @@ Carry g_t = dL/dh_t backwards in time, starting from the cotangent of the final 
 
     g_T = dL/dh_T (given);   for t = T..1:
         G   = g_t + m_t dy_t                         total gradient at h_t
-        da_t = phi'(.) * (m_t G)                      (cell backward, from ``funcdl.recurrent``)
+        da_t = phi'(.) * (m_t G)                      (cell backward, from ``funcdl.nn.recurrent``)
         g_{t-1} = da_t W_hh^T + (1 - m_t) G           (a padded step passes the gradient straight through)
     dh0 = g_0
 
@@ -48,8 +48,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .examples import Example, keys, normal
-from .primitive import primitive
+from ..core.examples import Example, keys, normal
+from ..core.primitive import primitive
 from .recurrent import (
     affine,
     check_recurrent,

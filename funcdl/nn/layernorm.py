@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from .examples import Example, keys, normal
-from .primitive import primitive
+from ..core.examples import Example, keys, normal
+from ..core.primitive import primitive
 
 __all__ = ["layer_norm", "rms_norm"]
 

@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .examples import Example, keys, normal, uniform
-from .primitive import is_concrete, primitive
+from ..core.examples import Example, keys, normal, uniform
+from ..core.primitive import is_concrete, primitive
 
 __all__ = [
     "softmax_cross_entropy", "cross_entropy", "softmax_cross_entropy_with_probs", "nll_loss", "mse_loss",

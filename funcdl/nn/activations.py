@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import erf
 
-from .examples import Example, away_from, keys, normal
-from .primitive import primitive
+from ..core.examples import Example, away_from, keys, normal
+from ..core.primitive import primitive
 
 __all__ = [
     "identity", "relu", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "sigmoid", "tanh", "softplus",

@@ -15,8 +15,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .examples import Example, keys, normal
-from .primitive import primitive
+from ..core.examples import Example, keys, normal
+from ..core.primitive import primitive
 
 __all__ = ["dropout", "dropout_mask"]
 

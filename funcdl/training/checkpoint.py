@@ -128,7 +128,7 @@ def load_matching(path, params, name: str = "params", pattern: str | None = None
     the same size). ``pattern`` (a regex on the same paths) restricts what is copied.
     Returns ``(params, copied paths, skipped paths)``.
     """
-    from optim import path_str
+    from funcdl.optim import path_str
 
     arrays, _ = load_arrays(path)
     regex = re.compile(pattern) if pattern else None

@@ -33,8 +33,8 @@ import re
 import jax
 import jax.numpy as jnp
 
-from .examples import Example, keys, normal
-from .primitive import primitive
+from ..core.examples import Example, keys, normal
+from ..core.primitive import primitive
 
 __all__ = ["lora_dense", "lora_weight", "lora_init", "merge", "add_adapters", "apply_adapters", "count_trainable"]
 

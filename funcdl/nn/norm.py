@@ -39,8 +39,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .examples import Example, keys, normal, uniform
-from .primitive import primitive
+from ..core.examples import Example, keys, normal, uniform
+from ..core.primitive import primitive
 
 __all__ = [
     "batch_norm", "batch_norm_eval", "group_norm", "instance_norm", "batch_norm_init", "batch_norm_apply",

@@ -1,4 +1,4 @@
-"""What the generic training loop needs from a model: the contract between ``models`` and ``funcdl.train``.
+"""What the generic training loop needs from a model: the contract between ``models`` and ``funcdl.training.loop``.
 
 A ``Task`` is two pure functions and a kind:
 

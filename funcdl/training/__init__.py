@@ -1,0 +1,1 @@
+"""Training: the generic loop, the task contract, checkpoints and augmentation."""
