@@ -1,7 +1,6 @@
 """Every notebook in notebooks/ runs top to bottom (with FUNCDL_SMALL=1, which the notebooks read to use
 small sizes)."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -26,4 +25,16 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
 
 def test_there_are_notebooks():
     assert NOTEBOOKS, "notebooks/ holds no notebook"
-    assert os.path.isdir(NOTEBOOKS[0].parent)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_is_a_valid_small_sized_lesson(path):
+    """Valid nbformat, opens with a title, runs code, and reads FUNCDL_SMALL (so the suite can run it small)."""
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and first.source.lstrip().startswith("# "), "first cell: a # title"
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    assert code, "a notebook without code"
+    assert any("FUNCDL_SMALL" in c for c in code), "the notebook never reads FUNCDL_SMALL"

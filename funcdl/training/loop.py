@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import optim
 from ..core.primitive import autodiff
 from ..core.xla import compiler_options, scan_is_slow
 from ..data.base import Dataset, epoch_indices, sample_windows, sequential_windows
@@ -51,6 +52,15 @@ from .task import Task
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "make_optimizer", "make_schedule", "param_count",
            "freeze_mask", "TrainingDiverged"]
+
+# fold_in index of the augmentation draws: the step key itself drives dropout, so augmentation takes its own stream
+AUGMENT_STREAM = 0x5EED
+# language data: evaluate every this many steps unless eval_every says otherwise
+LANGUAGE_EVAL_EVERY = 500
+# evaluation batches hold at least this many examples (evaluation needs no gradients, so bigger batches are cheap)
+MIN_EVAL_BATCH = 500
+# at most this many steps per compiled call: bounds the stacked per-step metrics and keeps the progress bar moving
+MAX_STEPS_PER_CALL = 2000
 
 
 @dataclasses.dataclass
@@ -70,9 +80,12 @@ class TrainConfig:
     clip_norm: float | None = None         # clip the global gradient norm
     grad: str = "manual"                   # "manual" (hand-derived rules) or "autodiff" (references)
     seed: int = 0
-    eval_every: int | None = None          # steps between evaluations; default one epoch (500 for language)
-    eval_batch_size: int | None = None     # default max(batch_size, 500)
+    eval_every: int | None = None          # steps between evaluations; default one epoch (language data:
+                                           # LANGUAGE_EVAL_EVERY)
+    eval_batch_size: int | None = None     # default max(batch_size, MIN_EVAL_BATCH)
     eval_batches: int = 20                 # language data: random validation windows batches per evaluation
+    eval_seed: int = 12345                 # language data: the validation windows are drawn from this key, the
+                                           # same for every training seed, so runs compare on the same windows
     seq_len: int = 128                     # language data: window length
     windows: str = "random"                # language data: "random" windows, or "sequential" streams (truncated
                                            # BPTT: row b of batch s+1 continues row b of batch s)
@@ -109,6 +122,8 @@ class TrainConfig:
             raise ValueError(f"windows must be 'random' or 'sequential', got {self.windows!r}")
         if self.monitor not in ("val_loss", "val_accuracy"):
             raise ValueError(f"monitor must be 'val_loss' or 'val_accuracy', got {self.monitor!r}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError(f"clip_norm must be > 0 (the largest global gradient norm kept), got {self.clip_norm}")
         if self.eval_every is not None and self.eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
         for what in ("freeze", "init_exclude"):
@@ -147,48 +162,40 @@ def make_schedule(name: str, lr: float, total_steps: int, warmup_steps: int = 0,
     else a function ``step -> lr``. Names: ``optim.SCHEDULES`` (constant, cosine, linear, one_cycle, ...)."""
     if name in (None, "", "constant") and not warmup_steps:
         return float(lr)
-    from funcdl import optim
-
     return optim.make_schedule(name or "constant", lr, int(total_steps), int(warmup_steps or 0), float(min_lr or 0.0))
 
 
 def make_optimizer(config: TrainConfig, total_steps: int):
-    """``optim.create(config.optimizer, schedule, weight_decay=..., **config.optimizer_options)``."""
-    from funcdl import optim
-
+    """``optim.create(config.optimizer, schedule, weight_decay=..., **config.optimizer_options)``, after
+    ``optim.clip_by_global_norm(config.clip_norm)`` when clipping is asked for."""
     lr = make_schedule(config.schedule, config.lr, total_steps, config.warmup_steps, config.min_lr)
     hyper = dict(config.optimizer_options)
     if config.weight_decay is not None:
         hyper["weight_decay"] = config.weight_decay
     try:
-        return optim.create(config.optimizer, lr, **hyper), lr
+        opt = optim.create(config.optimizer, lr, **hyper)
     except TypeError as err:
         raise ValueError(f"optimizer {config.optimizer!r} does not take these options {sorted(hyper)}: {err}") \
             from None
+    if config.clip_norm is not None:
+        opt = optim.chain(optim.clip_by_global_norm(config.clip_norm), opt)
+    return opt, lr
 
 
 def freeze_mask(params, pattern: str | None):
     """A pytree of bools like ``params``: True where the leaf's path (``layers/0/w``) matches ``pattern``
     (``re.search``), as ``optim.frozen_mask`` reads it."""
-    from funcdl import optim
-
     if not pattern:
         return jax.tree.map(lambda _: False, params)
     return optim.frozen_mask(params, pattern)
 
 
 def optim_paths(params) -> list[str]:
-    from funcdl import optim
-
     return [optim.path_str(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
 
 
 def param_count(params) -> int:
     return int(sum(np.size(x) for x in jax.tree.leaves(params)))
-
-
-def _global_norm(tree):
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -218,7 +225,7 @@ def _eval_fns(task: Task, loop: bool = False, compiler_options: dict | None = No
     return (full_batches_loop if loop else full_batches_scan), one_batch
 
 
-def evaluate(task: Task, params, state, arrays: dict, batch_size: int = 500, _fns=None) -> dict:
+def evaluate(task: Task, params, state, arrays: dict, batch_size: int = MIN_EVAL_BATCH, _fns=None) -> dict:
     """Metrics of ``task.loss`` (evaluation mode) averaged over every example of a split (exact average:
     full batches inside one ``lax.scan`` -- or a loop of jitted calls where a scan is slow, see
     :func:`scan_is_slow` -- plus one remainder batch, weighted by their sizes)."""
@@ -335,13 +342,13 @@ def train(task: Task, data: Dataset, config: TrainConfig | None = None, out_dir=
         total = int(config.steps)
     else:
         total = int((config.epochs or 1) * steps_per_epoch)
-    eval_every = config.eval_every or (500 if windowed else steps_per_epoch)
+    eval_every = config.eval_every or (LANGUAGE_EVAL_EVERY if windowed else steps_per_epoch)
     has_val = "val" in data.splits
     has_test = "test" in data.splits
     if config.patience is not None and not has_val:
         raise ValueError(f"early stopping (patience) needs a validation split; {data.name} has "
                          f"{sorted(data.splits)} (set val_fraction > 0)")
-    eval_bs = config.eval_batch_size or max(B, 500)
+    eval_bs = config.eval_batch_size or max(B, MIN_EVAL_BATCH)
 
     # ---- model, optimizer, keys --------------------------------------------------------------------------
     key = jax.random.PRNGKey(config.seed)
@@ -364,9 +371,7 @@ def train(task: Task, data: Dataset, config: TrainConfig | None = None, out_dir=
         raise ValueError(f"--freeze {config.freeze!r} matches no parameter; parameter paths look like "
                          f"{', '.join(optim_paths(params)[:4])}")
     if n_frozen:
-        from funcdl import optim
-
-        opt = optim.freeze(opt, config.freeze)      # frozen leaves: no optimizer state, exactly zero updates
+            opt = optim.freeze(opt, config.freeze)      # frozen leaves: no optimizer state, exactly zero updates
     opt_state = opt.init(params)
     # donation needs one buffer per leaf: optimizers may put the same zeros in two places (Adam's mu and nu)
     params, opt_state, state = jax.tree.map(lambda x: jnp.array(x, copy=True), (params, opt_state, state))
@@ -381,16 +386,13 @@ def train(task: Task, data: Dataset, config: TrainConfig | None = None, out_dir=
 
     def train_step(params, opt_state, state, batch, key):
         if augment is not None:
-            batch = augment(jax.random.fold_in(key, 0x5EED), batch)
+            batch = augment(jax.random.fold_in(key, AUGMENT_STREAM), batch)
         (loss, (new_state, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(params, state, batch,
                                                                                            key)
         # keep every carried array's dtype (mixed float32/float64 models under jax_enable_x64 would promote)
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
         state = jax.tree.map(lambda n, o: jnp.asarray(n).astype(jnp.asarray(o).dtype), new_state, state)
-        gnorm = _global_norm(grads)
-        if config.clip_norm is not None:
-            scale = jnp.minimum(1.0, config.clip_norm / (gnorm + 1e-6))
-            grads = jax.tree.map(lambda g: (g * scale).astype(g.dtype), grads)
+        gnorm = optim.global_norm(grads)             # logged before clipping (clipping is part of opt)
         updates, new_opt_state = opt.update(grads, opt_state, params)
         opt_state = jax.tree.map(lambda n, o: jnp.asarray(n).astype(jnp.asarray(o).dtype), new_opt_state, opt_state)
         params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), params, updates)
@@ -453,10 +455,12 @@ def train(task: Task, data: Dataset, config: TrainConfig | None = None, out_dir=
     eval_fns = _eval_fns(task, loop=not use_scan, compiler_options=xla_options)
     dev_val = jax.device_put(data.splits["val"]) if has_val else None
 
+    eval_key = jax.random.PRNGKey(config.eval_seed)
+
     @jax.jit
     def window_eval(params, state, tokens):
         def body(_, i):
-            batch = sample_windows(tokens, jax.random.fold_in(jax.random.PRNGKey(12345), i), B, config.seq_len)
+            batch = sample_windows(tokens, jax.random.fold_in(eval_key, i), B, config.seq_len)
             _, (_, m) = task.loss(params, state, batch, None, False)
             return None, m
         _, ms = jax.lax.scan(body, None, jnp.arange(config.eval_batches))
@@ -519,7 +523,7 @@ def train(task: Task, data: Dataset, config: TrainConfig | None = None, out_dir=
     if config.stop_after is not None:
         boundaries.append(int(config.stop_after))
     max_chunk = eval_every if windowed else (epoch_len or total)
-    max_chunk = min(max_chunk, 2000)
+    max_chunk = min(max_chunk, MAX_STEPS_PER_CALL)
     train_seconds, first_chunk_seconds, first_len, steps_done = 0.0, None, 0, 0
     best_params = None
     examples_per_step = B * (config.seq_len if windowed else 1)
