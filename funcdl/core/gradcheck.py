@@ -128,19 +128,6 @@ def _inner(a, b) -> float:
                      zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)))
 
 
-def _fd_dot(fn, args, i, v, u, h) -> float:
-    """<u, J_i v> by the fourth-order central difference (-f(x+2h)+8f(x+h)-8f(x-h)+f(x-2h)) / 12h."""
-
-    def at(t):
-        full = list(args)
-        full[i] = args[i] + t * v
-        return fn(*full)
-
-    fp2, fp1, fm1, fm2 = at(2 * h), at(h), at(-h), at(-2 * h)
-    jv = jax.tree.map(lambda a, b, c, d: (-a + 8 * b - 8 * c + d) / (12 * h), fp2, fp1, fm1, fm2)
-    return _inner(u, jv)
-
-
 def _cast(args: tuple, dtype) -> tuple:
     return tuple(a.astype(dtype) if _is_diff(a) else a for a in args)
 
@@ -148,6 +135,135 @@ def _cast(args: tuple, dtype) -> tuple:
 # The checker's own programs are small and run once: XLA's backend optimisations would cost more compile time
 # than they could save (about half of the checker's time), and they do not change what is computed.
 jit_once = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+
+def _fd_jv(evals, h):
+    """J v from f at x + 2hv, x + hv, x - hv, x - 2hv: the fourth-order central difference
+    (-f(x+2h) + 8 f(x+h) - 8 f(x-h) + f(x-2h)) / 12h."""
+    fp2, fp1, fm1, fm2 = evals
+    return jax.tree.map(lambda a, b, c, d: (-a + 8 * b - 8 * c + d) / (12 * h), fp2, fp1, fm1, fm2)
+
+
+@dataclasses.dataclass
+class _Case:
+    """One example configuration of one primitive, and the rows its checks write."""
+
+    prim: Primitive
+    settings: dict
+    cfg: str
+    base: tuple          # the inputs in float64
+    diff: list           # positions of the inputs that get a gradient
+    rows: list
+
+    def hand(self, *a):
+        return self.prim.hand(*a, **self.settings)
+
+    def ref(self, *a):
+        return self.prim.ref(*a, **self.settings)
+
+    def tol(self, check, dt="float64"):
+        name = {"vjp": "vjp32" if dt == "float32" else "vjp64"}.get(check, check)
+        return self.prim.tolerance.get(name, TOL[name])
+
+    def row(self, check, inp, dtype, err, tol, msg=""):
+        ok = bool(err <= tol) and not math.isnan(err)
+        self.rows.append(Row(self.prim.name, self.cfg, check, inp, dtype, _shape_str(self.base), float(err), tol,
+                             ok, msg))
+
+    def failed(self, check, inp, dtype, e):
+        """A crash is a failed check, reported with its message."""
+        self.row(check, inp, dtype, math.inf, self.tol(check, dtype), f"{type(e).__name__}: {e}")
+
+    def grads(self, names, dtype, hand, ref):
+        """One ``forward`` row and one ``vjp`` row per differentiable input: (output, grads) hand vs ref."""
+        self.row("forward", "output", dtype, rel_error(hand[0], ref[0]), self.tol("vjp", dtype))
+        for i, gh, gr in zip(self.diff, hand[1], ref[1], strict=True):
+            self.row("vjp", names[i], dtype, rel_error(gh, gr), self.tol("vjp", dtype))
+
+
+def _check_float64(c: _Case, key, checks, h):
+    """Hand vs reference VJP and the finite-difference test, as ONE compiled program; returns the hand VJP
+    and its cotangent (the jit check compares the eager run to them), or None after a crash."""
+    k_ct, k_v, k_u = jax.random.split(key, 3)
+    steps = (2 * h, h, -h, -2 * h)
+
+    def shifted(a, i, t, v):
+        full = list(a)
+        full[i] = a[i] + t * v
+        return tuple(full)
+
+    def program(a, ct, u, vs):
+        hand_out = _vjp(c.hand, a, c.diff, ct)
+        ref_out = _vjp(c.ref, a, c.diff, ct)
+        ref_u = _vjp(c.ref, a, c.diff, u)[1]
+        evals = [[c.ref(*shifted(a, i, t, v)) for t in steps] for i, v in zip(c.diff, vs, strict=True)]
+        return hand_out, ref_out, ref_u, evals
+
+    try:
+        out_shape = jax.eval_shape(c.hand, *c.base)
+        ct, u = _random_like(k_ct, out_shape), _random_like(k_u, out_shape)
+        vkeys = jax.random.split(k_v, max(1, len(c.diff)))
+        vs = [normal(kv, c.base[i].shape, c.base[i].dtype) for i, kv in zip(c.diff, vkeys, strict=False)]
+        hand64, ref64, g_u, evals = jit_once(program)(c.base, ct, u, vs)
+    except Exception as e:
+        for check in ("vjp", "fd", "jit"):
+            if check in checks:
+                c.failed(check, "*", "float64", e)
+        return None
+    if "vjp" in checks:
+        c.grads(c.prim.inputs, "float64", hand64, ref64)
+    if "fd" in checks:          # <u, J v> by finite differences against <J^T u, v> from the reference's VJP
+        for i, v, g, ev in zip(c.diff, vs, g_u, evals, strict=True):
+            lhs, rhs = _inner(u, _fd_jv(ev, h)), _inner(g, v)
+            c.row("fd", c.prim.inputs[i], "float64", abs(lhs - rhs) / max(1e-12, abs(lhs) + abs(rhs)), c.tol("fd"))
+    return hand64, ct
+
+
+def _check_dtype(c: _Case, key, dt):
+    """Hand vs reference VJP in another dtype (float32), one compiled program."""
+    args = _cast(c.base, dt)
+    try:
+        ct = _random_like(key, jax.eval_shape(c.hand, *args))
+        both = jit_once(lambda a, t: (_vjp(c.hand, a, c.diff, t), _vjp(c.ref, a, c.diff, t)))
+        hand, ref = both(args, ct)
+    except Exception as e:
+        c.failed("vjp", "*", dt, e)
+        return
+    c.grads(c.prim.inputs, dt, hand, ref)
+
+
+def _check_jit(c: _Case, compiled):
+    """The one op-by-op run: the eager forward and VJP against the compiled ones."""
+    hand64, ct = compiled
+    try:
+        c.row("jit", "*", "float64", rel_error(_vjp(c.hand, c.base, c.diff, ct), hand64), c.tol("jit"))
+    except Exception as e:
+        c.failed("jit", "*", "float64", e)
+
+
+def _check_vmap(c: _Case, key, ex2: Example):
+    """Two examples stacked under ``vmap``, against each computed alone."""
+    other = _cast(ex2.args, jnp.float64)
+    try:
+        axes = tuple(None if a is None else 0 for a in c.base)
+        stacked = tuple(None if a is None else jnp.stack([jnp.asarray(a), jnp.asarray(b)])
+                        for a, b in zip(c.base, other, strict=True))
+        out_shape = jax.eval_shape(c.hand, *c.base)
+        cts = [_random_like(jax.random.fold_in(key, j), out_shape) for j in range(2)]
+        ct_stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), cts[0], cts[1])
+
+        def program(cs, st, a1, a2, c1, c2):
+            batched = jax.vmap(lambda t, *a: _vjp(c.hand, a, c.diff, t), in_axes=(0, *axes))(cs, *st)
+            return batched, (_vjp(c.hand, a1, c.diff, c1), _vjp(c.hand, a2, c.diff, c2))
+
+        (v_out, v_grads), singles = jit_once(program)(ct_stacked, stacked, c.base, other, cts[0], cts[1])
+        err = 0.0
+        for j in range(2):
+            err = max(err, rel_error(jax.tree.map(lambda t, j=j: t[j], v_out), singles[j][0]))
+            err = max(err, rel_error(jax.tree.map(lambda t, j=j: t[j], v_grads), singles[j][1]))
+        c.row("vmap", "*", "float64", err, c.tol("vmap"))
+    except Exception as e:
+        c.failed("vmap", "*", "float64", e)
 
 
 def check_example(prim: Primitive, ex: Example, key, *, dtypes=("float64", "float32"),
@@ -159,112 +275,20 @@ def check_example(prim: Primitive, ex: Example, key, *, dtypes=("float64", "floa
     evaluations — is one compiled program; float32 is a second, the vmap test a third. Only the ``jit`` check
     runs the primitive op by op, because eager execution is what it compares against.
     """
-    rows: list[Row] = []
     settings = dict(ex.settings)
-    cfg = ex.label or ",".join(f"{k}={v}" for k, v in settings.items())
-    hand = lambda *a: prim.hand(*a, **settings)
-    ref = lambda *a: prim.ref(*a, **settings)
     base = _cast(ex.args, jnp.float64)
     diff = [i for i, a in enumerate(base) if _is_diff(a) and prim.inputs[i] not in prim.nondiff]
-    shapes = _shape_str(base)
-    k_ct, k_v, k_u = jax.random.split(key, 3)
-    h = prim.fd_step
-    steps = (2 * h, h, -h, -2 * h)
-
-    def row(check, inp, dtype, err, tol, msg=""):
-        ok = bool(err <= tol) and not math.isnan(err)
-        rows.append(Row(prim.name, cfg, check, inp, dtype, shapes, float(err), tol, ok, msg))
-
-    def failed(check, inp, dtype, tol, e):  # a crash is a failed check, reported with its message
-        rows.append(Row(prim.name, cfg, check, inp, dtype, shapes, math.inf, tol, False, f"{type(e).__name__}: {e}"))
-
-    def tol_of(check, dt="float64"):
-        name = {"vjp": "vjp32" if dt == "float32" else "vjp64"}.get(check, check)
-        return prim.tolerance.get(name, TOL[name])
-
-    def shifted(a, i, t, v):
-        full = list(a)
-        full[i] = a[i] + t * v
-        return tuple(full)
-
-    def program64(a, ct, u, vs):
-        hand_out = _vjp(hand, a, diff, ct)
-        ref_out = _vjp(ref, a, diff, ct)
-        ref_u = _vjp(ref, a, diff, u)[1]
-        evals = [[ref(*shifted(a, i, t, v)) for t in steps] for i, v in zip(diff, vs, strict=True)]
-        return hand_out, ref_out, ref_u, evals
-
-    # ---- float64: hand vs reference, finite differences, and the compiled result the jit check compares to
-    hand64 = ct64 = None
-    try:
-        out_shape = jax.eval_shape(hand, *base)
-        ct64 = _random_like(k_ct, out_shape)
-        u = _random_like(k_u, out_shape)
-        vkeys = jax.random.split(k_v, max(1, len(diff)))
-        vs = [normal(kv, base[i].shape, base[i].dtype) for i, kv in zip(diff, vkeys, strict=False)]
-        hand64, ref64, g_u, evals = jit_once(program64)(base, ct64, u, vs)
-    except Exception as e:
-        for check in ("vjp", "fd", "jit"):
-            if check in checks:
-                failed(check, "*", "float64", tol_of(check), e)
-    else:
-        if "vjp" in checks:
-            row("forward", "output", "float64", rel_error(hand64[0], ref64[0]), tol_of("vjp"))
-            for i, gh, gr in zip(diff, hand64[1], ref64[1], strict=True):
-                row("vjp", prim.inputs[i], "float64", rel_error(gh, gr), tol_of("vjp"))
-        if "fd" in checks:
-            for i, v, g, (fp2, fp1, fm1, fm2) in zip(diff, vs, g_u, evals, strict=True):
-                # <u, J v> by the fourth-order central difference (-f(x+2h)+8f(x+h)-8f(x-h)+f(x-2h)) / 12h
-                jv = jax.tree.map(lambda a, b, c, d: (-a + 8 * b - 8 * c + d) / (12 * h), fp2, fp1, fm1, fm2)
-                lhs, rhs = _inner(u, jv), _inner(g, v)
-                row("fd", prim.inputs[i], "float64", abs(lhs - rhs) / max(1e-12, abs(lhs) + abs(rhs)), tol_of("fd"))
-
-    # ---- float32 (and any other dtype asked for)
+    c = _Case(prim, settings, ex.label or ",".join(f"{k}={v}" for k, v in settings.items()), base, diff, [])
+    k_ct = jax.random.split(key, 3)[0]           # the float32 and vmap cotangents share the float64 one's key
+    compiled = _check_float64(c, key, checks, prim.fd_step)
     if "vjp" in checks:
         for dt in (d for d in dtypes if d != "float64"):
-            args = _cast(base, dt)
-            try:
-                ct = _random_like(k_ct, jax.eval_shape(hand, *args))
-                both = jit_once(lambda a, c: (_vjp(hand, a, diff, c), _vjp(ref, a, diff, c)))
-                (out_h, g_h), (out_r, g_r) = both(args, ct)
-            except Exception as e:
-                failed("vjp", "*", dt, tol_of("vjp", dt), e)
-                continue
-            row("forward", "output", dt, rel_error(out_h, out_r), tol_of("vjp", dt))
-            for i, gh, gr in zip(diff, g_h, g_r, strict=True):
-                row("vjp", prim.inputs[i], dt, rel_error(gh, gr), tol_of("vjp", dt))
-
-    # ---- jit: the one op-by-op run, eager forward and VJP against the compiled ones
-    if "jit" in checks and hand64 is not None:
-        try:
-            row("jit", "*", "float64", rel_error(_vjp(hand, base, diff, ct64), hand64), tol_of("jit"))
-        except Exception as e:
-            failed("jit", "*", "float64", tol_of("jit"), e)
-
-    # ---- vmap: two examples stacked, against each computed alone
+            _check_dtype(c, k_ct, dt)
+    if "jit" in checks and compiled is not None:
+        _check_jit(c, compiled)
     if "vmap" in checks and ex2 is not None:
-        other = _cast(ex2.args, jnp.float64)
-        try:
-            axes = tuple(None if a is None else 0 for a in base)
-            stacked = tuple(None if a is None else jnp.stack([jnp.asarray(a), jnp.asarray(b)])
-                            for a, b in zip(base, other, strict=True))
-            out_shape = jax.eval_shape(hand, *base)
-            cts = [_random_like(jax.random.fold_in(k_ct, j), out_shape) for j in range(2)]
-            ct_stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), cts[0], cts[1])
-
-            def program_vmap(cs, st, a1, a2, c1, c2):
-                batched = jax.vmap(lambda c, *a: _vjp(hand, a, diff, c), in_axes=(0, *axes))(cs, *st)
-                return batched, (_vjp(hand, a1, diff, c1), _vjp(hand, a2, diff, c2))
-
-            (v_out, v_grads), singles = jit_once(program_vmap)(ct_stacked, stacked, base, other, cts[0], cts[1])
-            err = 0.0
-            for j in range(2):
-                err = max(err, rel_error(jax.tree.map(lambda t, j=j: t[j], v_out), singles[j][0]))
-                err = max(err, rel_error(jax.tree.map(lambda t, j=j: t[j], v_grads), singles[j][1]))
-            row("vmap", "*", "float64", err, tol_of("vmap"))
-        except Exception as e:
-            failed("vmap", "*", "float64", tol_of("vmap"), e)
-    return rows
+        _check_vmap(c, k_ct, ex2)
+    return c.rows
 
 
 def check_primitive(name: str | Primitive, *, seed: int = 0, **kw) -> list[Row]:
