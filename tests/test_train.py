@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from funcdl.models.mlp import MLPConfig, make_task
+from funcdl.models import as_task, mlp
 
 import funcdl as fd
 from funcdl.data import Dataset
@@ -31,7 +31,7 @@ def blobs(n=240, d=6, classes=3, seed=0, noise=1.0, val_labels="true"):
 
 
 def mlp_task(hidden=(16,), dropout=0.0, d=6):
-    return make_task(MLPConfig(sizes=(d, *hidden, 3), dropout=dropout))
+    return as_task(mlp.Config(sizes=(d, *hidden, 3), dropout=dropout))
 
 
 def cfg(**kw):

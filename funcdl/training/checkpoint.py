@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import jax
 import numpy as np
 
-__all__ = ["save", "load_meta", "load_arrays", "restore", "load_matching", "flatten", "tree_paths"]
+__all__ = ["CorruptCheckpoint", "save", "load_meta", "load_arrays", "restore", "load_matching", "flatten", "tree_paths"]
 
 _META = "__meta__"
 
@@ -78,11 +79,24 @@ def _open(path):
     return path
 
 
+class CorruptCheckpoint(ValueError):
+    """A checkpoint file that cannot be read back (truncated, overwritten, not a checkpoint)."""
+
+
 def load_arrays(path) -> tuple[dict, dict]:
-    """``(arrays by 'name/path', meta)`` of a checkpoint file (or of ``DIR/checkpoint.npz``)."""
-    with np.load(_open(path), allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
-    meta = json.loads(arrays.pop(_META).tobytes().decode("utf-8")) if _META in arrays else {}
+    """``(arrays by 'name/path', meta)`` of a checkpoint file (or of ``DIR/checkpoint.npz``).
+
+    A file that is not a readable checkpoint raises :class:`CorruptCheckpoint` (a ``ValueError``) naming it.
+    """
+    path = _open(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+        meta = json.loads(arrays.pop(_META).tobytes().decode("utf-8")) if _META in arrays else {}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError, UnicodeDecodeError) as err:
+        raise CorruptCheckpoint(f"checkpoint {path} is damaged or not a funcdl checkpoint "
+                                f"({type(err).__name__}: {err}); delete it, or train again without --resume") \
+            from None
     return arrays, meta
 
 

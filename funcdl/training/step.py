@@ -1,0 +1,107 @@
+"""One training step, built from small pieces: the optimizer a config asks for, and the step itself.
+
+    (loss, (state, metrics)), g = value_and_grad(task.loss)(params, state, batch, key, train=True)
+    updates, opt_state = opt.update(g, opt_state, params)     # opt = [clip ->] optimizer [-> freeze]
+    params = params + updates
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import optim
+from ..core.primitive import autodiff
+from .config import AUGMENT_STREAM, TrainConfig
+from .task import Task
+
+__all__ = ["make_schedule", "make_optimizer", "freeze_mask", "param_count", "make_train_step", "donatable"]
+
+
+def make_schedule(name: str, lr: float, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0):
+    """A learning-rate schedule by name (``optim.make_schedule``): a float for ``constant`` without warm-up,
+    else a function ``step -> lr``. Names: ``optim.SCHEDULES`` (constant, cosine, linear, one_cycle, ...)."""
+    if name in (None, "", "constant") and not warmup_steps:
+        return float(lr)
+    return optim.make_schedule(name or "constant", lr, int(total_steps), int(warmup_steps or 0), float(min_lr or 0.0))
+
+
+def make_optimizer(config: TrainConfig, total_steps: int):
+    """``optim.create(config.optimizer, schedule, weight_decay=..., **config.optimizer_options)``, after
+    ``optim.clip_by_global_norm(config.clip_norm)`` when clipping is asked for. Returns ``(opt, schedule)``."""
+    lr = make_schedule(config.schedule, config.lr, total_steps, config.warmup_steps, config.min_lr)
+    hyper = dict(config.optimizer_options)
+    if config.weight_decay is not None:
+        hyper["weight_decay"] = config.weight_decay
+    try:
+        opt = optim.create(config.optimizer, lr, **hyper)
+    except TypeError as err:
+        raise ValueError(f"optimizer {config.optimizer!r} does not take these options {sorted(hyper)}: {err}") \
+            from None
+    if config.clip_norm is not None:
+        opt = optim.chain(optim.clip_by_global_norm(config.clip_norm), opt)
+    return opt, lr
+
+
+def freeze_mask(params, pattern: str | None):
+    """A pytree of bools like ``params``: True where the leaf's path (``layers/0/w``) matches ``pattern``
+    (``re.search``), as ``optim.frozen_mask`` reads it."""
+    if not pattern:
+        return jax.tree.map(lambda _: False, params)
+    return optim.frozen_mask(params, pattern)
+
+
+def with_freezing(opt, params, pattern: str | None):
+    """``optim.freeze(opt, pattern)`` when the pattern matches a parameter; returns ``(opt, frozen count)``."""
+    if not pattern:
+        return opt, 0
+    mask = freeze_mask(params, pattern)
+    n_frozen = sum(np.size(p) for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True) if m)
+    if not n_frozen:
+        paths = [optim.path_str(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        raise ValueError(f"--freeze {pattern!r} matches no parameter; parameter paths look like "
+                         f"{', '.join(paths[:4])}")
+    return optim.freeze(opt, pattern), int(n_frozen)    # frozen leaves: no optimizer state, exactly zero updates
+
+
+def param_count(params) -> int:
+    return int(sum(np.size(x) for x in jax.tree.leaves(params)))
+
+
+def donatable(*trees):
+    """Fresh copies of every leaf: donation needs one buffer per leaf, and an optimizer may put the same zeros
+    in two places (Adam's mu and nu)."""
+    return jax.tree.map(lambda x: jnp.array(x, copy=True), trees)
+
+
+def _same_dtypes(new, old):
+    """``new`` cast leaf by leaf to ``old``'s dtypes: a carried array keeps its dtype (mixed float32/float64
+    models under jax_enable_x64 would otherwise promote)."""
+    return jax.tree.map(lambda n, o: jnp.asarray(n).astype(jnp.asarray(o).dtype), new, old)
+
+
+def make_train_step(task: Task, opt, config: TrainConfig, augment=None):
+    """``step(params, opt_state, state, batch, key) -> (params, opt_state, state, metrics)``: one update.
+
+    ``config.grad == "autodiff"`` differentiates ``funcdl.autodiff(task.loss)`` (the references) instead of the
+    hand-derived rules. ``augment(key, batch)`` runs on the batch first when given. The metrics are the task's,
+    plus ``loss`` and ``grad_norm`` (the global norm before clipping).
+    """
+    loss_fn = task.loss if config.grad == "manual" else autodiff(task.loss)
+
+    def objective(params, state, batch, key):
+        return loss_fn(params, state, batch, key, True)
+
+    def train_step(params, opt_state, state, batch, key):
+        if augment is not None:
+            batch = augment(jax.random.fold_in(key, AUGMENT_STREAM), batch)
+        (loss, (new_state, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(params, state, batch,
+                                                                                           key)
+        grads = _same_dtypes(grads, params)
+        updates, new_opt_state = opt.update(grads, opt_state, params)
+        params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), params, updates)
+        metrics = {**metrics, "loss": loss, "grad_norm": optim.global_norm(grads)}
+        return params, _same_dtypes(new_opt_state, opt_state), _same_dtypes(new_state, state), metrics
+
+    return train_step
