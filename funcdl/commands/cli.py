@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # module names under funcdl.commands, in the order ``funcdl --help`` lists them
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="funcdl",
         description="funcdl: deep learning as mathematics in JAX (hand-derived gradients, checked).",
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -30,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# failures a user can cause and fix (a wrong name, option, shape or path; a damaged or busy run directory): one
+# line on stderr and exit code 2 instead of a traceback (``funcdl --debug ...`` shows the traceback)
+USER_ERRORS = (ValueError, KeyError, TypeError, OSError, RuntimeError)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -38,8 +45,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError, TypeError) as err:
-        # user errors (unknown names, bad shapes, missing files) get one clear line, not a traceback
+    except BrokenPipeError:
+        # the reader went away (``funcdl models | head``): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:
+        print(f"funcdl {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"funcdl {args.command}: error: {msg}", file=sys.stderr)
         return 2
