@@ -30,7 +30,8 @@ from .nn.activations import (
 )
 from .nn.attention import dot_product_attention, multi_head_attention
 from .nn.bptt import gru, lengths_to_mask, lstm, rnn
-from .nn.conv import conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d
+from .nn.conv import conv1d, conv2d, conv3d
+from .nn.conv_transpose import conv_transpose1d, conv_transpose2d
 from .nn.dropout import dropout
 from .nn.embedding import embedding
 from .nn.feedforward import gelu_mlp, swiglu, tied_softmax_cross_entropy

@@ -52,17 +52,8 @@ its own convolution (``python benchmarks/bench_conv.py`` measures each): the han
   (N*positions, C) views, dx = dy @ w^T (the col2im rule with one tap) and dw = x^T @ dy with x read at the
   strided positions (1.6-1.8x faster than the two convolutions).
 
-Transposed convolution ``conv_transpose`` is, by definition (torch's), the input gradient of a convolution:
-with the kernel stored ``(*k, C_in, C_out/G)`` (torch's (C_in, C_out/G, *k) moved to channels-last), it is the
-input-gradient formula above applied to x with the convolution kernel ``w_c = swap(w)`` (*k, C_out/G, C_in).
-Its output length is (L-1)s - lo - hi + (K-1)d + 1 + output_padding (torch: lo = hi = padding). Its own
-backward therefore needs no new formula: dx is the *forward* convolution of dy with w_c (stride s, dilation d,
-padding (lo, hi - output_padding)), and dw is the kernel-gradient formula with the roles of input and output
-gradient exchanged (dy plays the input, x the output gradient), transposed back.
-
-Padding settings: ``"VALID"`` (none), ``"SAME"`` (output ceil(L/s), JAX's split: the extra zero goes after),
-``"CAUSAL"`` (1-D only: (K-1)d zeros before, none after, so y[t] sees x[<= t]), an int p (p on both sides of
-every axis), a tuple of ints (one per axis) or a tuple of (lo, hi) pairs.
+The transposed convolutions are in ``funcdl.nn.conv_transpose``; the window geometry (padding forms,
+output sizes, kernel taps) is shared with pooling in ``funcdl.nn._windows``.
 """
 
 from __future__ import annotations
@@ -73,60 +64,13 @@ from jax import lax
 
 from ..core.examples import Example, keys, normal
 from ..core.primitive import primitive
+from ._windows import as_tuple, conv_output_shape, ndindex, normalize_padding, pad_spatial, patches, scatter_taps
 
-__all__ = [
-    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_output_shape",
-    "normalize_padding", "conv_nd",
-]
+__all__ = ["conv1d", "conv2d", "conv3d", "conv_output_shape", "normalize_padding", "conv_nd"]
 
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 _LAYOUT = {1: "(N, W, C)", 2: "(N, H, W, C)", 3: "(N, D, H, W, C)"}
 _KLAYOUT = {1: "(K, C_in/groups, C_out)", 2: "(KH, KW, C_in/groups, C_out)", 3: "(KD, KH, KW, C_in/groups, C_out)"}
-
-
-def _tuple(name, value, n, what):
-    if isinstance(value, int):
-        return (value,) * n
-    value = tuple(value)
-    if len(value) != n or not all(isinstance(v, int) for v in value):
-        raise ValueError(f"{name}: {what} must be an int or a tuple of {n} ints, got {value!r}")
-    return value
-
-
-def normalize_padding(name, padding, n, in_spatial, kernel, stride, dilation):
-    """Padding as a tuple of (lo, hi) pairs, one per spatial axis (see the module docstring for the forms)."""
-    eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilation, strict=True)]
-    if isinstance(padding, str):
-        mode = padding.upper()
-        if mode == "VALID":
-            return ((0, 0),) * n
-        if mode == "SAME":
-            pads = []
-            for length, e, s in zip(in_spatial, eff, stride, strict=True):
-                out = -(-length // s)
-                total = max((out - 1) * s + e - length, 0)
-                pads.append((total // 2, total - total // 2))
-            return tuple(pads)
-        if mode == "CAUSAL":
-            if n != 1:
-                raise ValueError(f"{name}: padding='CAUSAL' is for 1-D convolutions only")
-            return ((eff[0] - 1, 0),)
-        raise ValueError(f"{name}: unknown padding {padding!r}; use 'VALID', 'SAME', 'CAUSAL' (1-D), an int, "
-                         "a tuple of ints or a tuple of (lo, hi) pairs")
-    if isinstance(padding, int):
-        return ((padding, padding),) * n
-    padding = tuple(padding)
-    if len(padding) == n and all(isinstance(p, int) for p in padding):
-        return tuple((p, p) for p in padding)
-    if len(padding) == n and all(isinstance(p, tuple) and len(p) == 2 for p in padding):
-        return tuple((int(a), int(b)) for a, b in padding)
-    raise ValueError(f"{name}: padding {padding!r} must be a string, an int, {n} ints or {n} (lo, hi) pairs")
-
-
-def conv_output_shape(in_spatial, kernel, stride, pads, dilation):
-    return tuple((length + lo + hi - (k - 1) * d - 1) // s + 1
-                 for length, k, s, (lo, hi), d in zip(in_spatial, kernel, stride, pads, dilation, strict=True))
-
 
 def _dn(n):
     sp = _SPATIAL[n]
@@ -219,24 +163,6 @@ def kernel_grad(x, dy, kernel, stride, pads, dilation, groups):
     return jnp.moveaxis(jnp.concatenate(dws, axis=-1) if groups > 1 else dws[0], 0, n)
 
 
-def _taps(kernel, dilation, stride, out_spatial):
-    """For every kernel tap: the (start, limit, strides) of the strided slice of the padded input it reads."""
-    for idx in _ndindex(kernel):
-        start = tuple(i * d for i, d in zip(idx, dilation, strict=True))
-        limit = tuple(st + (o - 1) * s + 1 for st, o, s in zip(start, out_spatial, stride, strict=True))
-        yield idx, start, limit
-
-
-def _pad_spatial(x, pads, value=0.0):
-    return lax.pad(x, jnp.asarray(value, x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)))
-
-
-def _patches(xp, kernel, stride, dilation, out_spatial):
-    """For every kernel tap k: ``(k, xp[:, o*s + k*d, :])``, the strided slice (N, *O, C) of the padded input
-    that tap reads."""
-    for idx, start, limit in _taps(kernel, dilation, stride, out_spatial):
-        yield idx, lax.slice(xp, (0, *start, 0), (xp.shape[0], *limit, xp.shape[-1]), (1, *stride, 1))
-
 
 def depthwise_fwd(x, w, stride, pads, dilation):
     """y[n, o, c*m + j] = sum_k xp[n, o*s + k*d, c] w[k, 0, c*m + j]: one strided slice and one fused
@@ -244,32 +170,15 @@ def depthwise_fwd(x, w, stride, pads, dilation):
     n = x.ndim - 2
     cin, cout = x.shape[-1], w.shape[-1]
     mult = cout // cin
-    xp = _pad_spatial(x, pads)
+    xp = pad_spatial(x, pads)
     out_spatial = conv_output_shape(x.shape[1:1 + n], w.shape[:n], stride, pads, dilation)
     wr = w.reshape(*w.shape[:n], cin, mult)
     y = None
-    for idx, patch in _patches(xp, w.shape[:n], stride, dilation, out_spatial):
+    for idx, patch in patches(xp, w.shape[:n], stride, dilation, out_spatial):
         term = patch[..., None] * wr[idx]                                                      # (N, *O, C, m)
         y = term if y is None else y + term
     return y.reshape(*y.shape[:-2], cout)
 
-
-def _scatter_taps(contributions, kernel, in_spatial, stride, pads, dilation):
-    """dx from each tap's contribution (N, *O, C_in): dxp[n, o*s + k*d, c] += contribution_k[n, o, c]. Each is
-    put back on the strided grid it was read from (``lax.pad`` with interior padding s-1), the K of them are
-    summed and the padding is cropped (a negative pad)."""
-    n = len(kernel)
-    out_spatial = contributions[0].shape[1:1 + n]
-    padded = tuple(length + lo + hi for length, (lo, hi) in zip(in_spatial, pads, strict=True))
-    zero = jnp.zeros((), contributions[0].dtype)
-    dxp = None
-    for g, (_, start, limit) in zip(contributions, _taps(kernel, dilation, stride, out_spatial), strict=True):
-        cfg = ((0, 0, 0), *((st, p - lim, s - 1) for st, lim, p, s in zip(start, limit, padded, stride,
-                                                                             strict=True)), (0, 0, 0))
-        term = lax.pad(g, zero, cfg)
-        dxp = term if dxp is None else dxp + term
-    crop = ((0, 0, 0), *((-lo, -hi, 0) for lo, hi in pads), (0, 0, 0))
-    return lax.pad(dxp, zero, crop)
 
 
 def depthwise_input_grad(dy, w, in_spatial, stride, pads, dilation, cin):
@@ -279,8 +188,8 @@ def depthwise_input_grad(dy, w, in_spatial, stride, pads, dilation, cin):
     m = dy.shape[-1] // cin
     dyr = dy.reshape(*dy.shape[:-1], cin, m)
     wr = w.reshape(*kernel, cin, m)
-    contributions = [jnp.sum(dyr * wr[idx], axis=-1) for idx in _ndindex(kernel)]
-    return _scatter_taps(contributions, kernel, in_spatial, stride, pads, dilation)
+    contributions = [jnp.sum(dyr * wr[idx], axis=-1) for idx in ndindex(kernel)]
+    return scatter_taps(contributions, kernel, in_spatial, stride, pads, dilation)
 
 
 def col2im_input_grad(dy, w, in_spatial, stride, pads, dilation):
@@ -294,17 +203,17 @@ def col2im_input_grad(dy, w, in_spatial, stride, pads, dilation):
     cols = jnp.dot(dy.reshape(-1, cout), w.reshape(-1, cout).T)                          # (N*O, K*C_in)
     cols = cols.reshape(*dy.shape[:-1], -1, cin)
     contributions = [cols[..., t, :] for t in range(cols.shape[-2])]
-    return _scatter_taps(contributions, kernel, in_spatial, stride, pads, dilation)
+    return scatter_taps(contributions, kernel, in_spatial, stride, pads, dilation)
 
 
 def few_channels_fwd(x, w, stride, pads, dilation):
     """y[n, o, :] = sum_k sum_c xp[n, o*s + k*d, c] w[k, c, :] for an input with few channels: K * C_in
     broadcast multiply-adds of a strided slice."""
     n = x.ndim - 2
-    xp = _pad_spatial(x, pads)
+    xp = pad_spatial(x, pads)
     out_spatial = conv_output_shape(x.shape[1:1 + n], w.shape[:n], stride, pads, dilation)
     y = None
-    for idx, patch in _patches(xp, w.shape[:n], stride, dilation, out_spatial):               # (N, *O, C_in)
+    for idx, patch in patches(xp, w.shape[:n], stride, dilation, out_spatial):               # (N, *O, C_in)
         for c in range(x.shape[-1]):
             term = patch[..., c:c + 1] * w[idx][c]
             y = term if y is None else y + term
@@ -315,8 +224,8 @@ def pointwise_kernel_grad(x, dy, kernel, stride, kpads, dilation):
     """dw[0, ci, co] = sum_{n,o} xp[n, o*s, ci] dy[n, o, co] for a 1x1 kernel (groups 1): the one tap's strided
     slice of the padded input, transposed, times dy: a single matrix product of the (N*O, C) views."""
     n = x.ndim - 2
-    xp = _pad_spatial(x, tuple((lo, max(hi, 0)) for lo, hi in kpads))
-    ((_, patch),) = _patches(xp, kernel, stride, dilation, dy.shape[1:1 + n])                # (N, *O, C_in)
+    xp = pad_spatial(x, tuple((lo, max(hi, 0)) for lo, hi in kpads))
+    ((_, patch),) = patches(xp, kernel, stride, dilation, dy.shape[1:1 + n])                # (N, *O, C_in)
     dw = lax.dot_general(patch.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1]), (((0,), (0,)), ((), ())))
     return dw.reshape(*kernel, *dw.shape)
 
@@ -327,67 +236,69 @@ def depthwise_kernel_grad(x, dy, kernel, stride, kpads, dilation):
     cin, cout = x.shape[-1], dy.shape[-1]
     mult = cout // cin
     out_spatial = dy.shape[1:1 + n]
-    xp = _pad_spatial(x, tuple((lo, max(hi, 0)) for lo, hi in kpads))
+    xp = pad_spatial(x, tuple((lo, max(hi, 0)) for lo, hi in kpads))
     dyr = dy.reshape(*dy.shape[:-1], cin, mult)
     taps = []
-    for _, patch in _patches(xp, kernel, stride, dilation, out_spatial):                      # (N, *O, C_in)
+    for _, patch in patches(xp, kernel, stride, dilation, out_spatial):                      # (N, *O, C_in)
         # an elementwise product and one fused reduction (an einsum here becomes a slow batched dot on CPU)
         taps.append(jnp.sum(patch[..., None] * dyr, axis=tuple(range(n + 1))).reshape(cout))
     return jnp.stack(taps).reshape(*kernel, 1, cout)
 
 
-def _ndindex(shape):
-    if not shape:
-        return [()]
-    return [(i, *rest) for i in range(shape[0]) for rest in _ndindex(shape[1:])]
 
 
 # -- convolution --------------------------------------------------------------------------------------------------
 
 
-def _common(x, w):
+def promote(x, w):
     """Compute in the promoted dtype of input and kernel (a float32 kernel on float64 data works); the backward
     casts each gradient back to its input's dtype."""
     dt = jnp.result_type(x, w)
     return x.astype(dt), w.astype(dt)
 
 
-def _bias_token(b):
-    """What the backward needs to know about the bias: its dtype (an empty array), or None when absent."""
-    return None if b is None else jnp.zeros((0,), b.dtype)
+def bias_grad(dy, b):
+    """db[co] = sum of dy over the batch and every position; None when there is no bias."""
+    return None if b is None else jnp.sum(dy, axis=tuple(range(dy.ndim - 1))).astype(b.dtype)
 
 
 def _settings(name, n, x, w, stride, padding, dilation):
-    stride = _tuple(name, stride, n, "stride")
-    dilation = _tuple(name, dilation, n, "dilation")
+    stride = as_tuple(name, stride, n, "stride")
+    dilation = as_tuple(name, dilation, n, "dilation")
     pads = normalize_padding(name, padding, n, x.shape[1:1 + n], w.shape[:n], stride, dilation)
     return stride, pads, dilation
 
 
-def _make_check(name, n):
-    def check(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1):
+def _check_groups(name, x, w, groups):
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"{name}: groups must be a positive int, got {groups!r}")
+    cin, cig, cout = x.shape[-1], w.shape[-2], w.shape[-1]
+    if cout % groups:
+        raise ValueError(f"{name}: output channels {cout} (kernel shape {w.shape}) are not divisible by "
+                         f"groups={groups}")
+    if cin != cig * groups:
+        hint = ""
+        if x.shape[1] == cig * groups:
+            hint = ("; the input looks channels-first (NCHW): funcdl is channels-last, transpose it with "
+                    "jnp.moveaxis(x, 1, -1)")
+        elif cin % groups:
+            hint = f"; input channels {cin} are not divisible by groups={groups}"
+        raise ValueError(f"{name}: input shape {x.shape} has {cin} channels (last axis) but the kernel "
+                         f"{w.shape} with groups={groups} expects {cig} x {groups} = {cig * groups}{hint}")
+
+
+def _make_conv(name, n):
+    """reference, fwd, bwd and check of the n-D convolution ``name``."""
+
+    def _conv_check(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1):
         if w.ndim != n + 2:
             raise ValueError(f"{name}: kernel must be {n + 2}-D {_KLAYOUT[n]}, got shape {w.shape}")
         if x.ndim != n + 2:
             raise ValueError(f"{name}: input must be {n + 2}-D {_LAYOUT[n]} (channels last), got shape {x.shape}; "
                              f"add a batch axis with x[None] for a single example")
-        if not isinstance(groups, int) or groups < 1:
-            raise ValueError(f"{name}: groups must be a positive int, got {groups!r}")
-        cin, cig, cout = x.shape[-1], w.shape[-2], w.shape[-1]
-        if cout % groups:
-            raise ValueError(f"{name}: output channels {cout} (kernel shape {w.shape}) are not divisible by "
-                             f"groups={groups}")
-        if cin != cig * groups:
-            hint = ""
-            if x.shape[1] == cig * groups:
-                hint = ("; the input looks channels-first (NCHW): funcdl is channels-last, transpose it with "
-                        "jnp.moveaxis(x, 1, -1)")
-            elif cin % groups:
-                hint = f"; input channels {cin} are not divisible by groups={groups}"
-            raise ValueError(f"{name}: input shape {x.shape} has {cin} channels (last axis) but the kernel "
-                             f"{w.shape} with groups={groups} expects {cig} x {groups} = {cig * groups}{hint}")
-        if b is not None and b.shape != (cout,):
-            raise ValueError(f"{name}: bias shape {b.shape} must be ({cout},) for kernel shape {w.shape}")
+        _check_groups(name, x, w, groups)
+        if b is not None and b.shape != (w.shape[-1],):
+            raise ValueError(f"{name}: bias shape {b.shape} must be ({w.shape[-1]},) for kernel shape {w.shape}")
         st, pads, dil = _settings(name, n, x, w, stride, padding, dilation)
         if any(s < 1 for s in st) or any(d < 1 for d in dil):
             raise ValueError(f"{name}: stride {st} and dilation {dil} must be >= 1")
@@ -396,134 +307,44 @@ def _make_check(name, n):
                 raise ValueError(f"{name}: kernel {w.shape} (size {k}, dilation {d}, span {(k - 1) * d + 1}) is "
                                  f"larger than the padded input: input {x.shape} padded by {(lo, hi)} gives "
                                  f"{length + lo + hi}; use a smaller kernel or more padding")
-    return check
 
+    def _conv(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1):
+        """Convolution (cross-correlation), channels last: x (N, *L, C_in), w (*K, C_in/G, C_out), b (C_out,).
 
-def _make_conv(name, n):
-    def reference(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1):
+        Per spatial axis, with stride s, dilation d, padding (lo, hi) and xp the zero-padded input:
+            y[n, o, co] = b[co] + sum_k sum_i xp[n, o*s + k*d, g*C_in/G + i] w[k, i, co],  g = co // (C_out/G)
+        Backward (y is linear in x and in w, so each gradient is the same sum read the other way round):
+            dx[n, p, ci] = sum_{o, k: o*s + k*d = p + lo} sum_co dy[n, o, co] w[k, i, co]
+                           (a transposed convolution: dy dilated by s, the kernel flipped and regrouped)
+            dw[k, i, co] = sum_n sum_o xp[n, o*s + k*d, g*C_in/G + i] dy[n, o, co]   (x correlated with dy)
+            db[co] = sum over n and o of dy[n, o, co]
+        Residuals: x, w and b. The module docstring derives the padding of each rule and the faster orders.
+        """
         st, pads, dil = _settings(name, n, x, w, stride, padding, dilation)
-        xc, wc = _common(x, w)
+        xc, wc = promote(x, w)
         y = conv_nd(xc, wc, st, pads, dil, groups)
         return y if b is None else y + b
 
-    def fwd(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1):
+    def _conv_fwd(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1):
+        # the primal by the fast path (tap by tap for depthwise kernels and few input channels), not conv_nd
         st, pads, dil = _settings(name, n, x, w, stride, padding, dilation)
-        y = conv_fast(*_common(x, w), st, pads, dil, groups)
-        return (y if b is None else y + b), (x, w, _bias_token(b))
+        y = conv_fast(*promote(x, w), st, pads, dil, groups)
+        return (y if b is None else y + b), (x, w, b)
 
-    def bwd(res, dy, *, stride=1, padding="VALID", dilation=1, groups=1):
-        x, w, has_bias = res
+    def _conv_bwd(res, dy, *, stride=1, padding="VALID", dilation=1, groups=1):
+        x, w, b = res
         st, pads, dil = _settings(name, n, x, w, stride, padding, dilation)
-        xc, wc = _common(x, w)
+        xc, wc = promote(x, w)
         dy = dy.astype(xc.dtype)
         dx = input_grad(dy, wc, x.shape[1:1 + n], st, pads, dil, groups).astype(x.dtype)
         dw = kernel_grad(xc, dy, w.shape[:n], st, pads, dil, groups).astype(w.dtype)
-        db = jnp.sum(dy, axis=tuple(range(n + 1))).astype(has_bias.dtype) if has_bias is not None else None
-        return dx, dw, db
+        return dx, dw, bias_grad(dy, b)
 
-    reference.__doc__ = __doc__
-    reference.__name__ = name
-    return reference, fwd, bwd
-
-
-# -- transposed convolution ---------------------------------------------------------------------------------------
-
-
-def _t_settings(name, n, w, stride, padding, output_padding, dilation):
-    stride = _tuple(name, stride, n, "stride")
-    dilation = _tuple(name, dilation, n, "dilation")
-    opad = _tuple(name, output_padding, n, "output_padding")
-    if isinstance(padding, str):
-        if padding.upper() != "VALID":
-            raise ValueError(f"{name}: padding must be 'VALID', an int, {n} ints or {n} (lo, hi) pairs, got "
-                             f"{padding!r}")
-        padding = 0
-    pads = normalize_padding(name, padding, n, (0,) * n, w.shape[:n], stride, dilation)
-    return stride, pads, opad, dilation
-
-
-def _t_out_spatial(x, w, stride, pads, opad, dilation):
-    n = x.ndim - 2
-    return tuple((length - 1) * s - lo - hi + (k - 1) * d + 1 + op for length, s, (lo, hi), k, d, op in
-                 zip(x.shape[1:1 + n], stride, pads, w.shape[:n], dilation, opad, strict=True))
-
-
-def _swap(w):
-    """(*k, C_in, C_out/G) <-> (*k, C_out/G, C_in): the transposed-conv kernel as the kernel of the conv it
-    transposes."""
-    return jnp.swapaxes(w, -1, -2)
-
-
-def _make_t_check(name, n):
-    def check(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
-        if w.ndim != n + 2:
-            raise ValueError(f"{name}: kernel must be {n + 2}-D (*k, C_in, C_out/groups), got shape {w.shape}")
-        if x.ndim != n + 2:
-            raise ValueError(f"{name}: input must be {n + 2}-D {_LAYOUT[n]} (channels last), got shape {x.shape}")
-        cin = w.shape[-2]
-        if cin % groups:
-            raise ValueError(f"{name}: kernel input channels {cin} (kernel {w.shape}) not divisible by "
-                             f"groups={groups}")
-        if x.shape[-1] != cin:
-            hint = ""
-            if x.shape[1] == cin:
-                hint = "; the input looks channels-first (NCHW): transpose it with jnp.moveaxis(x, 1, -1)"
-            raise ValueError(f"{name}: input shape {x.shape} has {x.shape[-1]} channels (last axis) but the kernel "
-                             f"{w.shape} expects {cin}{hint}")
-        cout = w.shape[-1] * groups
-        if b is not None and b.shape != (cout,):
-            raise ValueError(f"{name}: bias shape {b.shape} must be ({cout},)")
-        st, pads, op, dil = _t_settings(name, n, w, stride, padding, output_padding, dilation)
-        for o, s, d in zip(op, st, dil, strict=True):
-            if not 0 <= o < max(s, d):
-                raise ValueError(f"{name}: output_padding {op} must be smaller than the stride {st} or the "
-                                 f"dilation {dil} (as torch)")
-        out = _t_out_spatial(x, w, st, pads, op, dil)
-        if any(o < 1 for o in out):
-            raise ValueError(f"{name}: input {x.shape} with kernel {w.shape}, padding {pads} gives an empty "
-                             f"output {out}; reduce the padding")
-    return check
-
-
-def _make_conv_t(name, n):
-    def reference(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
-        st, pads, op, dil = _t_settings(name, n, w, stride, padding, output_padding, dilation)
-        out = _t_out_spatial(x, w, st, pads, op, dil)
-        # plain statement of the definition: the input gradient of conv_nd, by autodiff of conv_nd
-        cpads = tuple((lo, hi - o) for (lo, hi), o in zip(pads, op, strict=True))
-        x, w = _common(x, w)
-        wc = _swap(w)
-        zeros = jnp.zeros((x.shape[0], *out, wc.shape[-2] * groups), x.dtype)
-        _, pull = jax.vjp(lambda z: conv_nd(z, wc, st, cpads, dil, groups), zeros)
-        (y,) = pull(x)
-        return y if b is None else y + b
-
-    def fwd(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
-        st, pads, op, dil = _t_settings(name, n, w, stride, padding, output_padding, dilation)
-        out = _t_out_spatial(x, w, st, pads, op, dil)
-        cpads = tuple((lo, hi - o) for (lo, hi), o in zip(pads, op, strict=True))
-        xc, wc = _common(x, w)
-        y = input_grad(xc, _swap(wc), out, st, cpads, dil, groups)
-        return (y if b is None else y + b), (x, w, _bias_token(b))
-
-    def bwd(res, dy, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
-        x, w, has_bias = res
-        st, pads, op, dil = _t_settings(name, n, w, stride, padding, output_padding, dilation)
-        cpads = tuple((lo, hi - o) for (lo, hi), o in zip(pads, op, strict=True))
-        xc, wcom = _common(x, w)
-        dy = dy.astype(xc.dtype)
-        dx = conv_fast(dy, _swap(wcom), st, cpads, dil, groups).astype(x.dtype)
-        dw = _swap(kernel_grad(dy, xc, w.shape[:n], st, cpads, dil, groups)).astype(w.dtype)
-        db = jnp.sum(dy, axis=tuple(range(n + 1))).astype(has_bias.dtype) if has_bias is not None else None
-        return dx, dw, db
-
-    reference.__doc__ = __doc__
-    reference.__name__ = name
-    return reference, fwd, bwd
+    _conv.__name__ = _conv.__qualname__ = f"_{name}"
+    return _conv, _conv_fwd, _conv_bwd, _conv_check
 
 
 # -- example factories ----------------------------------------------------------------------------------------------
-
 # (stride, dilation, groups, padding, bias) for 2-D; input (2, 7, 8, 4), kernel (3, 3, 4/groups, cout)
 _CONV2D_CONFIGS = [
     (1, 1, 1, "VALID", True), (1, 1, 1, "SAME", False), (2, 1, 1, "VALID", True), (2, 1, 1, "SAME", True),
@@ -609,47 +430,11 @@ def _conv3d_examples(key, dtype):
     return exs
 
 
-# (stride, padding, output_padding, dilation, groups, kernel)
-_CONVT2D_CONFIGS = [
-    (1, 0, 0, 1, 1, (3, 3)), (2, 0, 0, 1, 1, (3, 3)), (2, 1, 1, 1, 1, (3, 3)), (2, 1, 0, 1, 1, (4, 4)),
-    (3, 1, 2, 1, 2, (3, 2)), (1, 1, 0, 2, 1, (3, 3)), (2, 2, 1, 2, 4, (3, 3)), ((2, 1), (1, 0), (1, 0), 1, 2, (4, 3)),
-    (2, ((1, 0), (0, 2)), 0, 1, 1, (3, 3)), (1, 0, 0, (1, 2), 4, (2, 3)), (2, 0, 1, 1, 1, (1, 1)),
-    (1, 0, 0, 1, 1, (1, 1)),
-]
+def _register(name, n, examples):
+    reference, fwd, bwd, check = _make_conv(name, n)
+    return primitive(name, reference, fwd, bwd, examples=examples, check=check)
 
 
-def _convt2d_examples(key, dtype):
-    exs = []
-    for j, (s, p, op, d, g, ks) in enumerate(_CONVT2D_CONFIGS):
-        k = keys(jax.random.fold_in(key, j), 3)
-        x = normal(k[0], (2, 4, 5, 4), dtype)
-        w = normal(k[1], (*ks, 4, 8 // g), dtype, scale=0.5)
-        b = normal(k[2], (8,), dtype) if j % 2 == 0 else None
-        exs.append(Example((x, w, b), {"stride": s, "padding": p, "output_padding": op, "dilation": d, "groups": g},
-                           f"s={s} p={p} op={op} d={d} g={g}"))
-    return exs
-
-
-def _convt1d_examples(key, dtype):
-    configs = [(1, 0, 0, 1, 1), (2, 1, 1, 1, 1), (3, 2, 1, 2, 2), (2, 0, 0, 1, 4), (2, ((2, 1),), 1, 3, 1)]
-    exs = []
-    for j, (s, p, op, d, g) in enumerate(configs):
-        k = keys(jax.random.fold_in(key, j), 3)
-        x = normal(k[0], (2, 6, 4), dtype)
-        w = normal(k[1], (3, 4, 8 // g), dtype, scale=0.5)
-        b = normal(k[2], (8,), dtype) if j % 2 else None
-        exs.append(Example((x, w, b), {"stride": s, "padding": p, "output_padding": op, "dilation": d, "groups": g},
-                           f"s={s} p={p} op={op} d={d} g={g}"))
-    return exs
-
-
-def _register(name, n, maker, check_maker, examples):
-    ref, fwd, bwd = maker(name, n)
-    return primitive(name, ref, fwd, bwd, examples=examples, check=check_maker(name, n))
-
-
-conv1d = _register("conv1d", 1, _make_conv, _make_check, _conv1d_examples)
-conv2d = _register("conv2d", 2, _make_conv, _make_check, _conv2d_examples)
-conv3d = _register("conv3d", 3, _make_conv, _make_check, _conv3d_examples)
-conv_transpose1d = _register("conv_transpose1d", 1, _make_conv_t, _make_t_check, _convt1d_examples)
-conv_transpose2d = _register("conv_transpose2d", 2, _make_conv_t, _make_t_check, _convt2d_examples)
+conv1d = _register("conv1d", 1, _conv1d_examples)
+conv2d = _register("conv2d", 2, _conv2d_examples)
+conv3d = _register("conv3d", 3, _conv3d_examples)

@@ -38,7 +38,7 @@ from jax import lax
 
 from ..core.examples import Example, keys, normal
 from ..core.primitive import primitive
-from .conv import conv_output_shape, normalize_padding
+from ._windows import as_tuple, conv_output_shape, normalize_padding, scatter_taps, stack_windows
 
 __all__ = [
     "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "global_avg_pool", "global_max_pool",
@@ -46,20 +46,12 @@ __all__ = [
 ]
 
 
-def _tuple(name, value, n, what):
-    if isinstance(value, int):
-        return (value,) * n
-    value = tuple(value)
-    if len(value) != n or not all(isinstance(v, int) and v >= 1 for v in value):
-        raise ValueError(f"{name}: {what} must be a positive int or a tuple of {n} positive ints, got {value!r}")
-    return value
-
-
-def _settings(name, n, x, kernel, stride, padding, dilation):
-    k = _tuple(name, kernel, n, "kernel")
-    s = k if stride is None else _tuple(name, stride, n, "stride")
-    d = _tuple(name, dilation, n, "dilation")
-    pads = normalize_padding(name, padding, n, x.shape[1:1 + n], k, s, d)
+def _settings(name, n, in_spatial, kernel, stride, padding, dilation):
+    """(kernel, stride, pads, dilation) as tuples for an input of spatial shape ``in_spatial``."""
+    k = as_tuple(name, kernel, n, "kernel", positive=True)
+    s = k if stride is None else as_tuple(name, stride, n, "stride", positive=True)
+    d = as_tuple(name, dilation, n, "dilation", positive=True)
+    pads = normalize_padding(name, padding, n, in_spatial, k, s, d)
     return k, s, pads, d
 
 
@@ -67,7 +59,7 @@ def _check_input(name, n, x, kernel, stride, padding, dilation):
     layout = "(N, L, C)" if n == 1 else "(N, H, W, C)"
     if x.ndim != n + 2:
         raise ValueError(f"{name}: input must be {n + 2}-D {layout} (channels last), got shape {x.shape}")
-    k, s, pads, d = _settings(name, n, x, kernel, stride, padding, dilation)
+    k, s, pads, d = _settings(name, n, x.shape[1:1 + n], kernel, stride, padding, dilation)
     for length, kk, dd, (lo, hi) in zip(x.shape[1:1 + n], k, d, pads, strict=True):
         span = (kk - 1) * dd + 1
         if span > length + lo + hi:
@@ -79,69 +71,46 @@ def _check_input(name, n, x, kernel, stride, padding, dilation):
     return k, s, pads, d
 
 
-def _windows(x, k, s, pads, d, value):
-    """Stacked window taps: (K, N, *O, C), tap index in row-major order over the kernel."""
-    n = x.ndim - 2
-    xp = lax.pad(x, jnp.asarray(value, x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)))
-    out = conv_output_shape(x.shape[1:1 + n], k, s, pads, d)
-    taps = []
-    for idx in np.ndindex(*k):
-        start = tuple(i * dd for i, dd in zip(idx, d, strict=True))
-        limit = tuple(st + (o - 1) * ss + 1 for st, o, ss in zip(start, out, s, strict=True))
-        taps.append(lax.slice(xp, (0, *start, 0), (xp.shape[0], *limit, xp.shape[-1]), (1, *s, 1)))
-    return jnp.stack(taps), out
-
-
-def _scatter_taps(parts, in_spatial, k, s, pads, d):
-    """Inverse of ``_windows`` for gradients: tap j's (N, *O, C) array goes back to the positions it read."""
-    n = len(in_spatial)
-    padded = tuple(length + lo + hi for length, (lo, hi) in zip(in_spatial, pads, strict=True))
-    out = parts[0].shape[1:1 + n]
-    zero = jnp.zeros((), parts[0].dtype)
-    total = None
-    for j, idx in enumerate(np.ndindex(*k)):
-        start = tuple(i * dd for i, dd in zip(idx, d, strict=True))
-        cfg = [(0, 0, 0)]
-        for st, o, ss, p in zip(start, out, s, padded, strict=True):
-            cfg.append((st, p - st - (o - 1) * ss - 1, ss - 1))
-        term = lax.pad(parts[j], zero, (*cfg, (0, 0, 0)))
-        total = term if total is None else total + term
-    return lax.pad(total, zero, ((0, 0, 0), *((-lo, -hi, 0) for lo, hi in pads), (0, 0, 0)))
-
-
 # -- max pooling ----------------------------------------------------------------------------------------------
 
 
-def _make_max(name, n):
-    def check(x, *, kernel, stride=None, padding=0, dilation=1):
+def _make_max_pool(name, n):
+    def _max_pool_check(x, *, kernel, stride=None, padding=0, dilation=1):
         _check_input(name, n, x, kernel, stride, padding, dilation)
 
-    def reference(x, *, kernel, stride=None, padding=0, dilation=1):
-        k, s, pads, d = _settings(name, n, x, kernel, stride, padding, dilation)
+    def _max_pool(x, *, kernel, stride=None, padding=0, dilation=1):
+        """Max pooling, x (N, *L, C) channels last, each channel on its own; stride defaults to the kernel.
+
+        y[o] = max_k xp[o*s + k*d], the padding xp holds -inf (as torch, so it never wins).
+        The max is piecewise the identity of one input, so dy[o] flows to the element that attained it:
+            dx[p] = sum_o dy[o] [p = o*s + k*(o) d - lo],   k*(o) = the winning tap
+        Ties: the first maximal tap in row-major order receives the whole gradient (torch's CPU kernel).
+        Residual: the winning tap per output (a small integer array), not x.
+        """
+        k, s, pads, d = _settings(name, n, x.shape[1:1 + n], kernel, stride, padding, dilation)
         if any(dd > 1 for dd in d):   # JAX has no reverse rule for a dilated reduce_window max: write it out
-            return jnp.max(_windows(x, k, s, pads, d, -jnp.inf)[0], axis=0)
+            return jnp.max(stack_windows(x, k, s, pads, d, -jnp.inf)[0], axis=0)
         return lax.reduce_window(x, np.array(-np.inf, x.dtype), lax.max, (1, *k, 1), (1, *s, 1),
                                  ((0, 0), *pads, (0, 0)))
 
-    def fwd(x, *, kernel, stride=None, padding=0, dilation=1):
-        k, s, pads, d = _settings(name, n, x, kernel, stride, padding, dilation)
-        win, _ = _windows(x, k, s, pads, d, -jnp.inf)
+    def _max_pool_fwd(x, *, kernel, stride=None, padding=0, dilation=1):
+        # the primal from the stacked windows, whose argmax (the tie rule) is the residual
+        k, s, pads, d = _settings(name, n, x.shape[1:1 + n], kernel, stride, padding, dilation)
+        win, _ = stack_windows(x, k, s, pads, d, -jnp.inf)
         arg = jnp.argmax(win, axis=0).astype(jnp.int32)          # first maximal tap (the tie rule)
         y = jnp.max(win, axis=0)
         return y, (arg, x.shape[1:1 + n])
 
-    def bwd(res, dy, *, kernel, stride=None, padding=0, dilation=1):
+    def _max_pool_bwd(res, dy, *, kernel, stride=None, padding=0, dilation=1):
         arg, in_spatial = res
-        k = _tuple(name, kernel, n, "kernel")
-        s = k if stride is None else _tuple(name, stride, n, "stride")
-        d = _tuple(name, dilation, n, "dilation")
-        pads = normalize_padding(name, padding, n, in_spatial, k, s, d)
+        k, s, pads, d = _settings(name, n, in_spatial, kernel, stride, padding, dilation)
         zero = jnp.zeros((), dy.dtype)
         parts = [jnp.where(arg == j, dy, zero) for j in range(math.prod(k))]
-        return (_scatter_taps(parts, in_spatial, k, s, pads, d),)
+        return (scatter_taps(parts, k, in_spatial, s, pads, d),)
 
-    reference.__doc__ = __doc__
-    return primitive(name, reference, fwd, bwd, examples=_max_examples(n), check=check)
+    _max_pool.__name__ = _max_pool.__qualname__ = f"_{name}"
+    return primitive(name, _max_pool, _max_pool_fwd, _max_pool_bwd, examples=_max_pool_examples(n),
+                     check=_max_pool_check)
 
 
 def _distinct(key, shape, dtype):
@@ -151,7 +120,7 @@ def _distinct(key, shape, dtype):
     return (perm.astype(jnp.float64) * 0.05 - size * 0.025).reshape(shape).astype(dtype)
 
 
-def _max_examples(n):
+def _max_pool_examples(n):
     if n == 1:
         configs = [(2, None, 0, 1), (3, 2, 1, 1), (3, 1, "SAME", 1), (2, 2, 1, 2), (4, 3, ((2, 1),), 1)]
         shape = (2, 11, 3)
@@ -186,12 +155,19 @@ def _counts(in_spatial, k, s, pads, include_pad, dtype):
     return jnp.asarray(c.reshape(1, *out, 1), dtype)
 
 
-def _make_avg(name, n):
-    def check(x, *, kernel, stride=None, padding=0, count_include_pad=True):
+def _make_avg_pool(name, n):
+    def _avg_pool_check(x, *, kernel, stride=None, padding=0, count_include_pad=True):
         _check_input(name, n, x, kernel, stride, padding, 1)
 
-    def reference(x, *, kernel, stride=None, padding=0, count_include_pad=True):
-        k, s, pads, _ = _settings(name, n, x, kernel, stride, padding, 1)
+    def _avg_pool(x, *, kernel, stride=None, padding=0, count_include_pad=True):
+        """Average pooling, x (N, *L, C) channels last, each channel on its own; stride defaults to the kernel.
+
+        y[o] = (1/c(o)) sum_k xp[o*s + k],   c(o) = K (``count_include_pad=True``, torch's default) or the
+        number of window elements inside the unpadded input (``count_include_pad=False``).
+        Linear, so dx[p] = sum_{o,k: o*s + k = p + lo} dy[o] / c(o): the scaled output gradient is spread back
+        over each window (one strided ``lax.pad`` per tap, summed, the padding cropped). Residual: x's shape.
+        """
+        k, s, pads, _ = _settings(name, n, x.shape[1:1 + n], kernel, stride, padding, 1)
         total = lax.reduce_window(x, np.array(0, x.dtype), lax.add, (1, *k, 1), (1, *s, 1), ((0, 0), *pads, (0, 0)))
         if count_include_pad:
             return total / math.prod(k)
@@ -200,25 +176,25 @@ def _make_avg(name, n):
                                   ((0, 0), *pads, (0, 0)))
         return total / count
 
-    def fwd(x, *, kernel, stride=None, padding=0, count_include_pad=True):
-        k, s, pads, d = _settings(name, n, x, kernel, stride, padding, 1)
-        win, _ = _windows(x, k, s, pads, d, 0.0)
+    def _avg_pool_fwd(x, *, kernel, stride=None, padding=0, count_include_pad=True):
+        # the primal from the stacked windows and the counts the backward divides by again
+        k, s, pads, d = _settings(name, n, x.shape[1:1 + n], kernel, stride, padding, 1)
+        win, _ = stack_windows(x, k, s, pads, d, 0.0)
         y = jnp.sum(win, axis=0) / _counts(x.shape[1:1 + n], k, s, pads, count_include_pad, x.dtype)
         return y, (x.shape[1:1 + n],)
 
-    def bwd(res, dy, *, kernel, stride=None, padding=0, count_include_pad=True):
+    def _avg_pool_bwd(res, dy, *, kernel, stride=None, padding=0, count_include_pad=True):
         (in_spatial,) = res
-        k = _tuple(name, kernel, n, "kernel")
-        s = k if stride is None else _tuple(name, stride, n, "stride")
-        pads = normalize_padding(name, padding, n, in_spatial, k, s, (1,) * n)
+        k, s, pads, _ = _settings(name, n, in_spatial, kernel, stride, padding, 1)
         g = dy / _counts(in_spatial, k, s, pads, count_include_pad, dy.dtype)
-        return (_scatter_taps([g] * math.prod(k), in_spatial, k, s, pads, (1,) * n),)
+        return (scatter_taps([g] * math.prod(k), k, in_spatial, s, pads, (1,) * n),)
 
-    reference.__doc__ = __doc__
-    return primitive(name, reference, fwd, bwd, examples=_avg_examples(n), check=check)
+    _avg_pool.__name__ = _avg_pool.__qualname__ = f"_{name}"
+    return primitive(name, _avg_pool, _avg_pool_fwd, _avg_pool_bwd, examples=_avg_pool_examples(n),
+                     check=_avg_pool_check)
 
 
-def _avg_examples(n):
+def _avg_pool_examples(n):
     if n == 1:
         configs = [(2, None, 0, True), (3, 2, 1, True), (3, 2, 1, False), (4, 3, ((2, 1),), False),
                    (3, 1, "SAME", False)]
@@ -239,7 +215,7 @@ def _avg_examples(n):
 # -- global pooling --------------------------------------------------------------------------------------------
 
 
-def _global_check(name):
+def _global_pool_check(name):
     def check(x):
         if x.ndim < 3:
             raise ValueError(f"{name}: input must be (N, *spatial, C) with at least one spatial axis, got shape "
@@ -247,38 +223,48 @@ def _global_check(name):
     return check
 
 
-def _gavg(x):
+def _global_avg_pool(x):
+    """y[n, c] = mean over all M spatial positions of x[n, ..., c], x (N, *spatial, C) -> (N, C).
+
+    Every position has the same weight 1/M, so dx[n, p, c] = dy[n, c] / M (broadcast). Residual: x's shape.
+    """
     return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
 
 
-def _gavg_fwd(x):
-    return _gavg(x), (x.shape,)
+def _global_avg_pool_fwd(x):
+    return _global_avg_pool(x), (x.shape,)
 
 
-def _gavg_bwd(res, dy):
+def _global_avg_pool_bwd(res, dy):
     (shape,) = res
     m = math.prod(shape[1:-1])
     return (jnp.broadcast_to((dy / m).reshape(shape[0], *([1] * (len(shape) - 2)), shape[-1]), shape),)
 
 
-def _gmax(x):
+def _global_max_pool(x):
+    """y[n, c] = max over all spatial positions of x[n, ..., c], x (N, *spatial, C) -> (N, C).
+
+    The max is the identity of its argmax, so dx[n, p, c] = dy[n, c] at the first maximal position p (the tie
+    rule of ``max_pool``) and 0 elsewhere. Residual: the argmax per (n, c).
+    """
     return jnp.max(x, axis=tuple(range(1, x.ndim - 1)))
 
 
-def _gmax_fwd(x):
+def _global_max_pool_fwd(x):
+    # the primal from the flattened positions, whose argmax (the tie rule) is the residual
     flat = x.reshape(x.shape[0], -1, x.shape[-1])
-    arg = jnp.argmax(flat, axis=1)                                # first maximal position (tie rule)
+    arg = jnp.argmax(flat, axis=1)
     return jnp.max(flat, axis=1), (arg, x.shape)
 
 
-def _gmax_bwd(res, dy):
+def _global_max_pool_bwd(res, dy):
     arg, shape = res
     m = math.prod(shape[1:-1])
     onehot = jnp.arange(m)[None, :, None] == arg[:, None, :]       # (N, M, C)
     return (jnp.where(onehot, dy[:, None, :], jnp.zeros((), dy.dtype)).reshape(shape),)
 
 
-def _global_examples(distinct):
+def _global_pool_examples(distinct):
     def examples(key, dtype):
         k = keys(key, 2)
         make = _distinct if distinct else normal
@@ -287,12 +273,10 @@ def _global_examples(distinct):
     return examples
 
 
-_gavg.__doc__ = __doc__
-_gmax.__doc__ = __doc__
-global_avg_pool = primitive("global_avg_pool", _gavg, _gavg_fwd, _gavg_bwd, examples=_global_examples(False),
-                            check=_global_check("global_avg_pool"))
-global_max_pool = primitive("global_max_pool", _gmax, _gmax_fwd, _gmax_bwd, examples=_global_examples(True),
-                            check=_global_check("global_max_pool"))
+global_avg_pool = primitive("global_avg_pool", _global_avg_pool, _global_avg_pool_fwd, _global_avg_pool_bwd,
+                            examples=_global_pool_examples(False), check=_global_pool_check("global_avg_pool"))
+global_max_pool = primitive("global_max_pool", _global_max_pool, _global_max_pool_fwd, _global_max_pool_bwd,
+                            examples=_global_pool_examples(True), check=_global_pool_check("global_max_pool"))
 
 
 # -- adaptive average pooling ------------------------------------------------------------------------------------
@@ -310,20 +294,26 @@ def adaptive_matrix(length, out, dtype=jnp.float32):
     return jnp.asarray(a, dtype)
 
 
-def _make_adaptive(name, n):
+def _make_adaptive_avg_pool(name, n):
     letters = "hwd"[:n]
     outs = "abc"[:n]
 
-    def check(x, *, output_size):
+    def _adaptive_avg_pool_check(x, *, output_size):
         if x.ndim != n + 2:
             raise ValueError(f"{name}: input must be {n + 2}-D (N, *spatial, C) channels last, got shape {x.shape}")
-        size = _tuple(name, output_size, n, "output_size")
+        size = as_tuple(name, output_size, n, "output_size", positive=True)
         if any(p > length for p, length in zip(size, x.shape[1:1 + n], strict=True)):
             raise ValueError(f"{name}: output_size {size} is larger than the input's spatial size "
                              f"{x.shape[1:1 + n]} (input {x.shape})")
 
-    def reference(x, *, output_size):
-        size = _tuple(name, output_size, n, "output_size")
+    def _adaptive_avg_pool(x, *, output_size):
+        """Adaptive average pooling (torch's windows), x (N, *L, C) -> (N, *P, C).
+
+        Output i of an axis of length L pooled to P averages x[floor(i L / P) : ceil((i+1) L / P)]. Per axis
+        that is a fixed P x L averaging matrix A, so y = A_1 x A_2^T (per example and channel) and, the map being
+        linear, dx = A_1^T dy A_2: the transposes of the same matrices. Residual: x's shape.
+        """
+        size = as_tuple(name, output_size, n, "output_size", positive=True)
         bounds = [_bounds(length, p) for length, p in zip(x.shape[1:1 + n], size, strict=True)]
         out = jnp.zeros((x.shape[0], *size, x.shape[-1]), x.dtype)
         for idx in np.ndindex(*size):
@@ -334,33 +324,35 @@ def _make_adaptive(name, n):
     def matrices(spatial, size, dtype):
         return [adaptive_matrix(length, p, dtype) for length, p in zip(spatial, size, strict=True)]
 
-    def fwd(x, *, output_size):
-        size = _tuple(name, output_size, n, "output_size")
+    def _adaptive_avg_pool_fwd(x, *, output_size):
+        # the primal as the product with the averaging matrices the backward transposes
+        size = as_tuple(name, output_size, n, "output_size", positive=True)
         mats = matrices(x.shape[1:1 + n], size, x.dtype)
         spec = ",".join(f"{o}{i}" for o, i in zip(outs, letters, strict=True))
         y = jnp.einsum(f"{spec},n{letters}c->n{outs}c", *mats, x)
         return y, (x.shape,)
 
-    def bwd(res, dy, *, output_size):
+    def _adaptive_avg_pool_bwd(res, dy, *, output_size):
         (shape,) = res
-        size = _tuple(name, output_size, n, "output_size")
+        size = as_tuple(name, output_size, n, "output_size", positive=True)
         mats = matrices(shape[1:1 + n], size, dy.dtype)
         spec = ",".join(f"{o}{i}" for o, i in zip(outs, letters, strict=True))
         return (jnp.einsum(f"{spec},n{outs}c->n{letters}c", *mats, dy),)
 
-    def examples(key, dtype):
+    def _adaptive_avg_pool_examples(key, dtype):
         cases = [((2, 7, 3), 3), ((2, 8, 3), 4), ((2, 5, 3), 1)] if n == 1 else \
             [((2, 7, 6, 3), (3, 4)), ((2, 8, 8, 3), 4), ((2, 5, 7, 3), (1, 1)), ((2, 6, 5, 3), (5, 2))]
         return [Example((normal(jax.random.fold_in(key, j), shape, dtype),), {"output_size": size},
                         f"{shape[1:-1]} -> {size}") for j, (shape, size) in enumerate(cases)]
 
-    reference.__doc__ = __doc__
-    return primitive(name, reference, fwd, bwd, examples=examples, check=check)
+    _adaptive_avg_pool.__name__ = _adaptive_avg_pool.__qualname__ = f"_{name}"
+    return primitive(name, _adaptive_avg_pool, _adaptive_avg_pool_fwd, _adaptive_avg_pool_bwd,
+                     examples=_adaptive_avg_pool_examples, check=_adaptive_avg_pool_check)
 
 
-max_pool1d = _make_max("max_pool1d", 1)
-max_pool2d = _make_max("max_pool2d", 2)
-avg_pool1d = _make_avg("avg_pool1d", 1)
-avg_pool2d = _make_avg("avg_pool2d", 2)
-adaptive_avg_pool1d = _make_adaptive("adaptive_avg_pool1d", 1)
-adaptive_avg_pool2d = _make_adaptive("adaptive_avg_pool2d", 2)
+max_pool1d = _make_max_pool("max_pool1d", 1)
+max_pool2d = _make_max_pool("max_pool2d", 2)
+avg_pool1d = _make_avg_pool("avg_pool1d", 1)
+avg_pool2d = _make_avg_pool("avg_pool2d", 2)
+adaptive_avg_pool1d = _make_adaptive_avg_pool("adaptive_avg_pool1d", 1)
+adaptive_avg_pool2d = _make_adaptive_avg_pool("adaptive_avg_pool2d", 2)
