@@ -7,8 +7,10 @@ An optimizer (or any gradient transformation) is a pair of pure functions:
     params = apply_updates(params, updates)          # p + u, leaf by leaf
 
 ``chain(t1, t2, ...)`` feeds the updates of one transformation into the next. A learning rate may be a
-number or a schedule ``step -> lr``; every optimizer keeps the learning rate of its last update in its
-state, and ``current_lr(state)`` finds it through chains and wrappers.
+number or a schedule ``step -> lr``. Every named optimizer is a ``chain`` of small transforms ending in
+``scale_by_learning_rate``, whose state is the one place that keeps the step count and the learning rate
+of the last update; ``current_lr(state)`` and ``find_state_field(state, "count")`` find them through chains
+and wrappers.
 
 Conventions shared by every rule in this package:
 
@@ -23,6 +25,7 @@ Conventions shared by every rule in this package:
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from collections.abc import Callable
@@ -32,8 +35,8 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
-    "GradientTransformation", "apply_updates", "chain", "resolve_lr", "check_tree_match", "current_lr",
-    "tree_map", "path_str", "tree_paths", "is_concrete",
+    "GradientTransformation", "LearningRateState", "ChainState", "apply_updates", "chain", "resolve_lr",
+    "check_tree_match", "current_lr", "find_state_field", "tree_map", "path_str", "tree_paths", "is_concrete",
 ]
 
 
@@ -59,24 +62,58 @@ def apply_updates(params, updates):
     )
 
 
+class LearningRateState(NamedTuple):
+    """The one place an optimizer keeps its step count and learning rate (``scale_by_learning_rate``)."""
+    count: jax.Array      # updates done so far (int32)
+    lr: jax.Array         # the learning rate of the last update (at init: of step 0), float32
+
+
 class ChainState(NamedTuple):
     states: tuple
 
 
+def takes_count(transform: GradientTransformation) -> bool:
+    """Whether ``transform.update`` accepts the step count as a keyword ``count`` (a step-aware transform)."""
+    try:
+        return "count" in inspect.signature(transform.update).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def chain_count(states):
+    """The step count of a chain: the ``count`` of its first ``LearningRateState`` (nested chains included)."""
+    for s in states:
+        if isinstance(s, LearningRateState):
+            return s.count
+        if isinstance(s, ChainState):
+            found = chain_count(s.states)
+            if found is not None:
+                return found
+    return None
+
+
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
-    """Compose transformations: the updates of each are the gradients of the next."""
+    """Compose transformations: the updates of each are the gradients of the next.
+
+    The step count lives in one place, the state of the chain's ``scale_by_learning_rate`` (or
+    ``scale_by_schedule``); the chain hands it (updates done so far) to every step-aware transform, such as
+    ``scale_by_adam``'s bias correction, as ``update(..., count=count)``.
+    """
     for i, t in enumerate(transforms):
         if not isinstance(t, GradientTransformation):
             raise TypeError(f"chain: argument {i} is a {type(t).__name__}, not a GradientTransformation "
                             "(call the factory, e.g. optim.sgd(0.1), not optim.sgd)")
+    wants_count = [takes_count(t) for t in transforms]
 
     def init(params):
         return ChainState(tuple(t.init(params) for t in transforms))
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, count=None):
+        own = chain_count(state.states)
+        count = own if own is not None else count
         new_states = []
-        for t, s in zip(transforms, state.states, strict=True):
-            grads, s = t.update(grads, s, params)
+        for t, s, wants in zip(transforms, state.states, wants_count, strict=True):
+            grads, s = t.update(grads, s, params, count=count) if wants else t.update(grads, s, params)
             new_states.append(s)
         return grads, ChainState(tuple(new_states))
 
@@ -247,25 +284,26 @@ def resolve_mask(mask, params):
     return mask
 
 
-def prepare_grads(name, grads, params, *, maximize=False, weight_decay=0.0):
-    """Check the trees, cast each gradient to its parameter's dtype (so that moments keep the parameters'
-    dtypes and a state stays a valid scan carry), negate for ``maximize`` and add the L2 term
-    ``weight_decay * p`` (torch's order)."""
+def cast_grads(grads, params):
+    """Check that ``grads`` matches ``params`` and cast each gradient to its parameter's dtype, so that
+    moments keep the parameters' dtypes and a state stays a valid scan carry."""
     check_tree_match(grads, params)
-    if params is not None:
-        grads = tree_map(lambda g, p: g if g.dtype == p.dtype else g.astype(p.dtype), grads, params)
-    if maximize:
-        grads = tree_map(jnp.negative, grads)
-    if nonzero(weight_decay):
-        if params is None:
-            raise ValueError(f"{name}: weight_decay needs the parameters: call update(grads, state, params)")
-        grads = tree_map(lambda g, p: g + weight_decay * p, grads, params)
-    return grads
+    if params is None:
+        return grads
+    return tree_map(lambda g, p: g if g.dtype == p.dtype else g.astype(p.dtype), grads, params)
 
 
 def need_params(name, params):
     if params is None:
         raise ValueError(f"{name}: this rule needs the parameters: call update(grads, state, params)")
+
+
+def need_count(name, count):
+    """The step ``t = count + 1`` as a float array; ``count`` (updates done so far) comes from the chain."""
+    if count is None:
+        raise ValueError(f"{name}: this transform needs the step count: chain it with "
+                         "optim.scale_by_learning_rate(lr), which keeps the count (or pass count=...)")
+    return step_float(count) + 1
 
 
 def scalar(x, like):

@@ -1,48 +1,27 @@
 """Rules from the large-batch / large-model era: LAMB, Lion and Adafactor.
 
 LAMB and Lion have no torch.optim counterpart and follow their papers; Adafactor follows
-``torch.optim.Adafactor`` (which has no first moment). Notation as in ``optim/optimizers.py``.
+``torch.optim.Adafactor`` (which has no first moment). Notation as in ``optim/optimizers.py``. The chains
+(scaling transforms in ``optim/scaling.py`` and ``optim/scaling_modern.py``):
+
+    lamb       cast_to_params, scale_by_adam, [add_decayed_weights(mask)], scale_by_trust_ratio,
+               scale_by_learning_rate
+    lion       cast_to_params, scale_by_lion, [add_decayed_weights(mask)], scale_by_learning_rate
+    adafactor  cast_to_params, [flip_sign], scale_by_factored_rms, scale_by_relative_step,
+               [add_decayed_weights], scale_by_learning_rate
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
-import jax
-import jax.numpy as jnp
-
-from .base import (
-    GradientTransformation,
-    check_lr,
-    check_range,
-    lr_record,
-    need_params,
-    nonzero,
-    one_minus_pow,
-    prepare_grads,
-    resolve_lr,
-    resolve_mask,
-    scalar,
-    sqrt0,
-    step_float,
-    tree_map,
-)
+from .base import GradientTransformation, check_lr, check_range
+from .scaling import scale_by_adam
+from .scaling_modern import scale_by_factored_rms, scale_by_lion, scale_by_relative_step, scale_by_trust_ratio
+from .transforms import decayed_weights_if, optimizer_chain, scale_by_learning_rate
 
 __all__ = ["lamb", "lion", "adafactor"]
 
 
-def _norm(x):
-    return sqrt0(jnp.sum(jnp.square(x)))
-
-
-class LambState(NamedTuple):
-    count: jax.Array
-    mu: Any
-    nu: Any
-    lr: jax.Array
-
-
-def lamb(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.0, mask=None):
+def lamb(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.0, mask=None) -> GradientTransformation:
     """LAMB (You et al. 2020, Algorithm 2): Adam's direction plus decoupled decay, rescaled per parameter
     tensor by a trust ratio so every layer moves by the same *relative* amount.
 
@@ -57,43 +36,11 @@ def lamb(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.0, mask=
     check_range("lamb", "b2", b2, 0.0, 1.0)
     check_range("lamb", "eps", eps, 0.0, None)
     check_range("lamb", "weight_decay", weight_decay, 0.0, None)
-
-    def init(params):
-        z = lambda: tree_map(jnp.zeros_like, params)      # a fresh buffer per moment (donation-safe)
-        return LambState(jnp.zeros([], jnp.int32), z(), z(), lr_record(resolve_lr(learning_rate, 0)))
-
-    def update(grads, state, params=None):
-        need_params("lamb", params)
-        grads = prepare_grads("lamb", grads, params)
-        t = state.count + 1
-        lr = resolve_lr(learning_rate, state.count)
-        mu = tree_map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, grads)
-        nu = tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, grads)
-        keep = resolve_mask(mask, params)
-
-        tf = step_float(t)
-        bc1, bc2 = one_minus_pow(b1, tf), one_minus_pow(b2, tf)
-
-        def step(m, v, p, k):
-            r = (m / scalar(bc1, m)) / (sqrt0(v / scalar(bc2, m)) + eps)
-            if nonzero(weight_decay):
-                r = r + weight_decay * p * k
-            p_norm, r_norm = _norm(p), _norm(r)
-            ratio = jnp.where((p_norm > 0) & (r_norm > 0), p_norm / jnp.where(r_norm > 0, r_norm, 1), 1.0)
-            return (-scalar(lr, m) * ratio * r).astype(m.dtype)
-
-        return tree_map(step, mu, nu, params, keep), LambState(t, mu, nu, lr_record(lr))
-
-    return GradientTransformation(init, update)
+    return optimizer_chain(scale_by_adam(b1, b2, eps), decayed_weights_if(weight_decay, mask),
+                           scale_by_trust_ratio(), scale_by_learning_rate(learning_rate))
 
 
-class LionState(NamedTuple):
-    count: jax.Array
-    mu: Any
-    lr: jax.Array
-
-
-def lion(learning_rate=1e-4, b1=0.9, b2=0.99, weight_decay=0.0, mask=None):
+def lion(learning_rate=1e-4, b1=0.9, b2=0.99, weight_decay=0.0, mask=None) -> GradientTransformation:
     """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"): the sign of an
     interpolation between momentum and gradient, so every coordinate moves by exactly ``lr``.
 
@@ -108,35 +55,12 @@ def lion(learning_rate=1e-4, b1=0.9, b2=0.99, weight_decay=0.0, mask=None):
     check_range("lion", "b1", b1, 0.0, 1.0)
     check_range("lion", "b2", b2, 0.0, 1.0)
     check_range("lion", "weight_decay", weight_decay, 0.0, None)
-
-    def init(params):
-        return LionState(jnp.zeros([], jnp.int32), tree_map(jnp.zeros_like, params),
-                         lr_record(resolve_lr(learning_rate, 0)))
-
-    def update(grads, state, params=None):
-        grads = prepare_grads("lion", grads, params)
-        lr = resolve_lr(learning_rate, state.count)
-        direction = tree_map(lambda m, g: jnp.sign(b1 * m + (1 - b1) * g), state.mu, grads)
-        if nonzero(weight_decay):
-            need_params("lion", params)
-            keep = resolve_mask(mask, params)
-            direction = tree_map(lambda d, p, k: d + weight_decay * p * k, direction, params, keep)
-        updates = tree_map(lambda d: (-scalar(lr, d) * d).astype(d.dtype), direction)
-        mu = tree_map(lambda m, g: b2 * m + (1 - b2) * g, state.mu, grads)
-        return updates, LionState(state.count + 1, mu, lr_record(lr))
-
-    return GradientTransformation(init, update)
+    return optimizer_chain(scale_by_lion(b1, b2), decayed_weights_if(weight_decay, mask),
+                           scale_by_learning_rate(learning_rate))
 
 
-class AdafactorState(NamedTuple):
-    count: jax.Array
-    row: Any          # (..., R, 1) for leaves with ndim >= 2, else None
-    col: Any          # (..., 1, C) for leaves with ndim >= 2, else None
-    variance: Any     # like the leaf for vectors and scalars, else None
-    lr: jax.Array
-
-
-def adafactor(learning_rate=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, maximize=False):
+def adafactor(learning_rate=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0,
+              maximize=False) -> GradientTransformation:
     """Adafactor (Shazeer & Stern 2018), as ``torch.optim.Adafactor``: Adam's second moment stored
     factored (one row and one column vector per matrix, O(R + C) memory instead of O(RC)), no first moment,
     relative step sizes and update clipping.
@@ -164,51 +88,6 @@ def adafactor(learning_rate=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, wei
     check_range("adafactor", "eps2", eps2, 0.0, None)
     check_range("adafactor", "d", d, 1.0, None)
     check_range("adafactor", "weight_decay", weight_decay, 0.0, None)
-
-    def init(params):
-        row = tree_map(lambda p: jnp.zeros(p.shape[:-1] + (1,), p.dtype) if p.ndim >= 2 else None, params)
-        col = tree_map(lambda p: jnp.zeros(p.shape[:-2] + (1, p.shape[-1]), p.dtype) if p.ndim >= 2 else None,
-                       params)
-        var = tree_map(lambda p: jnp.zeros_like(p) if p.ndim < 2 else None, params)
-        return AdafactorState(jnp.zeros([], jnp.int32), row, col, var, lr_record(resolve_lr(learning_rate, 0)))
-
-    def update(grads, state, params=None):
-        need_params("adafactor", params)
-        grads = prepare_grads("adafactor", grads, params, maximize=maximize)
-        t = state.count + 1
-        lr = resolve_lr(learning_rate, state.count)
-        tf = step_float(t)
-        w_all = tf**beta2_decay                                        # 1 - beta2_t
-        rho_all = jnp.minimum(lr, 1 / jnp.sqrt(tf))
-        flat_g, treedef = jax.tree.flatten(grads, is_leaf=lambda x: x is None)
-        flat_p = treedef.flatten_up_to(params)
-        flat_row = treedef.flatten_up_to(state.row)
-        flat_col = treedef.flatten_up_to(state.col)
-        flat_var = treedef.flatten_up_to(state.variance)
-        out_u, out_row, out_col, out_var = [], [], [], []
-        for g, p, r, c, v in zip(flat_g, flat_p, flat_row, flat_col, flat_var, strict=True):
-            if g is None:
-                out_u.append(None), out_row.append(None), out_col.append(None), out_var.append(None)
-                continue
-            dt = g.dtype
-            e1 = jnp.finfo(dt).eps if eps1 is None else eps1
-            w, lr_, rho = scalar(w_all, g), scalar(lr, g), scalar(rho_all, g)
-            alpha = jnp.maximum(eps2, _norm(p) / jnp.sqrt(float(p.size))) * rho
-            g2 = g * g
-            if g.ndim >= 2:
-                r = r + w * (jnp.mean(g2, axis=-1, keepdims=True) - r)
-                c = c + w * (jnp.mean(g2, axis=-2, keepdims=True) - c)
-                v_est = r * c / jnp.maximum(jnp.mean(r, axis=-2, keepdims=True), e1)
-            else:
-                v = v + w * (g2 - v)
-                v_est = v
-            u = g * jax.lax.rsqrt(jnp.maximum(v_est, e1 * e1))
-            denom = jnp.maximum(1.0, _norm(u) / (jnp.sqrt(float(u.size)) * d))
-            step = -alpha / denom * u
-            if nonzero(weight_decay):
-                step = step - lr_ * weight_decay * p
-            out_u.append(step.astype(dt)), out_row.append(r), out_col.append(c), out_var.append(v)
-        unflat = lambda xs: jax.tree.unflatten(treedef, xs)
-        return unflat(out_u), AdafactorState(t, unflat(out_row), unflat(out_col), unflat(out_var), lr_record(lr))
-
-    return GradientTransformation(init, update)
+    return optimizer_chain(scale_by_factored_rms(beta2_decay, eps1, d),
+                           scale_by_relative_step(learning_rate, eps2), decayed_weights_if(weight_decay),
+                           scale_by_learning_rate(learning_rate), maximize=maximize)

@@ -20,21 +20,26 @@ import jax.numpy as jnp
 
 from .base import (
     GradientTransformation,
+    LearningRateState,
+    cast_grads,
+    chain,
     check_lr,
     check_range,
     check_tree_match,
     lr_record,
     need_params,
+    nonzero,
     path_str,
     resolve_lr,
     resolve_mask,
     scalar,
+    takes_count,
     tree_map,
 )
 
 __all__ = [
-    "identity", "clip", "clip_by_global_norm", "global_norm", "add_decayed_weights", "scale",
-    "scale_by_learning_rate", "scale_by_schedule", "masked", "decay_mask", "freeze", "frozen_mask",
+    "identity", "clip", "clip_by_global_norm", "global_norm", "add_decayed_weights", "scale", "flip_sign",
+    "cast_to_params", "scale_by_learning_rate", "scale_by_schedule", "masked", "decay_mask", "freeze", "frozen_mask",
 ]
 
 
@@ -98,9 +103,14 @@ def decay_mask(params):
 
 
 def add_decayed_weights(weight_decay, mask=None) -> GradientTransformation:
-    """Add the L2 term: ``g <- g + weight_decay * p`` on the leaves the mask selects (all by default).
-    Chained before an optimizer this is torch's coupled ``weight_decay``; chained after the optimizer's
-    scaling (before the learning rate) it is decoupled decay."""
+    """Add the decay term ``u <- u + weight_decay * p`` on the leaves the mask selects (all by default).
+
+    Where it sits in a chain decides which decay it is, as torch does each:
+    - before the rule's scaling (``chain(add_decayed_weights(wd), scale_by_adam(), scale_by_learning_rate(lr))``)
+      it is the coupled L2 term, ``g + wd p`` fed to the moments (``adam``'s ``weight_decay``);
+    - after it (``chain(scale_by_adam(), add_decayed_weights(wd), scale_by_learning_rate(lr))``) it is
+      decoupled decay, ``p <- p - lr wd p`` next to the step (``adamw``).
+    """
     check_range("add_decayed_weights", "weight_decay", weight_decay, 0.0, None)
 
     def update(grads, state, params=None):
@@ -121,29 +131,50 @@ def scale(factor) -> GradientTransformation:
     return GradientTransformation(lambda params: EmptyState(), update)
 
 
-class ScheduleState(NamedTuple):
-    count: jax.Array
-    lr: jax.Array
+def flip_sign() -> GradientTransformation:
+    """``u <- -u``: put first in a chain, it turns a descent rule into an ascent rule (torch's ``maximize``)."""
+
+    def update(grads, state, params=None):
+        return tree_map(jnp.negative, grads), state
+
+    return GradientTransformation(lambda params: EmptyState(), update)
+
+
+def cast_to_params() -> GradientTransformation:
+    """``g <- g.astype(p.dtype)`` after checking that the gradient tree matches the parameter tree (the error
+    names the first path that differs). First in every named optimizer, so that moments keep the parameters'
+    dtypes (a float64 gradient of a float32 parameter would otherwise widen the state)."""
+
+    def update(grads, state, params=None):
+        return cast_grads(grads, params), state
+
+    return GradientTransformation(lambda params: EmptyState(), update)
+
+
+ScheduleState = LearningRateState      # the former name of the state of scale_by_schedule
 
 
 def scale_by_schedule(schedule, *, negate=False) -> GradientTransformation:
     """Multiply the updates by ``schedule(count)`` (count = updates so far): ``u <- s(t - 1) * u``.
-    ``negate=True`` multiplies by ``-s(t - 1)`` (a learning-rate step). The state keeps the factor as ``lr``."""
+    ``negate=True`` multiplies by ``-s(t - 1)`` (a learning-rate step). The state, a ``LearningRateState``,
+    is the one place that keeps the step count (``count``) and the factor of the last update (``lr``);
+    a ``chain`` reads the count there for its step-aware transforms."""
     sign = -1.0 if negate else 1.0
 
     def init(params):
-        return ScheduleState(jnp.zeros([], jnp.int32), lr_record(resolve_lr(schedule, 0)))
+        return LearningRateState(jnp.zeros([], jnp.int32), lr_record(resolve_lr(schedule, 0)))
 
     def update(grads, state, params=None):
         s = resolve_lr(schedule, state.count)
         return tree_map(lambda g: (sign * scalar(s, g) * g).astype(g.dtype), grads), \
-            ScheduleState(state.count + 1, lr_record(s))
+            LearningRateState(state.count + 1, lr_record(s))
 
     return GradientTransformation(init, update)
 
 
 def scale_by_learning_rate(learning_rate) -> GradientTransformation:
-    """The descent step ``u <- -lr * u`` with ``lr`` a number or a schedule; the state keeps ``lr``."""
+    """The descent step ``u <- -lr_t * u`` with ``lr`` a number or a schedule ``step -> lr`` (called with the
+    number of updates done so far). Last in every named optimizer; its state keeps ``count`` and ``lr``."""
     check_lr("scale_by_learning_rate", learning_rate)
     return scale_by_schedule(learning_rate, negate=True)
 
@@ -176,15 +207,20 @@ def _static_mask(mask, params):
 def masked(inner: GradientTransformation, mask) -> GradientTransformation:
     """Apply ``inner`` to the leaves the mask selects; the other leaves pass through unchanged.
 
-    ``inner`` sees the unselected leaves as ``None`` and keeps no state for them (as optax.masked).
+    ``inner`` sees the unselected leaves as ``None`` and keeps no state for them (as optax.masked). Inside a
+    chain, a step-aware ``inner`` (e.g. ``scale_by_adam``) gets the chain's step count.
     """
 
     def init(params):
         return MaskedState(inner.init(_drop(params, _static_mask(mask, params))))
 
-    def update(grads, state, params=None):
+    wants_count = takes_count(inner)
+
+    def update(grads, state, params=None, count=None):
         keep = _static_mask(mask, params if params is not None else grads)
-        u, s = inner.update(_drop(grads, keep), state.inner, None if params is None else _drop(params, keep))
+        extra = {"count": count} if wants_count else {}
+        u, s = inner.update(_drop(grads, keep), state.inner, None if params is None else _drop(params, keep),
+                            **extra)
         out = jax.tree.map(lambda g, k, x: x if k else g, grads, keep, u, is_leaf=lambda x: x is None)
         return out, MaskedState(s)
 
@@ -254,3 +290,15 @@ def freeze(*args) -> GradientTransformation:
         return out, FreezeState(s)
 
     return GradientTransformation(init, update)
+
+
+def optimizer_chain(*transforms, maximize=False) -> GradientTransformation:
+    """How the named optimizers are built: ``chain(cast_to_params(), [flip_sign()], *transforms)``, leaving out
+    the transforms given as ``None`` (an unused momentum or a zero weight decay)."""
+    head = [cast_to_params()] + ([flip_sign()] if maximize else [])
+    return chain(*head, *(t for t in transforms if t is not None))
+
+
+def decayed_weights_if(weight_decay, mask=None):
+    """``add_decayed_weights(weight_decay, mask)``, or ``None`` for a weight decay of exactly 0."""
+    return add_decayed_weights(weight_decay, mask) if nonzero(weight_decay) else None

@@ -91,7 +91,6 @@ def skip_not_finite(inner: GradientTransformation) -> GradientTransformation:
 
 
 class EMAState(NamedTuple):
-    count: jax.Array
     ema: Any                  # the averaged parameters (read with optim.ema_of(state))
     inner: Any
 
@@ -107,13 +106,13 @@ def ema_params(inner: GradientTransformation, decay=0.999) -> GradientTransforma
     check_range("ema_params", "decay", decay, 0.0, 1.0, hi_open=False)
 
     def init(params):
-        return EMAState(jnp.zeros([], jnp.int32), tree_map(jnp.copy, params), inner.init(params))
+        return EMAState(tree_map(jnp.copy, params), inner.init(params))
 
     def update(grads, state, params=None):
         need_params("ema_params", params)
         u, s = inner.update(grads, state.inner, params)
         ema = tree_map(lambda e, p, du: e + (1 - decay) * ((p + du).astype(e.dtype) - e), state.ema, params, u)
-        return u, EMAState(state.count + 1, ema, s)
+        return u, EMAState(ema, s)
 
     return GradientTransformation(init, update)
 
@@ -124,7 +123,7 @@ def ema_of(state):
 
 
 class LookaheadState(NamedTuple):
-    count: jax.Array
+    fast_steps: jax.Array     # fast steps so far (not named count: the inner optimizer's count is the count)
     slow: Any                 # the slow weights
     inner: Any
 
@@ -148,7 +147,7 @@ def lookahead(inner: GradientTransformation, sync_period: int = 5, alpha=0.5) ->
     def update(grads, state, params=None):
         need_params("lookahead", params)
         u, s = inner.update(grads, state.inner, params)
-        t = state.count + 1
+        t = state.fast_steps + 1
         sync = (t % sync_period) == 0
         fast = tree_map(lambda p, du: (p + du).astype(p.dtype), params, u)
         slow = tree_map(lambda sl, f: jnp.where(sync, sl + scalar(alpha, sl) * (f - sl), sl), state.slow, fast)
