@@ -108,7 +108,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     def init(params):
         return ChainState(tuple(t.init(params) for t in transforms))
 
-    def update(grads, state, params=None, count=None):
+    def update(grads, state, params=None, *, count=None):
         own = chain_count(state.states)
         count = own if own is not None else count
         new_states = []

@@ -76,7 +76,7 @@ def scale_by_momentum(momentum=0.9, dampening=0.0, nesterov=False) -> GradientTr
     check_range("scale_by_momentum", "dampening", dampening, 0.0, 1.0, hi_open=False)
     damped = nonzero(dampening)
 
-    def update(grads, state, params=None, count=None):
+    def update(grads, state, params=None, *, count=None):
         if damped:
             first = need_count("scale_by_momentum", count) == 1
             buf = tree_map(lambda b, g: jnp.where(first, g, momentum * b + (1 - dampening) * g).astype(g.dtype),
@@ -107,7 +107,7 @@ def scale_by_adagrad(initial_accumulator_value=0.0, eps=1e-10, lr_decay=0.0) -> 
     def init(params):
         return AdagradState(tree_map(lambda p: jnp.full_like(p, initial_accumulator_value), params))
 
-    def update(grads, state, params=None, count=None):
+    def update(grads, state, params=None, *, count=None):
         s = tree_map(lambda s, g: s + g * g, state.sum_sq, grads)
         factor = 1 / (1 + (need_count("scale_by_adagrad", count) - 1) * lr_decay) if decays else 1.0
         out = tree_map(lambda g, s: (scalar(factor, g) * g / (sqrt0(s) + eps)).astype(g.dtype), grads, s)
@@ -188,7 +188,7 @@ def scale_by_adam(b1=0.9, b2=0.999, eps=1e-8, amsgrad=False) -> GradientTransfor
     def init(params):
         return AdamState(_zeros(params), _zeros(params), _zeros(params) if amsgrad else None)
 
-    def update(grads, state, params=None, count=None):
+    def update(grads, state, params=None, *, count=None):
         t = need_count("scale_by_adam", count)
         mu, nu = ema(state.mu, grads, b1), ema_sq(state.nu, grads, b2)
         nu_max = tree_map(jnp.maximum, state.nu_max, nu) if amsgrad else None
@@ -218,7 +218,7 @@ def scale_by_adamax(b1=0.9, b2=0.999, eps=1e-8) -> GradientTransformation:
     check_range("scale_by_adamax", "b2", b2, 0.0, 1.0)
     check_range("scale_by_adamax", "eps", eps, 0.0, None)
 
-    def update(grads, state, params=None, count=None):
+    def update(grads, state, params=None, *, count=None):
         inv_bc1 = 1 / bias_correction(b1, need_count("scale_by_adamax", count))
         mu = ema(state.mu, grads, b1)
         n = tree_map(lambda n, g: jnp.maximum(b2 * n, jnp.abs(g) + eps), state.inf_norm, grads)
@@ -251,7 +251,7 @@ def scale_by_nadam(b1=0.9, b2=0.999, eps=1e-8, momentum_decay=4e-3) -> GradientT
     def init(params):
         return NAdamState(jnp.ones([], float_dtype()), _zeros(params), _zeros(params))
 
-    def update(grads, state, params=None, count=None):
+    def update(grads, state, params=None, *, count=None):
         t = need_count("scale_by_nadam", count)
         mu_t = b1 * (1.0 - 0.5 * pow_(0.96, t * momentum_decay))
         mu_next = b1 * (1.0 - 0.5 * pow_(0.96, (t + 1) * momentum_decay))
@@ -285,7 +285,7 @@ def scale_by_radam(b1=0.9, b2=0.999, eps=1e-8) -> GradientTransformation:
     check_range("scale_by_radam", "b2", b2, 0.0, 1.0)
     check_range("scale_by_radam", "eps", eps, 0.0, None)
 
-    def update(grads, state, params=None, count=None):
+    def update(grads, state, params=None, *, count=None):
         t = need_count("scale_by_radam", count)
         mu, nu = ema(state.mu, grads, b1), ema_sq(state.nu, grads, b2)
         bc1, bc2 = bias_correction(b1, t), bias_correction(b2, t)

@@ -123,7 +123,7 @@ def scale_by_factored_rms(beta2_decay=-0.8, eps1=None, d=1.0) -> GradientTransfo
         u = g * jax.lax.rsqrt(jnp.maximum(v_est, e1 * e1))
         return (u / jnp.maximum(1.0, _rms(u) / d)).astype(g.dtype), r, c, v
 
-    def update(grads, state, params=None, count=None):
+    def update(grads, state, params=None, *, count=None):
         w_all = need_count("scale_by_factored_rms", count) ** beta2_decay           # 1 - beta2_t
         flat_g, treedef = jax.tree.flatten(grads, is_leaf=lambda x: x is None)
         rest = [treedef.flatten_up_to(s) for s in state]
@@ -145,7 +145,7 @@ def scale_by_relative_step(learning_rate, eps2=1e-3) -> GradientTransformation:
     check_lr("scale_by_relative_step", learning_rate)
     check_range("scale_by_relative_step", "eps2", eps2, 0.0, None)
 
-    def update(grads, state, params=None, count=None):
+    def update(grads, state, params=None, *, count=None):
         need_params("scale_by_relative_step", params)
         t = need_count("scale_by_relative_step", count)
         lr_sqrt_t = resolve_lr(learning_rate, count) * jnp.sqrt(t)

@@ -216,7 +216,7 @@ def masked(inner: GradientTransformation, mask) -> GradientTransformation:
 
     wants_count = takes_count(inner)
 
-    def update(grads, state, params=None, count=None):
+    def update(grads, state, params=None, *, count=None):
         keep = _static_mask(mask, params if params is not None else grads)
         extra = {"count": count} if wants_count else {}
         u, s = inner.update(_drop(grads, keep), state.inner, None if params is None else _drop(params, keep),
