@@ -1,4 +1,6 @@
-"""Shared test set-up: float64 available everywhere (DESIGN.md), the local data folder when it exists."""
+"""Shared test set-up: float64 available everywhere (DESIGN.md), the local data folder when it exists, and no
+side effects: every test runs offline (``FUNCDL_OFFLINE``: a loader without its files raises instead of
+downloading) with the data cache inside pytest's temporary folder, never ``~/.cache``."""
 
 import os
 from pathlib import Path
@@ -9,7 +11,17 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("FUNCDL_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SHARED_DATA = Path(os.environ.get("FUNCDL_SHARED_DATA", ROOT.parent / "shared" / "data")).resolve()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline_with_a_private_cache(tmp_path_factory):
+    patch = pytest.MonkeyPatch()
+    patch.setenv("FUNCDL_OFFLINE", "1")
+    patch.setenv("FUNCDL_DATA", str(tmp_path_factory.mktemp("funcdl-cache")))
+    patch.setenv("MPLBACKEND", "Agg")
+    yield
+    patch.undo()
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ small sizes)."""
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
@@ -14,7 +15,8 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("FUNCDL_SMALL", "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("FUNCDL_SHARED_DATA", str(SHARED_DATA))    # the notebooks read the local data copies here
+    monkeypatch.setenv("TMPDIR", str(tmp_path))                    # tempfile's folders land in pytest's
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
