@@ -21,12 +21,9 @@ from .base import (
     tree_map,
 )
 from .scaling import ema
+from .transforms import EmptyState
 
 __all__ = ["scale_by_trust_ratio", "scale_by_lion", "scale_by_factored_rms", "scale_by_relative_step"]
-
-
-class EmptyState(NamedTuple):
-    pass
 
 
 def _norm(x):
