@@ -63,6 +63,8 @@ class TrainConfig:
     plots: bool = True
     stop_after: int | None = None          # stop (with a checkpoint) after this many steps, as Ctrl-C would
     val_fraction: float | None = None      # share of train held out for validation (None: the data set's own)
+    devices: int | None = None             # data parallel over this many devices (None: all JAX sees)
+    shard: str = "none"                    # "optimizer": ZeRO-sharded optimizer state; "params": params too
 
     def __post_init__(self):
         _at_least(self, 1, "batch_size", "steps", "epochs", "eval_every", "patience", "log_every", "eval_batches",
@@ -101,7 +103,7 @@ def _at_least(config, low, *names):
 # how long to train and how to report, not what is trained or how the gradient is made
 RESUMABLE = frozenset({
     "epochs", "steps", "eval_every", "eval_batch_size", "patience", "scan", "ynn", "log_every", "progress",
-    "plots", "stop_after",
+    "plots", "stop_after", "devices",
 })
 
 

@@ -60,8 +60,9 @@ def evaluate(task: Task, params, state, arrays: dict, batch_size: int = MIN_EVAL
 
 
 def window_evaluator(task: Task, batch_size: int, seq_len: int, n_batches: int, seed: int):
-    """``evaluate(params, state, split) -> metrics`` (``split["tokens"]``) over ``n_batches`` batches of random windows of a token
-    stream, the same windows at every call (drawn from ``PRNGKey(seed)``), in one compiled ``lax.scan``."""
+    """``evaluate(params, state, split) -> metrics`` over ``n_batches`` batches of random windows of the token
+    stream ``split["tokens"]``, the same windows at every call (drawn from ``PRNGKey(seed)``), in one compiled
+    ``lax.scan``."""
     key = jax.random.PRNGKey(seed)
 
     @jax.jit

@@ -45,6 +45,7 @@ from . import checkpoint as ckpt
 from .augment import make_augment
 from .config import LANGUAGE_EVAL_EVERY, MAX_STEPS_PER_CALL, MIN_EVAL_BATCH, TrainConfig, TrainResult
 from .evaluate import eval_functions, evaluate, window_evaluator
+from .parallel import make_parallel, per_device_bytes
 from .rundir import RunDir, RunDirectoryBusy
 from .step import donatable, freeze_mask, make_optimizer, make_schedule, make_train_step, param_count, with_freezing
 from .stopping import EarlyStopping, Interrupt, first_bad_step
@@ -233,9 +234,17 @@ def _train(task, data, config, rundir, resume, run_info) -> TrainResult:
     opt, n_frozen = with_freezing(opt, params, config.freeze)
     params, opt_state, state = donatable(params, opt.init(params), state)
     augment = make_augment(config.augment, data.num_classes) if config.augment else None
-    train_step = make_train_step(task, opt, config, augment)
+    parallel = make_parallel(config.devices, config.shard, geo.batch_size)
+    layouts = None if parallel is None else parallel.layouts(params, opt_state, state)
+    train_step = make_train_step(task, opt, config, augment, parallel, layouts)
 
-    dev_train = jax.device_put(data.splits["train"])
+    put = jax.device_put if parallel is None else (
+        lambda tree: parallel.put(tree, jax.tree.map(lambda _: parallel.replicated, tree)))
+    if parallel is not None:
+        params, opt_state, state = (parallel.put(t, s) for t, s in zip((params, opt_state, state), layouts,
+                                                                         strict=True))
+        _report_layout(parallel, params, opt_state, layouts)
+    dev_train = put(data.splits["train"])
     runner, use_scan, options = make_runner(train_step, geo, config, data_key, step_key, data.size("train"),
                                             (params, opt_state, state, dev_train), config.scan)
     if geo.windowed:
@@ -244,7 +253,7 @@ def _train(task, data, config, rundir, resume, run_info) -> TrainResult:
         fns = eval_functions(task, loop=not use_scan, options=options)
         evaluator = lambda p, s, arrays: evaluate(task, p, s, arrays, geo.eval_batch_size, fns)  # noqa: E731
 
-    dev_val = jax.device_put(data.splits["val"]) if "val" in data.splits else None
+    dev_val = put(data.splits["val"]) if "val" in data.splits else None
     plan = _Plan(geo, config, rundir, runner, use_scan, evaluator, schedule, dev_train, dev_val,
                  f"{run_info.get('model', 'model')}/{data.name}", run_info)
     run = _Run(params, opt_state, state, key)
@@ -266,7 +275,7 @@ def _train(task, data, config, rundir, resume, run_info) -> TrainResult:
                 evaluator(final_params, run.state, dev_val)
             summary |= {f"val_{k}": round(v, 6) for k, v in val.items()}
         if "test" in data.splits and not geo.windowed:
-            test = evaluator(final_params, run.state, jax.device_put(data.splits["test"]))
+            test = evaluator(final_params, run.state, put(data.splits["test"]))
             summary |= {f"test_{k}": round(v, 6) for k, v in test.items()}
     if run.history:
         summary["train_loss"] = round([r for r in run.history if r["split"] == "train"][-1]["loss"], 6)
@@ -274,6 +283,14 @@ def _train(task, data, config, rundir, resume, run_info) -> TrainResult:
     if run.error:
         print(run.error)
     return TrainResult(final_params, run.state, run.opt_state, summary, run.history)
+
+
+def _report_layout(parallel, params, opt_state, layouts):
+    """Print what one device holds: the parameters, the gradients and the optimizer state."""
+    grads = parallel.split_first_axis(params) if parallel.shard != "none" else layouts[0]
+    size = lambda tree, s: f"{per_device_bytes(tree, s) / 1024:,.1f} KiB"  # noqa: E731
+    print(f"data parallel over {parallel.size} devices, shard={parallel.shard}; per device: params "
+          f"{size(params, layouts[0])}, gradients {size(params, grads)}, optimizer state {size(opt_state, layouts[1])}")
 
 
 def _resume(run: _Run, stopper: EarlyStopping, rundir: RunDir, config: TrainConfig, run_info: dict) -> dict:

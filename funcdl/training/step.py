@@ -81,27 +81,37 @@ def _same_dtypes(new, old):
     return jax.tree.map(lambda n, o: jnp.asarray(n).astype(jnp.asarray(o).dtype), new, old)
 
 
-def make_train_step(task: Task, opt, config: TrainConfig, augment=None):
+def make_train_step(task: Task, opt, config: TrainConfig, augment=None, parallel=None, layouts=None):
     """``step(params, opt_state, state, batch, key) -> (params, opt_state, state, metrics)``: one update.
 
     ``config.grad == "autodiff"`` differentiates ``funcdl.autodiff(task.loss)`` (the references) instead of the
     hand-derived rules. ``augment(key, batch)`` runs on the batch first when given. The metrics are the task's,
-    plus ``loss`` and ``grad_norm`` (the global norm before clipping).
+    plus ``loss`` and ``grad_norm`` (the global norm before clipping). With ``parallel`` (training.parallel) the
+    batch is split over the devices and (params, optimizer state, state) kept in ``layouts``; the gradient takes
+    the optimizer state's layout (reduce-scattered under ZeRO).
     """
+    hold = (lambda tree, s: tree) if parallel is None else parallel.constrain  # noqa: E731
     loss_fn = task.loss if config.grad == "manual" else autodiff(task.loss)
 
     def objective(params, state, batch, key):
         return loss_fn(params, state, batch, key, True)
 
     def train_step(params, opt_state, state, batch, key):
+        if parallel is not None:
+            batch = parallel.constrain_batch(batch)
         if augment is not None:
             batch = augment(jax.random.fold_in(key, AUGMENT_STREAM), batch)
         (loss, (new_state, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(params, state, batch,
                                                                                            key)
         grads = _same_dtypes(grads, params)
+        if parallel is not None and parallel.shard != "none":
+            grads = hold(grads, parallel.split_first_axis(grads))
         updates, new_opt_state = opt.update(grads, opt_state, params)
         params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), params, updates)
         metrics = {**metrics, "loss": loss, "grad_norm": optim.global_norm(grads)}
-        return params, _same_dtypes(new_opt_state, opt_state), _same_dtypes(new_state, state), metrics
+        new = (params, _same_dtypes(new_opt_state, opt_state), _same_dtypes(new_state, state))
+        if layouts is not None:
+            new = tuple(hold(t, s) for t, s in zip(new, layouts, strict=True))
+        return (*new, metrics)
 
     return train_step

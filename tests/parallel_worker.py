@@ -1,0 +1,75 @@
+"""Run by tests/test_parallel.py in a fresh process with 8 forced CPU devices (XLA_FLAGS is read once, when JAX
+starts, so the test process itself cannot grow devices): trains the same tasks on 1, 2, 4 and 8 devices and with
+each --shard choice, and prints one JSON line per run: the largest parameter difference to the single-device
+run, and the per-device bytes of the optimizer state against its total."""
+
+import json
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import funcdl as fd  # noqa: E402
+from funcdl.training.loop import TrainConfig, train  # noqa: E402
+from funcdl.training.parallel import make_parallel, per_device_bytes  # noqa: E402
+from funcdl.training.task import Task  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_train import blobs, mlp_task  # noqa: E402
+
+
+def bn_task(d=6, hidden=16, classes=3):
+    """dense -> batch norm -> relu -> dense: the batch statistics must be those of the whole global batch."""
+    def init(key):
+        k1, k2 = jax.random.split(key)
+        params = {"l1": {"w": jax.random.normal(k1, (d, hidden)) * 0.3, "b": jnp.zeros(hidden)},
+                  "bn": {"scale": jnp.ones(hidden), "bias": jnp.zeros(hidden)},
+                  "l2": {"w": jax.random.normal(k2, (hidden, classes)) * 0.3, "b": jnp.zeros(classes)}}
+        return params, {"mean": jnp.zeros(hidden), "var": jnp.ones(hidden)}
+
+    def loss(params, state, batch, key, train):
+        h = fd.dense(batch["x"], params["l1"]["w"], params["l1"]["b"])
+        h, state = fd.batch_norm_apply(params["bn"], state, h, train=train)
+        logits = fd.dense(fd.relu(h), params["l2"]["w"], params["l2"]["b"])
+        ce = fd.softmax_cross_entropy(logits, batch["y"])
+        acc = jnp.mean(jnp.argmax(logits, -1) == batch["y"])
+        return ce, (state, {"loss": ce, "accuracy": acc})
+
+    return Task(init, loss, "classification")
+
+
+def max_diff(a, b):
+    return max([0.0] + [float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+                        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)])
+
+
+def main():
+    data = blobs(n=400)        # 12 steps per epoch at batch 32
+    # SGD for batch norm: the bias before it has a zero gradient, which Adam would divide by its own rounding noise
+    tasks = {"mlp": (lambda: mlp_task(hidden=(16,)), "adam", {}), "batchnorm": (bn_task, "sgd", {"momentum": 0.9})}
+    for name, (make, optimizer, options) in tasks.items():
+        config = dict(epochs=5, batch_size=32, optimizer=optimizer, optimizer_options=options, lr=1e-2,
+                      progress=False, plots=False)
+        base = train(make(), data, TrainConfig(**config, devices=1))
+        for n in (2, 4, 8):
+            for shard in ("none", "optimizer", "params"):
+                r = train(make(), data, TrainConfig(**config, devices=n, shard=shard))
+                layouts = make_parallel(n, shard).layouts(r.params, r.opt_state, r.state)
+                print(json.dumps({
+                    "task": name, "devices": n, "shard": shard, "steps": r.summary["steps"],
+                    "params_diff": max_diff(base.params, r.params), "state_diff": max_diff(base.state, r.state),
+                    "opt_bytes_device": per_device_bytes(r.opt_state),
+                    "opt_bytes_layout": per_device_bytes(r.opt_state, layouts[1]),
+                    "opt_bytes_total": sum(np.asarray(x).nbytes for x in jax.tree.leaves(r.opt_state)),
+                    "split_leaves_are_1_over_n": all(
+                        x.addressable_shards[0].data.nbytes * n == x.nbytes for x in jax.tree.leaves(r.opt_state)
+                        if x.ndim and x.shape[0] % n == 0) if shard != "none" else None,
+                }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
