@@ -55,6 +55,30 @@ def test_checker_catches_a_wrong_reference():
     assert any(not r.passed for r in rows if r.check == "fd")
 
 
+def test_checker_catches_a_backward_that_is_right_only_to_first_order():
+    """dx = 2 stop_gradient(x) dy has the right value but no derivative: SAM or a gradient penalty through it
+    would be wrong. The second-order check (grad of <J^T u, w>, reverse over reverse) must fail it."""
+    sq = fd.primitive(
+        "square_flat", lambda x: x * x, lambda x: (x * x, (x,)),
+        lambda res, g: (2 * jax.lax.stop_gradient(res[0]) * g,),
+        examples=lambda key, dtype: [fd.Example((jax.random.normal(key, (4,), dtype),))], register=False,
+    )
+    rows = gc.check_primitive(sq)
+    assert all(r.passed for r in rows if r.check in ("vjp", "fd", "jit", "vmap"))
+    assert [r.passed for r in rows if r.check == "hvp"] == [False]
+
+
+def test_first_order_only_is_declared_and_reported():
+    sq = fd.primitive(
+        "square_first_order", lambda x: x * x, lambda x: (x * x, (x,)),
+        lambda res, g: (2 * jax.lax.stop_gradient(res[0]) * g,),
+        examples=lambda key, dtype: [fd.Example((jax.random.normal(key, (4,), dtype),))], register=False,
+    )
+    sq.second_order = "the backward stops the gradient of x"
+    (row,) = [r for r in gc.check_primitive(sq) if r.check == "hvp"]
+    assert row.passed and "first order only (the backward stops the gradient of x)" in row.message
+
+
 def test_rel_error_definition():
     a = jnp.array([1.0, 2.0])
     b = jnp.array([1.0, 2.5])

@@ -11,7 +11,8 @@ def register(sub) -> None:
         "gradcheck",
         help="check every primitive's hand-derived VJP against autodiff and finite differences",
         description="For every registered primitive: hand VJP vs jax.vjp of the reference (float64 <= 1e-10, "
-        "float32 <= 1e-5), the reference vs central finite differences (float64), and jit/vmap invariance. "
+        "float32 <= 1e-5), the reference vs central finite differences (float64), jit/vmap invariance, and "
+        "second order: Hessian-vector products through the hand rules vs the reference's (float64 <= 1e-8). "
         "Exits non-zero on any failure.",
     )
     p.add_argument("names", nargs="*", help="primitives to check (default: all registered)")

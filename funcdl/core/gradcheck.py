@@ -8,7 +8,13 @@ For each primitive and each example configuration its factory gives:
    ``v`` (direction in one input) and ``u`` (cotangent), ``<u, J v>`` from a fourth-order central difference
    equals ``<J^T u, v>`` from the reference's VJP (tolerance 1e-6);
 3. ``jit`` / ``vmap``  values and hand VJPs under ``jit`` and under ``vmap`` (two examples stacked) equal the
-   eager ones (tolerance 1e-10 in float64).
+   eager ones (tolerance 1e-10 in float64);
+4. ``hvp``  second order, through the hand rules: for random ``u`` (cotangent) and ``w`` (one direction per
+   input), ``grad_x <J(x)^T u, w>`` -- reverse over reverse, since ``jax.custom_vjp`` has no forward mode --
+   differentiates the hand-derived ``bwd`` (and the residuals ``fwd`` kept), and must equal the same product
+   of the reference (float64, tolerance 1e-8). SAM, gradient penalties, curvature and meta-learning
+   differentiate through the hand rules exactly this way. A primitive whose backward is not differentiable as
+   written declares ``second_order="why not"`` and gets a skipped (passing) row that says so.
 
 The relative error is ``max|a-b| / max(1e-12, max|a| + max|b|)``. Results are rows (one per primitive,
 configuration, input, dtype and check) that ``funcdl gradcheck`` prints as a table or as JSON.
@@ -31,7 +37,8 @@ import numpy as np
 from .examples import normal
 from .primitive import REGISTRY, Example, Primitive, autodiff
 
-TOL = {"vjp64": 1e-10, "vjp32": 1e-5, "fd": 1e-6, "jit": 1e-10, "vmap": 1e-10}
+TOL = {"vjp64": 1e-10, "vjp32": 1e-5, "fd": 1e-6, "jit": 1e-10, "vmap": 1e-10, "hvp": 1e-8}
+CHECKS = ("vjp", "fd", "jit", "vmap", "hvp")
 
 
 @dataclasses.dataclass
@@ -266,8 +273,37 @@ def _check_vmap(c: _Case, key, ex2: Example):
         c.failed("vmap", "*", "float64", e)
 
 
+def _check_hvp(c: _Case, key):
+    """Second order through the hand rules: ``grad_x <J(x)^T u, w>``, hand vs reference, one compiled program."""
+    reason = getattr(c.prim, "second_order", True)
+    if reason is not True:
+        c.row("hvp", "*", "float64", 0.0, c.tol("hvp"), f"skipped: first order only ({reason})")
+        return
+    k_u, k_w = jax.random.split(key)
+
+    def hvp(fn, a, u, ws):
+        def inner(*d):
+            full = list(a)
+            for i, v in zip(c.diff, d, strict=True):
+                full[i] = v
+            grads = _vjp(fn, tuple(full), c.diff, u)[1]
+            return sum(jnp.vdot(g, w) for g, w in zip(grads, ws, strict=True))
+        return jax.grad(inner, argnums=tuple(range(len(c.diff))))(*[a[i] for i in c.diff])
+
+    try:
+        u = _random_like(k_u, jax.eval_shape(c.hand, *c.base))
+        wkeys = jax.random.split(k_w, max(1, len(c.diff)))
+        ws = [normal(k, c.base[i].shape, c.base[i].dtype) for i, k in zip(c.diff, wkeys, strict=False)]
+        hand, ref = jit_once(lambda a, u, ws: (hvp(c.hand, a, u, ws), hvp(c.ref, a, u, ws)))(c.base, u, ws)
+    except Exception as e:
+        c.failed("hvp", "*", "float64", e)
+        return
+    for i, h, r in zip(c.diff, hand, ref, strict=True):
+        c.row("hvp", c.prim.inputs[i], "float64", rel_error(h, r), c.tol("hvp"))
+
+
 def check_example(prim: Primitive, ex: Example, key, *, dtypes=("float64", "float32"),
-                  checks=("vjp", "fd", "jit", "vmap"), ex2: Example | None = None) -> list[Row]:
+                  checks=CHECKS, ex2: Example | None = None) -> list[Row]:
     """Run the checks on one example configuration of one primitive.
 
     Cost matters (hundreds of configurations, each compile ~0.2 s): everything in float64 — the hand and
@@ -288,6 +324,8 @@ def check_example(prim: Primitive, ex: Example, key, *, dtypes=("float64", "floa
         _check_jit(c, compiled)
     if "vmap" in checks and ex2 is not None:
         _check_vmap(c, k_ct, ex2)
+    if "hvp" in checks and c.diff:
+        _check_hvp(c, jax.random.fold_in(key, 2))
     return c.rows
 
 
@@ -335,14 +373,14 @@ def summary(rows: list[Row]) -> str:
     return (
         f"{len(prims)} primitives, {len(rows)} checks, {len(failed)} failed; max rel error: "
         f"vjp float64 {worst('float64', 'vjp'):.1e}, vjp float32 {worst('float32', 'vjp'):.1e}, "
-        f"finite differences {worst('float64', 'fd'):.1e}"
+        f"finite differences {worst('float64', 'fd'):.1e}, second order (hvp) {worst('float64', 'hvp'):.1e}"
     )
 
 
 def markdown_table(rows: list[Row]) -> str:
     """One line per primitive: configurations, worst errors per check, pass/fail (the README's feature table)."""
-    out = ["| primitive | configs | vjp float64 | vjp float32 | finite diff. | jit/vmap | ok |",
-           "|---|---|---|---|---|---|---|"]
+    out = ["| primitive | configs | vjp float64 | vjp float32 | finite diff. | jit/vmap | hvp (2nd order) | ok |",
+           "|---|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys(r.name for r in rows):
         mine = [r for r in rows if r.name == name]
         worst = lambda pred, mine=mine: max((r.rel_error for r in mine if pred(r)), default=0.0)
@@ -352,9 +390,17 @@ def markdown_table(rows: list[Row]) -> str:
             f"| {worst(lambda r: r.check == 'vjp' and r.dtype == 'float32'):.0e} "
             f"| {worst(lambda r: r.check == 'fd'):.0e} "
             f"| {worst(lambda r: r.check in ('jit', 'vmap')):.0e} "
+            f"| {_hvp_cell(mine)} "
             f"| {'pass' if all(r.passed for r in mine) else 'FAIL'} |"
         )
     return "\n".join(out)
+
+
+def _hvp_cell(rows: list[Row]) -> str:
+    hvp = [r for r in rows if r.check == "hvp"]
+    if hvp and all(r.message.startswith("skipped") for r in hvp):
+        return "first order only"
+    return f"{max((r.rel_error for r in hvp), default=0.0):.0e}"
 
 
 # -- whole models ----------------------------------------------------------------------------------------
