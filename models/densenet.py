@@ -21,14 +21,16 @@ import funcdl as fd
 from funcdl.nn.spatial import concat_channels
 from funcdl.training.task import DataInfo
 
-from .cnn import _image_shape, _need_classes, bn, bn_init, classification_task, conv, conv_init, dense_init
-from .registry import register
+from .layers import bn, bn_init, classification_loss, conv, conv_init, dense_init, image_shape, need_classes
+from .registry import as_task, register
 
-__all__ = ["DenseNetConfig", "init", "apply"]
+__all__ = ["Config", "KIND", "init", "apply", "loss"]
+
+KIND = "classification"
 
 
 @dataclasses.dataclass(frozen=True)
-class DenseNetConfig:
+class Config:
     image: tuple = (28, 28, 1)
     num_classes: int = 10
     growth: int = 12
@@ -36,7 +38,7 @@ class DenseNetConfig:
     compression: float = 0.5
 
 
-def init(key, config: DenseNetConfig):
+def init(key, config: Config):
     k = config.growth
     keys = iter(jax.random.split(key, 4 + 2 * sum(config.blocks) + len(config.blocks)))
     c = 2 * k
@@ -66,7 +68,7 @@ def init(key, config: DenseNetConfig):
     return params, state
 
 
-def apply(params, state, x, config: DenseNetConfig, *, train=False, key=None):
+def apply(params, state, x, config: Config, *, key=None, train: bool = False):
     h = conv(params["stem"], x if x.ndim == 4 else x[..., None], padding=1)
     new = {"blocks": [], "transitions": []}
     for b, (lps, lss) in enumerate(zip(params["blocks"], state["blocks"], strict=True)):
@@ -89,16 +91,21 @@ def apply(params, state, x, config: DenseNetConfig, *, train=False, key=None):
     return fd.dense(h, params["head"]["w"], params["head"]["b"]), new
 
 
-def _build(info: DataInfo, growth=12, blocks=(4, 4, 4), **_):
-    _need_classes("densenet", info)
-    cfg = DenseNetConfig(image=_image_shape(info), num_classes=info.num_classes, growth=growth, blocks=tuple(blocks))
-    return classification_task(lambda key: init(key, cfg),
-                               lambda p, s, x, train, key: apply(p, s, x, cfg, train=train, key=key), cfg)
+def loss(params, state, batch, config: Config, *, key=None, train: bool = False):
+    logits, state = apply(params, state, batch["x"], config, key=key, train=train)
+    return classification_loss(logits, batch, state)
+
+
+def build(info: DataInfo, *, growth=12, blocks=(4, 4, 4)):
+    need_classes("densenet", info)
+    return as_task(Config(image=image_shape(info), num_classes=info.num_classes, growth=growth,
+                          blocks=tuple(blocks)))
 
 
 register(
-    "densenet", _build, data=("mnist", "fashion_mnist", "cifar10", "digits"),
+    "densenet", build, data=("mnist", "fashion_mnist", "cifar10", "digits"),
     defaults={"data": "mnist", "epochs": 3, "batch_size": 128, "optimizer": "adam", "lr": 2e-3, "schedule": "cosine",
               "growth": 12, "blocks": (4, 4, 4)},
     description="small DenseNet-BC: growth 12, dense blocks (4, 4, 4) with 1x1 bottlenecks and transitions",
+    small={"growth": 3, "blocks": (2, 1)}, small_data=DataInfo("fake-images", (8, 8, 1), num_classes=10),
 )

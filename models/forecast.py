@@ -16,16 +16,18 @@ import jax
 import jax.numpy as jnp
 
 import funcdl as fd
-from funcdl.training.task import DataInfo, Task
+from funcdl.training.task import DataInfo
 
-from .registry import register
+from .registry import as_task, register
 from .rnn import StackConfig, init_stack, stack
 
-__all__ = ["ForecastConfig", "init", "apply", "make_task"]
+__all__ = ["Config", "KIND", "init", "apply", "loss"]
+
+KIND = "regression"
 
 
 @dataclasses.dataclass(frozen=True)
-class ForecastConfig:
+class Config:
     features: int
     horizon: int
     hidden: int = 64
@@ -38,46 +40,45 @@ class ForecastConfig:
         return StackConfig("lstm", self.features, self.hidden, self.layers, dropout=self.dropout)
 
 
-def init(key, cfg: ForecastConfig) -> dict:
+def init(key, config: Config):
     k1, k2 = jax.random.split(key)
-    bound = 1.0 / math.sqrt(cfg.hidden)
-    return {"rnn": init_stack(k1, cfg.stack),
-            "head": {"w": jax.random.uniform(k2, (cfg.hidden, cfg.horizon), minval=-bound, maxval=bound),
-                     "b": jnp.zeros((cfg.horizon,))}}
+    bound = 1.0 / math.sqrt(config.hidden)
+    return {"rnn": init_stack(k1, config.stack),
+            "head": {"w": jax.random.uniform(k2, (config.hidden, config.horizon), minval=-bound, maxval=bound),
+                     "b": jnp.zeros((config.horizon,))}}, {}
 
 
-def apply(params, x, cfg: ForecastConfig, *, key=None, train: bool = False):
+def apply(params, state, x, config: Config, *, key=None, train: bool = False):
+    """``(forecast (B, horizon), state)`` for windows x (B, W, F) or (B, W)."""
     if x.ndim == 2:
         x = x[..., None]
-    _, h_n, _ = stack(params["rnn"], x, cfg.stack, key=key, train=train)
-    return fd.dense(h_n[-1], params["head"]["w"], params["head"]["b"])
+    _, h_n, _ = stack(params["rnn"], x, config.stack, key=key, train=train)
+    return fd.dense(h_n[-1], params["head"]["w"], params["head"]["b"]), state
 
 
-def make_task(cfg: ForecastConfig) -> Task:
-    def task_init(key):
-        return init(key, cfg), {}
-
-    def task_loss(params, state, batch, key, train):
-        pred = apply(params, batch["x"], cfg, key=key, train=train)
-        value = fd.mse_loss(pred, batch["y"])
-        last = batch["x"][:, -1, cfg.target_column] if batch["x"].ndim == 3 else batch["x"][:, -1]
-        metrics = {"loss": value, "mae": jnp.mean(jnp.abs(pred - batch["y"])),
-                   "persistence_mae": jnp.mean(jnp.abs(last[:, None] - batch["y"]))}
-        return value, (state, metrics)
-
-    return Task(task_init, task_loss, "regression", apply=lambda p, s, x: apply(p, x, cfg), extras={"config": cfg})
+def loss(params, state, batch, config: Config, *, key=None, train: bool = False):
+    """Mean squared error; metrics ``mae`` and the persistence forecast's ``persistence_mae``."""
+    pred, state = apply(params, state, batch["x"], config, key=key, train=train)
+    value = fd.mse_loss(pred, batch["y"])
+    last = batch["x"][:, -1, config.target_column] if batch["x"].ndim == 3 else batch["x"][:, -1]
+    metrics = {"loss": value, "mae": jnp.mean(jnp.abs(pred - batch["y"])),
+               "persistence_mae": jnp.mean(jnp.abs(last[:, None] - batch["y"]))}
+    return value, (state, metrics)
 
 
-def _build(info: DataInfo, hidden=64, layers=1, dropout=0.0, **_):
-    extras = info.extras or {}
-    if info.kind != "regression" or "horizon" not in extras:
+def build(info: DataInfo, *, hidden=64, layers=1, dropout=0.0):
+    data_extras = info.extras or {}
+    if info.kind != "regression" or "horizon" not in data_extras:
         raise ValueError(f"lstm-forecast needs a forecasting data set (sines, sunspots, jena_climate), "
                          f"not {info.name!r}")
-    return make_task(ForecastConfig(int(extras["features"]), int(extras["horizon"]), int(hidden), int(layers),
-                                    int(extras.get("target_column", 0)), float(dropout)))
+    return as_task(Config(int(data_extras["features"]), int(data_extras["horizon"]), int(hidden), int(layers),
+                          int(data_extras.get("target_column", 0)), float(dropout)))
 
 
-register("lstm-forecast", _build, data=("sines", "sunspots", "jena_climate"),
+register("lstm-forecast", build, data=("sines", "sunspots", "jena_climate"),
          defaults={"data": "sines", "epochs": 20, "batch_size": 64, "optimizer": "adam", "lr": 3e-3,
                    "clip_norm": 1.0},
-         description="LSTM forecaster: window of the past -> next horizon values, MSE (vs persistence MAE)")
+         description="LSTM forecaster: window of the past -> next horizon values, MSE (vs persistence MAE)",
+         small={"hidden": 6, "layers": 2},
+         small_data=DataInfo("fake-series", (12, 2), kind="regression",
+                             extras={"window": 12, "horizon": 3, "features": 2, "target_column": 0}))

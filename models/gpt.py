@@ -12,9 +12,13 @@ the two projections that write into the residual stream N(0, 0.02 / sqrt(2 L)), 
 
 Every piece is a funcdl primitive (``embedding``, ``layer_norm``, ``dense``, ``dot_product_attention``,
 ``gelu``, ``dropout``, ``softmax_cross_entropy``), or — with ``fused=True``, the fast path used for training
-— the fused transformer primitives of :mod:`funcdl.transformer_ops` (one hand-derived backward per
-attention sublayer, per GELU-MLP and for the tied unembedding + cross-entropy). Both give the same numbers;
-``funcdl.autodiff`` of either differentiates the plain-``jax.numpy`` references.
+— the fused transformer primitives ``funcdl.nn.attention.causal_self_attention``,
+``funcdl.nn.feedforward.gelu_mlp`` and ``funcdl.nn.feedforward.tied_softmax_cross_entropy`` (one hand-derived
+backward per attention sublayer, per GELU-MLP and for the tied unembedding + cross-entropy). Both give the same
+numbers; ``funcdl.autodiff`` of either differentiates the plain-``jax.numpy`` references.
+
+The model contract (``models/__init__.py``): ``init``, ``apply`` and ``loss`` take and return a ``state``, always
+``{}`` here; ``hidden`` is the forward to the final hidden states, with the KV cache.
 
 Decoding: ``generate`` runs the prompt through the model once ("prefill"), keeping every layer's keys and
 values in a cache of ``block_size`` positions, then feeds one token at a time, attending over the cache. The
@@ -37,17 +41,19 @@ from funcdl.core.primitive import _reference_mode
 from funcdl.nn import attention as attn_ops
 from funcdl.nn import feedforward as ff
 from funcdl.nn.attention import merge_heads, split_heads
-from funcdl.training.task import DataInfo, Task
+from funcdl.training.task import DataInfo
 
-from .registry import register
-from .sampling import sample_logits
+from .layers import sample_logits
+from .registry import as_task, register, split_options
 
-__all__ = ["GPTConfig", "init", "apply", "loss", "make_task", "generate", "generate_recompute", "init_cache",
-           "sample_logits", "count_params", "PRESETS"]
+__all__ = ["Config", "KIND", "init", "apply", "loss", "hidden", "extras", "generate", "generate_recompute",
+           "init_cache", "sample_logits", "count_params", "PRESETS"]
+
+KIND = "language"
 
 
 @dataclasses.dataclass(frozen=True)
-class GPTConfig:
+class Config:
     vocab_size: int = 65
     block_size: int = 64           # context length (the positional table's size)
     n_layer: int = 4
@@ -65,27 +71,17 @@ class GPTConfig:
 
     def __post_init__(self):
         if self.chunk_mode not in ("unrolled", "scan"):
-            raise ValueError(f"GPTConfig: chunk_mode must be 'unrolled' or 'scan', got {self.chunk_mode!r}")
+            raise ValueError(f"gpt.Config: chunk_mode must be 'unrolled' or 'scan', got {self.chunk_mode!r}")
         if self.n_embd % self.n_head:
-            raise ValueError(f"GPTConfig: n_head ({self.n_head}) must divide n_embd ({self.n_embd})")
+            raise ValueError(f"gpt.Config: n_head ({self.n_head}) must divide n_embd ({self.n_embd})")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig: dropout must lie in [0, 1), got {self.dropout}")
+            raise ValueError(f"gpt.Config: dropout must lie in [0, 1), got {self.dropout}")
         for f in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, f) <= 0:
-                raise ValueError(f"GPTConfig: {f} must be positive, got {getattr(self, f)}")
+                raise ValueError(f"gpt.Config: {f} must be positive, got {getattr(self, f)}")
 
 
-# the nanoGPT configurations: "baby" is its CPU example, "shakespeare-char" its GPU config
-PRESETS = {
-    "baby": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, steps=2000, dropout=0.0,
-                 lr=1e-3, min_lr=1e-4, warmup_steps=100, eval_interval=250, eval_iters=20),
-    "shakespeare-char": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, steps=5000,
-                             dropout=0.2, lr=1e-3, min_lr=1e-4, warmup_steps=100, eval_interval=250,
-                             eval_iters=200),
-}
-
-
-def init(key, config: GPTConfig) -> dict:
+def init(key, config: Config):
     d, v, L = config.n_embd, config.vocab_size, config.n_layer
     std, proj_std = 0.02, 0.02 / math.sqrt(2 * L)
     keys = jax.random.split(key, 2 + 4 * L)
@@ -116,7 +112,7 @@ def init(key, config: GPTConfig) -> dict:
         "wpe": std * jax.random.normal(keys[1], (config.block_size, d)),
         "blocks": blocks,
         "ln_f": norm(),
-    }
+    }, {}
 
 
 def count_params(params, *, non_embedding: bool = True) -> int:
@@ -124,7 +120,7 @@ def count_params(params, *, non_embedding: bool = True) -> int:
     return n - int(params["wpe"].size) if non_embedding else n
 
 
-def _check_tokens(tokens, config: GPTConfig, start: int = 0):
+def _check_tokens(tokens, config: Config, start: int = 0):
     if tokens.ndim != 2:
         raise ValueError(f"gpt: tokens must be (batch, time) integers, got shape {tokens.shape}")
     t = tokens.shape[1]
@@ -155,7 +151,7 @@ def _embed(params, tokens, config, start=0):
     return fd.embedding(params["wte"], tokens) + pos
 
 
-def _attention(p, x, config: GPTConfig, key, train, cache=None, start=0):
+def _attention(p, x, config: Config, key, train, cache=None, start=0):
     """Causal self-attention sublayer (without the norm); with ``cache`` (k, v) arrays (B, H, block, dh), the
     new keys/values are written at ``start`` and the queries attend over positions <= their own."""
     rate = config.dropout if train else 0.0
@@ -192,7 +188,7 @@ def _mlp(p, x, config, key, train):
     return _drop(y, key, config.dropout, train)
 
 
-def hidden(params, tokens, config: GPTConfig, *, key=None, train: bool = False, cache=None, start=0):
+def hidden(params, tokens, config: Config, *, key=None, train: bool = False, cache=None, start=0):
     """The final normalised hidden states (B, T, D) (and the updated cache when one is given)."""
     _check_tokens(tokens, config, 0 if cache is not None else start)
     train = train and config.dropout > 0 and key is not None
@@ -214,20 +210,20 @@ def hidden(params, tokens, config: GPTConfig, *, key=None, train: bool = False, 
     return (h, new_cache) if cache is not None else h
 
 
-def apply(params, tokens, config: GPTConfig, *, key=None, train: bool = False):
-    """Logits (B, T, V) for a batch of token ids (B, T)."""
-    return jnp.matmul(hidden(params, tokens, config, key=key, train=train), params["wte"].T)
+def apply(params, state, x, config: Config, *, key=None, train: bool = False):
+    """``(logits (B, T, V), state)`` for a batch of token ids x (B, T)."""
+    return jnp.matmul(hidden(params, x, config, key=key, train=train), params["wte"].T), state
 
 
-def _loss(params, tokens, targets, config: GPTConfig, key=None, train: bool = False):
+def _loss(params, tokens, targets, config: Config, key=None, train: bool = False):
     h = hidden(params, tokens, config, key=key, train=train)
     if config.fused:
         return ff.tied_softmax_cross_entropy(h, params["wte"], targets, compute_dtype=config.compute_dtype)
     return fd.softmax_cross_entropy(jnp.matmul(h, params["wte"].T), targets)
 
 
-def loss(params, tokens, targets, config: GPTConfig, *, key=None, train: bool = False):
-    """Mean next-token cross-entropy (nats per token).
+def loss(params, state, batch, config: Config, *, key=None, train: bool = False):
+    """Mean next-token cross-entropy (nats per token) of ``batch["x"]`` against ``batch["y"]``.
 
     With ``config.grad_chunks = n > 1`` (and a batch divisible by n) the gradient is computed n rows at a
     time — forward and backward of one chunk, then the next, accumulated in a ``lax.scan`` — and handed to
@@ -235,10 +231,13 @@ def loss(params, tokens, targets, config: GPTConfig, *, key=None, train: bool = 
     batch mean, so the gradient is the same; what changes is the working set: the residuals of one chunk stay
     in the CPU's cache (see benchmarks/bench_gpt.py). Under ``funcdl.autodiff`` the plain loss is used.
     """
+    tokens, targets = batch["x"], batch["y"]
     n = config.grad_chunks
     if n > 1 and tokens.shape[0] % n == 0 and not _reference_mode():
-        return _chunked_loss(params, tokens, targets, key, config, train)
-    return _loss(params, tokens, targets, config, key, train)
+        value = _chunked_loss(params, tokens, targets, key, config, train)
+    else:
+        value = _loss(params, tokens, targets, config, key, train)
+    return value, (state, {"loss": value})
 
 
 def _chunk_value_and_grad(params, tokens, targets, key, config, train):
@@ -281,26 +280,11 @@ def _chunked_bwd(config, train, grads, g):
 _chunked_loss.defvjp(_chunked_fwd, _chunked_bwd)
 
 
-def make_task(config: GPTConfig) -> Task:
-    def task_init(key):
-        return init(key, config), {}
-
-    def task_loss(params, state, batch, key, train):
-        value = loss(params, batch["x"], batch["y"], config, key=key, train=train)
-        return value, (state, {"loss": value})
-
-    return Task(task_init, task_loss, "language",
-                apply=lambda params, state, x: apply(params, x, config),
-                extras={"config": config, "generate": functools.partial(generate, config=config),
-                        "weight_decay_mask": weight_decay_mask})
+def extras(config: Config) -> dict:
+    return {"generate": functools.partial(generate, config=config)}
 
 
-def weight_decay_mask(params):
-    """nanoGPT decays every 2-D tensor (dense weights, embeddings) and no bias or norm scale."""
-    return jax.tree.map(lambda x: x.ndim >= 2, params)
-
-
-def init_cache(config: GPTConfig, batch: int, dtype=jnp.float32):
+def init_cache(config: Config, batch: int, dtype=jnp.float32):
     shape = (batch, config.n_head, config.block_size, config.n_embd // config.n_head)
     return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(config.n_layer)]
 
@@ -324,7 +308,7 @@ def _next_recompute(params, window, length, key, *, config, temperature, top_k, 
     return sample_logits(key, jnp.matmul(last, params["wte"].T), temperature=temperature, top_k=top_k, top_p=top_p)
 
 
-def generate_recompute(params, prompt, key, max_new_tokens: int, *, config: GPTConfig, temperature: float = 1.0,
+def generate_recompute(params, prompt, key, max_new_tokens: int, *, config: Config, temperature: float = 1.0,
                        top_k: int | None = None, top_p: float | None = None):
     """Reference decoder: every new token reruns the model on the (cropped) context. Returns (B, T + new)."""
     prompt = _check_prompt(prompt, config, max_new_tokens)
@@ -344,7 +328,7 @@ def generate_recompute(params, prompt, key, max_new_tokens: int, *, config: GPTC
     return tokens
 
 
-def generate(params, prompt, key, max_new_tokens: int, *, config: GPTConfig, temperature: float = 1.0,
+def generate(params, prompt, key, max_new_tokens: int, *, config: Config, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, use_cache: bool = True):
     """Sample ``max_new_tokens`` tokens after ``prompt`` (B, T) or (T,). Returns (B, T + max_new_tokens).
 
@@ -380,7 +364,8 @@ def generate(params, prompt, key, max_new_tokens: int, *, config: GPTConfig, tem
 
 @functools.partial(jax.jit, static_argnames=("config", "temperature", "top_k", "top_p"))
 def _decode_cached_keys(params, prompt, keys, *, config, temperature, top_k, top_p):
-    """As ``_decode_cached`` but with the per-token keys given (the same ones ``generate_recompute`` uses)."""
+    """The cached decoding loop of ``generate``: prefill the cache with the prompt, then one single-position
+    forward per new token, sampling token i with ``keys[i]`` (the same keys ``generate_recompute`` uses)."""
     b, t = prompt.shape
     n = keys.shape[0]
     cache = init_cache(config, b)
@@ -403,45 +388,50 @@ def _decode_cached_keys(params, prompt, keys, *, config, temperature, top_k, top
 
 
 # ------------------------------------------------------------------------------------------------- registry
-PRESET_MODEL = {
-    "baby": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.0},
-    "shakespeare-char": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "dropout": 0.2},
+# named configurations, in registry options (model and training): "baby" is nanoGPT's CPU example (the registered
+# defaults), "shakespeare-char" its GPU configuration. `funcdl train gpt --preset NAME` merges the whole dict;
+# `--set preset=NAME` selects only the model half.
+PRESETS = {
+    "baby": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.0, "seq_len": 64,
+             "batch_size": 12, "steps": 2000},
+    "shakespeare-char": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "dropout": 0.2,
+                         "seq_len": 256, "batch_size": 64, "steps": 5000},
 }
 
 
-def _build(info: DataInfo, n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False, fused=True,
-           compute_dtype="bfloat16", grad_chunks=2, preset=None, **_):
+def build(info: DataInfo, *, n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False, fused=True,
+          compute_dtype="bfloat16", grad_chunks=2, preset=None):
+    """``preset`` (a name in ``PRESETS``) replaces the architecture options by the preset's."""
     if info.vocab_size is None:
         raise ValueError(f"gpt needs a language (token) data set; {info.name!r} has no vocabulary")
+    arch = {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "block_size": block_size, "dropout": dropout}
     if preset is not None:
-        if preset not in PRESET_MODEL:
-            raise ValueError(f"gpt: unknown preset {preset!r}; valid: {', '.join(PRESET_MODEL)}")
-        n_layer, n_head, n_embd, block_size, dropout = (PRESET_MODEL[preset][k] for k in
-                                                        ("n_layer", "n_head", "n_embd", "block_size", "dropout"))
+        if preset not in PRESETS:
+            raise ValueError(f"gpt: unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+        arch |= split_options(PRESETS[preset])[1]
     if compute_dtype in ("none", "None", "float32", ""):
         compute_dtype = None
-    return make_task(GPTConfig(vocab_size=info.vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
-                               n_embd=n_embd, dropout=dropout, bias=bias, fused=fused, compute_dtype=compute_dtype,
-                               grad_chunks=grad_chunks))
+    return as_task(Config(vocab_size=info.vocab_size, bias=bias, fused=fused, compute_dtype=compute_dtype,
+                          grad_chunks=grad_chunks, **arch))
 
 
 # nanoGPT decays the 2-D tensors only (dense weights and the embeddings), never norm scales or biases
 DECAY_MASK = r"^(wte|wpe)$|/(qkv|proj|fc)/w$"
 
 register(
-    "gpt", _build, data=("tinyshakespeare",),
+    "gpt", build, data=("tinyshakespeare",),
     defaults={
-        "data": "tinyshakespeare", "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "seq_len": 64,
-        "bias": False, "dropout": 0.0, "compute_dtype": "bfloat16", "grad_chunks": 2,
-        "batch_size": 12, "steps": 2000, "optimizer": "adamw", "lr": 1e-3, "schedule": "cosine",
+        "data": "tinyshakespeare", **PRESETS["baby"],
+        "bias": False, "compute_dtype": "bfloat16", "grad_chunks": 2,
+        "optimizer": "adamw", "lr": 1e-3, "schedule": "cosine",
         "warmup_steps": 100, "min_lr": 1e-4, "weight_decay": 0.1, "clip_norm": 1.0, "eval_every": 250,
         "eval_batches": 20,
         "optimizer_options": {"b1": 0.9, "b2": 0.99, "mask": DECAY_MASK},
-        # nanoGPT's GPU configuration: `funcdl train gpt --preset shakespeare-char` merges the whole dict
-        # (model and training options); `--set preset=shakespeare-char` selects only the model half
-        "presets": {"shakespeare-char": {"preset": "shakespeare-char", "n_layer": 6, "n_head": 6, "n_embd": 384,
-                                         "block_size": 256, "seq_len": 256, "batch_size": 64, "steps": 5000,
-                                         "dropout": 0.2}},
+        "presets": {name: {"preset": name, **opts} for name, opts in PRESETS.items() if name != "baby"},
     },
     description="decoder-only GPT (nanoGPT baby-GPT: 4 layers, 4 heads, width 128, context 64, no biases)",
+    # float32 compute (the hand-vs-autodiff check needs it) and the chunked gradient of the default; no dropout:
+    # the chunks draw their own masks, the unchunked reference one (tests/test_gpt.py checks dropout unchunked)
+    small={"n_layer": 2, "n_head": 2, "n_embd": 8, "block_size": 8, "compute_dtype": "float32", "grad_chunks": 2},
+    small_data=DataInfo("fake-text", (8,), vocab_size=11, kind="language"),
 )

@@ -25,14 +25,16 @@ import funcdl as fd
 from funcdl.nn.spatial import squeeze_excitation
 from funcdl.training.task import DataInfo
 
-from .cnn import _image_shape, _need_classes, bn, bn_init, classification_task, conv, conv_init, dense_init
-from .registry import register
+from .layers import bn, bn_init, classification_loss, conv, conv_init, dense_init, image_shape, need_classes
+from .registry import as_task, register
 
-__all__ = ["MBConvConfig", "init", "apply"]
+__all__ = ["Config", "KIND", "init", "apply", "loss"]
+
+KIND = "classification"
 
 
 @dataclasses.dataclass(frozen=True)
-class MBConvConfig:
+class Config:
     image: tuple = (28, 28, 1)
     num_classes: int = 10
     stem: int = 16
@@ -86,7 +88,7 @@ def _plan(config):
             yield cout, e, stride if r == 0 else 1
 
 
-def init(key, config: MBConvConfig):
+def init(key, config: Config):
     plan = list(_plan(config))
     keys = jax.random.split(key, len(plan) + 3)
     params = {"stem": conv_init(keys[0], (3, 3), config.image[-1], config.stem, bias=False, scheme="he")}
@@ -105,7 +107,7 @@ def init(key, config: MBConvConfig):
     return params, state
 
 
-def apply(params, state, x, config: MBConvConfig, *, train=False, key=None):
+def apply(params, state, x, config: Config, *, key=None, train: bool = False):
     h = conv(params["stem"], x if x.ndim == 4 else x[..., None], padding=1)
     h, stem_s = bn(params["stem_bn"], state["stem_bn"], h, train)
     h = fd.silu(h)
@@ -119,17 +121,22 @@ def apply(params, state, x, config: MBConvConfig, *, train=False, key=None):
     return logits, {"stem_bn": stem_s, "blocks": blocks, "head_bn": head_s}
 
 
-def _build(info: DataInfo, stem=16, stages=((16, 1, 1, 1), (24, 4, 2, 2), (40, 4, 2, 2)), head=128, **_):
-    _need_classes("mbconv", info)
-    cfg = MBConvConfig(image=_image_shape(info), num_classes=info.num_classes, stem=int(stem),
-                       stages=tuple(tuple(int(v) for v in st) for st in stages), head=int(head))
-    return classification_task(lambda key: init(key, cfg),
-                               lambda p, s, x, train, key: apply(p, s, x, cfg, train=train, key=key), cfg)
+def loss(params, state, batch, config: Config, *, key=None, train: bool = False):
+    logits, state = apply(params, state, batch["x"], config, key=key, train=train)
+    return classification_loss(logits, batch, state)
+
+
+def build(info: DataInfo, *, stem=16, stages=((16, 1, 1, 1), (24, 4, 2, 2), (40, 4, 2, 2)), head=128):
+    need_classes("mbconv", info)
+    return as_task(Config(image=image_shape(info), num_classes=info.num_classes, stem=int(stem),
+                          stages=tuple(tuple(int(v) for v in st) for st in stages), head=int(head)))
 
 
 register(
-    "mbconv", _build, data=("mnist", "fashion_mnist", "cifar10", "digits"),
+    "mbconv", build, data=("mnist", "fashion_mnist", "cifar10", "digits"),
     defaults={"data": "mnist", "epochs": 3, "batch_size": 128, "optimizer": "adam", "lr": 2e-3,
               "schedule": "cosine"},
     description="EfficientNet-style MBConv net: expand 1x1, depthwise 3x3, squeeze-excite, project 1x1",
+    small={"stem": 8, "stages": ((8, 1, 1, 1), (8, 2, 2, 1)), "head": 16},
+    small_data=DataInfo("fake-images", (8, 8, 1), num_classes=10),
 )

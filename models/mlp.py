@@ -24,15 +24,18 @@ import jax.numpy as jnp
 import funcdl as fd
 from funcdl.nn import init as initializers
 from funcdl.nn.losses import softmax_cross_entropy
-from funcdl.training.task import DataInfo, Task
+from funcdl.training.task import DataInfo
 
-from .registry import register
+from .layers import classification_loss, need_classes
+from .registry import as_task, register
 
-__all__ = ["MLPConfig", "init", "apply", "loss", "grads_by_hand", "logreg_config", "make_task"]
+__all__ = ["Config", "KIND", "init", "apply", "loss", "grads_by_hand", "logreg_config"]
+
+KIND = "classification"
 
 
 @dataclasses.dataclass(frozen=True)
-class MLPConfig:
+class Config:
     sizes: tuple = (784, 1024, 1024, 10)   # input, hidden..., classes; (n_in, n_classes) is logistic regression
     activation: str = "relu"
     dropout: float = 0.0                   # probability of dropping hidden units in training
@@ -40,20 +43,20 @@ class MLPConfig:
 
     def __post_init__(self):
         if len(self.sizes) < 2:
-            raise ValueError(f"MLPConfig.sizes needs at least (n_in, n_out), got {self.sizes}")
+            raise ValueError(f"mlp.Config.sizes needs at least (n_in, n_out), got {self.sizes}")
         fd.get_activation(self.activation)
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"MLPConfig.dropout must lie in [0, 1), got {self.dropout}")
+            raise ValueError(f"mlp.Config.dropout must lie in [0, 1), got {self.dropout}")
 
 
-def logreg_config(n_in: int, n_classes: int) -> MLPConfig:
+def logreg_config(n_in: int, n_classes: int) -> Config:
     """Logistic (softmax) regression is the MLP with no hidden layer."""
-    return MLPConfig(sizes=(n_in, n_classes))
+    return Config(sizes=(n_in, n_classes))
 
 
-def init(key, config: MLPConfig) -> dict:
-    """``{"layers": [{"w": (n_in, n_out), "b": (n_out,)}, ...]}`` with torch nn.Linear's default scheme
-    (weights and biases uniform in +-1/sqrt(fan_in))."""
+def init(key, config: Config):
+    """``({"layers": [{"w": (n_in, n_out), "b": (n_out,)}, ...]}, {})`` with torch nn.Linear's default scheme
+    (weights and biases uniform in +-1/sqrt(fan_in)); no state."""
     layers = []
     for k, (n_in, n_out) in zip(jax.random.split(key, len(config.sizes) - 1),
                                 zip(config.sizes[:-1], config.sizes[1:], strict=True), strict=True):
@@ -62,17 +65,17 @@ def init(key, config: MLPConfig) -> dict:
         bound = 1.0 / math.sqrt(n_in)
         b = jax.random.uniform(kb, (n_out,), w.dtype, minval=-bound, maxval=bound)
         layers.append({"w": w, "b": b})
-    return {"layers": layers}
+    return {"layers": layers}, {}
 
 
-def _flatten(x, config):
+def _flatten(x):
     return x.reshape(x.shape[0], -1) if x.ndim > 2 else x
 
 
-def apply(params, x, config: MLPConfig, *, key=None, train: bool = False):
-    """Logits for a batch ``x`` of shape (N, ...) flattened to (N, sizes[0])."""
+def apply(params, state, x, config: Config, *, key=None, train: bool = False):
+    """``(logits, state)`` for a batch ``x`` of shape (N, ...) flattened to (N, sizes[0])."""
     act = fd.get_activation(config.activation)
-    h = _flatten(x, config)
+    h = _flatten(x)
     n = len(params["layers"])
     keys = jax.random.split(key, n) if (key is not None and train and config.dropout > 0) else [None] * n
     for i, layer in enumerate(params["layers"]):
@@ -81,15 +84,16 @@ def apply(params, x, config: MLPConfig, *, key=None, train: bool = False):
             h = act(h)
             if train and config.dropout > 0:
                 h = fd.dropout(h, keys[i], rate=config.dropout)
-    return h
+    return h, state
 
 
-def loss(params, x, y, config: MLPConfig, *, key=None, train: bool = False):
-    """Mean softmax cross-entropy of the logits against integer labels."""
-    return softmax_cross_entropy(apply(params, x, config, key=key, train=train), y)
+def loss(params, state, batch, config: Config, *, key=None, train: bool = False):
+    """Mean softmax cross-entropy of the logits against ``batch["y"]``; metrics loss and accuracy."""
+    logits, state = apply(params, state, batch["x"], config, key=key, train=train)
+    return classification_loss(logits, batch, state)
 
 
-def grads_by_hand(params, x, y, config: MLPConfig):
+def grads_by_hand(params, state, batch, config: Config):
     """Backprop written out: forward keeping each primitive's residuals, then each ``bwd`` in reverse.
 
     Returns ``(loss, grads)`` with ``grads`` shaped like ``params``. Dropout is off (evaluation forward).
@@ -98,7 +102,7 @@ def grads_by_hand(params, x, y, config: MLPConfig):
     if not isinstance(act, fd.Primitive):
         raise ValueError(f"grads_by_hand needs a primitive activation, not {config.activation!r}")
     layers = params["layers"]
-    h = _flatten(x, config)
+    h = _flatten(batch["x"])
     caches = []                                  # (dense residuals, activation residuals or None)
     for i, layer in enumerate(layers):
         z, dense_res = fd.dense.fwd(h, layer["w"], layer["b"])
@@ -107,7 +111,7 @@ def grads_by_hand(params, x, y, config: MLPConfig):
         else:
             h, act_res = z, None
         caches.append((dense_res, act_res))
-    value, ce_res = softmax_cross_entropy.fwd(h, y)
+    value, ce_res = softmax_cross_entropy.fwd(h, batch["y"])
 
     # backward: start from dL/dL = 1 and apply each primitive's rule in reverse order
     dh, _, _ = softmax_cross_entropy.bwd(ce_res, jnp.ones_like(value))
@@ -120,41 +124,25 @@ def grads_by_hand(params, x, y, config: MLPConfig):
     return value, {"layers": grads}
 
 
-def make_task(config: MLPConfig) -> Task:
-    """The Task the training loop runs: accuracy and loss as metrics, no mutable state."""
-
-    def task_init(key):
-        return init(key, config), {}
-
-    def task_loss(params, state, batch, key, train):
-        logits = apply(params, batch["x"], config, key=key, train=train)
-        value = softmax_cross_entropy(logits, batch["y"])
-        acc = jnp.mean(jnp.argmax(logits, -1) == batch["y"])
-        return value, (state, {"loss": value, "accuracy": acc})
-
-    return Task(task_init, task_loss, "classification",
-                apply=lambda params, state, x: apply(params, x, config), extras={"config": config})
-
-
 def _n_inputs(info: DataInfo) -> int:
     return int(math.prod(info.input_shape))
 
 
-def _build_mlp(info: DataInfo, hidden=(1024, 1024), activation="relu", dropout=0.0, **_):
-    if info.num_classes is None:
-        raise ValueError(f"mlp needs a classification data set; {info.name!r} has no classes")
-    return make_task(MLPConfig(sizes=(_n_inputs(info), *hidden, info.num_classes),
-                               activation=activation, dropout=dropout))
+def build(info: DataInfo, *, hidden=(1024, 1024), activation="relu", dropout=0.0):
+    need_classes("mlp", info)
+    return as_task(Config(sizes=(_n_inputs(info), *hidden, info.num_classes), activation=activation,
+                          dropout=dropout))
 
 
-def _build_logreg(info: DataInfo, **_):
-    if info.num_classes is None:
-        raise ValueError(f"logreg needs a classification data set; {info.name!r} has no classes")
-    return make_task(logreg_config(_n_inputs(info), info.num_classes))
+def build_logreg(info: DataInfo):
+    need_classes("logreg", info)
+    return as_task(logreg_config(_n_inputs(info), info.num_classes))
 
+
+_SMALL_DATA = DataInfo("fake-mnist1d", (40,), num_classes=10)
 
 register(
-    "mlp", _build_mlp, data=("mnist1d", "mnist", "digits", "fashion_mnist"),
+    "mlp", build, data=("mnist1d", "mnist", "digits", "fashion_mnist"),
     # MNIST-1D: ~70% test accuracy (the paper's MLP: 68%); a wide net with dropout overfits its 3600 examples less
     defaults={"data": "mnist1d", "hidden": (512, 512), "dropout": 0.3, "epochs": 60, "batch_size": 100,
               "optimizer": "adam", "lr": 1e-3},
@@ -162,9 +150,11 @@ register(
     data_defaults={"mnist": {"epochs": 15, "schedule": "cosine"},
                    "fashion_mnist": {"epochs": 15, "schedule": "cosine"}},
     description="multi-layer perceptron (dense + activation), softmax cross-entropy",
+    small={"hidden": (16, 8), "dropout": 0.1}, small_data=_SMALL_DATA,
 )
 register(
-    "logreg", _build_logreg, data=("mnist1d", "mnist", "digits", "fashion_mnist"),
+    "logreg", build_logreg, data=("mnist1d", "mnist", "digits", "fashion_mnist"),
     defaults={"data": "mnist1d", "epochs": 60, "batch_size": 100, "optimizer": "adam", "lr": 3e-3},
     description="logistic (softmax) regression: one dense layer, softmax cross-entropy",
+    small={}, small_data=_SMALL_DATA,
 )

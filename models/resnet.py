@@ -24,14 +24,16 @@ import jax
 import funcdl as fd
 from funcdl.training.task import DataInfo
 
-from .cnn import _image_shape, _need_classes, bn, bn_init, classification_task, conv, conv_init, dense_init
-from .registry import register
+from .layers import bn, bn_init, classification_loss, conv, conv_init, dense_init, image_shape, need_classes
+from .registry import as_task, register
 
-__all__ = ["ResNetConfig", "init", "apply", "RESNET18", "SMALL"]
+__all__ = ["Config", "KIND", "init", "apply", "loss", "RESNET18", "SMALL"]
+
+KIND = "classification"
 
 
 @dataclasses.dataclass(frozen=True)
-class ResNetConfig:
+class Config:
     image: tuple = (28, 28, 1)
     num_classes: int = 10
     widths: tuple = (16, 32, 64)
@@ -42,7 +44,7 @@ class ResNetConfig:
 
     def __post_init__(self):
         if self.block not in ("basic", "bottleneck"):
-            raise ValueError(f"ResNetConfig.block must be 'basic' or 'bottleneck', got {self.block!r}")
+            raise ValueError(f"resnet.Config.block must be 'basic' or 'bottleneck', got {self.block!r}")
         if len(self.widths) != len(self.blocks):
             raise ValueError(f"ResNetConfig: widths {self.widths} and blocks {self.blocks} need the same length")
 
@@ -98,7 +100,7 @@ def _block_apply(p, s, x, stride, config, train):
     return fd.relu(h + short), new
 
 
-def init(key, config: ResNetConfig):
+def init(key, config: Config):
     keys = jax.random.split(key, 3)
     c_img = config.image[-1]
     stem = config.stem_width or config.widths[0]
@@ -125,7 +127,7 @@ def init(key, config: ResNetConfig):
     return params, state
 
 
-def apply(params, state, x, config: ResNetConfig, *, train=False, key=None):
+def apply(params, state, x, config: Config, *, key=None, train: bool = False):
     """Logits (N, classes) and the new batch-norm state for images (N, H, W, C)."""
     h = x if x.ndim == 4 else x[..., None]
     if config.use_small_stem:
@@ -149,27 +151,40 @@ def apply(params, state, x, config: ResNetConfig, *, train=False, key=None):
     return logits, {"stem_bn": stem_state, "stages": new_stages}
 
 
-def make_task(config: ResNetConfig):
-    return classification_task(lambda key: init(key, config),
-                               lambda p, s, x, train, key: apply(p, s, x, config, train=train, key=key), config)
+def loss(params, state, batch, config: Config, *, key=None, train: bool = False):
+    logits, state = apply(params, state, batch["x"], config, key=key, train=train)
+    return classification_loss(logits, batch, state)
 
 
-def _build(layout):
-    def build(info: DataInfo, widths=None, blocks=None, block=None, **_):
-        _need_classes("resnet", info)
-        opts = dict(layout)
-        if widths is not None:
-            opts["widths"] = tuple(widths)
-        if blocks is not None:
-            opts["blocks"] = tuple(blocks)
-        if block is not None:
-            opts["block"] = block
-        return make_task(ResNetConfig(image=_image_shape(info), num_classes=info.num_classes, **opts))
-    return build
+def _layout_options(layout, widths, blocks, block):
+    opts = dict(layout)
+    if widths is not None:
+        opts["widths"] = tuple(widths)
+    if blocks is not None:
+        opts["blocks"] = tuple(blocks)
+    if block is not None:
+        opts["block"] = block
+    return opts
 
+
+def build(info: DataInfo, *, widths=None, blocks=None, block=None):
+    """The small ResNet (``SMALL``), any of its layout options replaced."""
+    need_classes("resnet", info)
+    return as_task(Config(image=image_shape(info), num_classes=info.num_classes,
+                          **_layout_options(SMALL, widths, blocks, block)))
+
+
+def build_resnet18(info: DataInfo, *, widths=None, blocks=None, block=None):
+    """ResNet-18 (``RESNET18``), any of its layout options replaced."""
+    need_classes("resnet18", info)
+    return as_task(Config(image=image_shape(info), num_classes=info.num_classes,
+                          **_layout_options(RESNET18, widths, blocks, block)))
+
+
+_SMALL_DATA = DataInfo("fake-images", (8, 8, 1), num_classes=10)
 
 register(
-    "resnet", _build(SMALL), data=("mnist", "fashion_mnist", "cifar10", "digits"),
+    "resnet", build, data=("mnist", "fashion_mnist", "cifar10", "digits"),
     defaults={"data": "mnist", "epochs": 3, "batch_size": 128, "optimizer": "adam", "lr": 2e-3,
               "schedule": "cosine", "widths": (16, 32, 64), "blocks": (1, 1, 1), "block": "basic"},
     # the usual ResNet recipe (SGD with momentum and weight decay, cosine) and +-2 pixel shifts: Adam without
@@ -178,11 +193,14 @@ register(
     data_defaults={"mnist": {"epochs": 8, "optimizer": "sgd", "lr": 0.05, "optimizer_options": {"momentum": 0.9},
                              "weight_decay": 5e-4, "warmup_steps": 100, "augment": "translate=2"}},
     description="small ResNet for 28x28/32x32 images: 3x3 stem, basic blocks (16, 32, 64) x (1, 1, 1), batch norm",
+    small={"widths": (4, 8), "blocks": (1, 1)}, small_data=_SMALL_DATA,
 )
 register(
-    "resnet18", _build(RESNET18), data=("cifar10", "mnist", "fashion_mnist"),
+    "resnet18", build_resnet18, data=("cifar10", "mnist", "fashion_mnist"),
     defaults={"data": "cifar10", "epochs": 30, "batch_size": 128, "optimizer": "sgd", "lr": 0.1,
               "optimizer_options": {"momentum": 0.9}, "weight_decay": 5e-4, "schedule": "cosine",
               "block": "basic"},
     description="ResNet-18 layout: basic blocks (64, 128, 256, 512) x (2, 2, 2, 2); small-image stem below 64 px",
+    # the same module as resnet; the small size checks the bottleneck block
+    small={"widths": (2, 4), "blocks": (1, 1), "block": "bottleneck"}, small_data=_SMALL_DATA,
 )

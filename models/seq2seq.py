@@ -28,20 +28,22 @@ import numpy as np
 
 import funcdl as fd
 from funcdl.nn.losses import softmax_cross_entropy
-from funcdl.training.task import DataInfo, Task
+from funcdl.training.task import DataInfo
 
-from .registry import register
+from .registry import as_task, register
 from .rnn import StackConfig, init_stack, stack
 
-__all__ = ["Seq2SeqConfig", "init", "encode", "decoder_step", "teacher_forced_logits", "loss_and_metrics",
-           "decode_greedy", "decode_beam", "exact_match", "make_task"]
+__all__ = ["Config", "KIND", "init", "apply", "loss", "encode", "decoder_step", "teacher_forced_logits",
+           "decode_greedy", "decode_beam", "exact_match", "extras"]
+
+KIND = "classification"   # the training loop reports ``accuracy``: here the exact-match rate
 
 PAD, BOS, EOS = 0, 1, 2
 _NEG = -1e9
 
 
 @dataclasses.dataclass(frozen=True)
-class Seq2SeqConfig:
+class Config:
     vocab_size: int
     tgt_len: int
     embed: int = 32
@@ -59,28 +61,28 @@ def _uniform(key, shape, fan_in):
     return jax.random.uniform(key, shape, minval=-b, maxval=b)
 
 
-def init(key, cfg: Seq2SeqConfig) -> dict:
+def init(key, config: Config):
     k = jax.random.split(key, 12)
-    e, he, hd, a, v = cfg.embed, 2 * cfg.enc_hidden, cfg.dec_hidden, cfg.attn, cfg.vocab_size
+    e, he, hd, a, v = config.embed, 2 * config.enc_hidden, config.dec_hidden, config.attn, config.vocab_size
     n_out = hd + he + e
     return {
         "src_embed": 0.3 * jax.random.normal(k[0], (v, e)),
         "tgt_embed": 0.3 * jax.random.normal(k[1], (v, e)),
-        "encoder": init_stack(k[2], cfg.enc_stack),
+        "encoder": init_stack(k[2], config.enc_stack),
         "bridge": {"w": _uniform(k[3], (he, hd), he), "b": jnp.zeros((hd,))},
         "attn": {"w_s": _uniform(k[4], (hd, a), hd), "w_h": _uniform(k[5], (he, a), he), "b": jnp.zeros((a,)),
                  "v": _uniform(k[6], (a, 1), a)},
         "decoder": {"w_ih": _uniform(k[7], (e + he, 3 * hd), hd), "w_hh": _uniform(k[8], (hd, 3 * hd), hd),
                     "b_ih": _uniform(k[9], (3 * hd,), hd), "b_hh": _uniform(k[10], (3 * hd,), hd)},
         "out": {"w": _uniform(k[11], (n_out, v), n_out), "b": jnp.zeros((v,))},
-    }
+    }, {}
 
 
-def encode(params, src, cfg: Seq2SeqConfig):
+def encode(params, src, config: Config):
     """Source ids (B, S) -> (annotations (B, S, 2He), their attention keys h W_h (B, S, A), mask (B, S), s_0)."""
     mask = src != PAD
     x = fd.embedding(params["src_embed"], src)
-    hs, h_n, _ = stack(params["encoder"], x, cfg.enc_stack, mask=mask)
+    hs, h_n, _ = stack(params["encoder"], x, config.enc_stack, mask=mask)
     s0 = fd.tanh(fd.dense(jnp.concatenate([h_n[0], h_n[1]], axis=-1), params["bridge"]["w"], params["bridge"]["b"]))
     keys = fd.dense(hs, params["attn"]["w_h"])              # precomputed once: the part of e_tj that depends on j
     return hs, keys, mask, s0
@@ -106,9 +108,9 @@ def decoder_step(params, s, tok, enc):
     return logits, s, weights
 
 
-def teacher_forced_logits(params, src, tgt, cfg: Seq2SeqConfig):
+def teacher_forced_logits(params, src, tgt, config: Config):
     """Logits (B, U, V) for targets (B, U), the decoder reading BOS then the gold tokens."""
-    hs, keys, mask, s0 = encode(params, src, cfg)
+    hs, keys, mask, s0 = encode(params, src, config)
     prev = jnp.concatenate([jnp.full((tgt.shape[0], 1), BOS, tgt.dtype), tgt[:, :-1]], axis=1)
 
     def body(s, tok):
@@ -119,36 +121,34 @@ def teacher_forced_logits(params, src, tgt, cfg: Seq2SeqConfig):
     return jnp.swapaxes(logits, 0, 1)
 
 
-def loss_and_metrics(params, src, tgt, cfg: Seq2SeqConfig):
-    logits = teacher_forced_logits(params, src, tgt, cfg)
+def apply(params, state, x, config: Config, *, key=None, train: bool = False):
+    """``(greedy translation (B, tgt_len), state)`` of source ids x (B, S)."""
+    return decode_greedy(params, x, config)[0], state
+
+
+def loss(params, state, batch, config: Config, *, key=None, train: bool = False):
+    """Teacher-forced cross-entropy on the target tokens up to EOS; exact-match and token accuracy."""
+    src, tgt = batch["x"], batch["y"]
+    logits = teacher_forced_logits(params, src, tgt, config)
     valid = tgt != PAD                      # EOS counts (the model must learn to stop), padding after it does not
     labels = jnp.where(valid, tgt, -100)
     value = softmax_cross_entropy(logits, labels, ignore_index=-100)
     right = (jnp.argmax(logits, -1) == tgt) | ~valid
-    return value, {"loss": value, "accuracy": jnp.mean(jnp.all(right, axis=1)),
-                   "token_accuracy": jnp.sum(right & valid) / jnp.sum(valid)}
+    return value, (state, {"loss": value, "accuracy": jnp.mean(jnp.all(right, axis=1)),
+                           "token_accuracy": jnp.sum(right & valid) / jnp.sum(valid)})
 
 
-def make_task(cfg: Seq2SeqConfig) -> Task:
-    def task_init(key):
-        return init(key, cfg), {}
-
-    def task_loss(params, state, batch, key, train):
-        value, metrics = loss_and_metrics(params, batch["x"], batch["y"], cfg)
-        return value, (state, metrics)
-
-    return Task(task_init, task_loss, "classification",
-                apply=lambda params, state, x: decode_greedy(params, x, cfg)[0],
-                extras={"config": cfg, "decode_greedy": functools.partial(decode_greedy, cfg=cfg),
-                        "decode_beam": functools.partial(decode_beam, cfg=cfg)})
+def extras(config: Config) -> dict:
+    return {"decode_greedy": functools.partial(decode_greedy, config=config),
+            "decode_beam": functools.partial(decode_beam, config=config)}
 
 
 # ----------------------------------------------------------------------------------------------- decoding
-@functools.partial(jax.jit, static_argnames=("cfg", "max_len"))
-def decode_greedy(params, src, cfg: Seq2SeqConfig, max_len: int | None = None):
+@functools.partial(jax.jit, static_argnames=("config", "max_len"))
+def decode_greedy(params, src, config: Config, max_len: int | None = None):
     """Greedy decoding: (tokens (B, U), attention weights (B, U, S)). After EOS the tokens are PAD."""
-    hs, keys, mask, s0 = encode(params, src, cfg)
-    n = max_len or cfg.tgt_len
+    hs, keys, mask, s0 = encode(params, src, config)
+    n = max_len or config.tgt_len
 
     def body(carry, _):
         s, tok, done = carry
@@ -162,14 +162,14 @@ def decode_greedy(params, src, cfg: Seq2SeqConfig, max_len: int | None = None):
     return toks.T, jnp.swapaxes(ws, 0, 1)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "beam", "max_len", "length_penalty"))
-def decode_beam(params, src, cfg: Seq2SeqConfig, beam: int = 4, max_len: int | None = None,
+@functools.partial(jax.jit, static_argnames=("config", "beam", "max_len", "length_penalty"))
+def decode_beam(params, src, config: Config, beam: int = 4, max_len: int | None = None,
                 length_penalty: float = 0.0):
     """Beam search: keep the ``beam`` best partial translations by total log-probability; a finished beam
     (it emitted EOS) only extends with PAD at no cost. The winner maximises score / length**length_penalty.
     Returns (tokens (B, U) of the best beam, its score (B,))."""
-    b, n, k, v = src.shape[0], max_len or cfg.tgt_len, beam, cfg.vocab_size
-    hs, keys, mask, s0 = encode(params, src, cfg)
+    b, n, k, v = src.shape[0], max_len or config.tgt_len, beam, config.vocab_size
+    hs, keys, mask, s0 = encode(params, src, config)
     rep = lambda a: jnp.repeat(a, k, axis=0)                       # (B, ...) -> (B*K, ...), beam-minor
     enc = (rep(hs), rep(keys), rep(mask))
     scores = jnp.tile(jnp.array([0.0] + [-jnp.inf] * (k - 1)), (b, 1))      # one live beam at the start
@@ -201,7 +201,7 @@ def decode_beam(params, src, cfg: Seq2SeqConfig, beam: int = 4, max_len: int | N
                                                                                               axis=1)[:, 0]
 
 
-def exact_match(params, src, tgt, cfg: Seq2SeqConfig, method: str = "greedy", beam: int = 4,
+def exact_match(params, src, tgt, config: Config, method: str = "greedy", beam: int = 4,
                 batch_size: int = 500) -> float:
     """Share of examples whose decoded tokens up to and including EOS equal the target's."""
     if method not in ("greedy", "beam"):
@@ -210,22 +210,26 @@ def exact_match(params, src, tgt, cfg: Seq2SeqConfig, method: str = "greedy", be
     src, tgt = np.asarray(src), np.asarray(tgt)
     for i in range(0, len(src), batch_size):
         s = jnp.asarray(src[i:i + batch_size])
-        toks = decode_greedy(params, s, cfg)[0] if method == "greedy" else decode_beam(params, s, cfg, beam)[0]
+        toks = decode_greedy(params, s, config)[0] if method == "greedy" else decode_beam(params, s, config, beam)[0]
         toks, want = np.asarray(toks), tgt[i:i + batch_size]
         n = min(toks.shape[1], want.shape[1])
         hits += int(np.sum(np.all((toks[:, :n] == want[:, :n]) | (want[:, :n] == PAD), axis=1)))
     return hits / len(src)
 
 
-def _build(info: DataInfo, embed=32, enc_hidden=64, dec_hidden=128, attn=64, **_):
-    extras = info.extras or {}
-    if extras.get("task") != "seq2seq" or info.vocab_size is None:
+def build(info: DataInfo, *, embed=32, enc_hidden=64, dec_hidden=128, attn=64):
+    data_extras = info.extras or {}
+    if data_extras.get("task") != "seq2seq" or info.vocab_size is None:
         raise ValueError(f"seq2seq needs a translation data set (dates, reverse), not {info.name!r}")
-    return make_task(Seq2SeqConfig(info.vocab_size, int(extras["tgt_len"]), int(embed), int(enc_hidden),
-                                   int(dec_hidden), int(attn)))
+    return as_task(Config(info.vocab_size, int(data_extras["tgt_len"]), int(embed), int(enc_hidden), int(dec_hidden),
+                          int(attn)))
 
 
-register("seq2seq", _build, data=("dates", "reverse"),
+register("seq2seq", build, data=("dates", "reverse"),
          defaults={"data": "dates", "epochs": 8, "batch_size": 64, "optimizer": "adam", "lr": 3e-3, "clip_norm": 1.0,
                    "monitor": "val_accuracy"},
-         description="GRU encoder-decoder with additive (Bahdanau) attention; accuracy = exact match")
+         description="GRU encoder-decoder with additive (Bahdanau) attention; accuracy = exact match",
+         small={"embed": 6, "enc_hidden": 5, "dec_hidden": 7, "attn": 4},
+         small_data=DataInfo("fake-dates", (9,), vocab_size=12,
+                             extras={"task": "seq2seq", "src_len": 9, "tgt_len": 6, "pad": PAD, "bos": BOS,
+                                     "eos": EOS}))

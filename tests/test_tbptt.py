@@ -26,7 +26,7 @@ def test_windows_option_is_checked():
 
 
 def test_char_lstm_with_carried_state_trains(tmp_path):
-    from funcdl.models.rnn import CharLSTMConfig, char_lstm_task
+    from funcdl.models import as_task, char_lstm
 
     from funcdl.data.base import Dataset
     from funcdl.training.loop import train
@@ -34,7 +34,7 @@ def test_char_lstm_with_carried_state_trains(tmp_path):
     text = np.random.default_rng(0).integers(0, 7, size=4000).astype(np.int32)
     data = Dataset("toy", {"train": {"tokens": text[:3600]}, "val": {"tokens": text[3600:]}}, kind="language",
                    vocab_size=7)
-    task = char_lstm_task(CharLSTMConfig(7, 8, 16, 1, 0.0, 0, True), 4)
+    task = as_task(char_lstm.Config(7, 8, 16, 1, 0.0, 0, tbptt=True, batch_size=4))
     _, state0 = task.init(jax.random.PRNGKey(0))
     cfg = TrainConfig(steps=6, batch_size=4, seq_len=12, windows="sequential", eval_every=3, progress=False,
                       plots=False, lr=1e-2)

@@ -52,8 +52,11 @@ def load_model(path: str, data_dir: str | None = None):
     extras = ds.extras or {}
     if "encode" not in extras:
         raise ValueError(f"data set {cfg['data']!r} has no text vocabulary: sample works on language models")
-    options = dict(cfg.get("model_options", {}))
-    task = entry.build(ds.info(cfg.get("train", {}).get("seq_len")), **options)
+    from .train import build_task
+
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.get("model_options", {}).items()}
+    train_cfg = cfg.get("train", {})
+    task = build_task(entry, ds.info(train_cfg.get("seq_len")), options, train_cfg.get("batch_size"))
     template, _ = task.init(jax.random.PRNGKey(0))
     trees, _ = checkpoint.restore(ckpt, {"params": template})
     return task, trees["params"], extras["encode"], extras["decode"]

@@ -192,6 +192,7 @@ def _latest_run(model: str, data: str | None) -> Path:
 
 
 def run(args) -> int:
+    from funcdl.models.registry import check_options
     from funcdl.training.loop import TrainConfig, train
 
     entry = _models().get_model(args.model)
@@ -220,13 +221,14 @@ def run(args) -> int:
         if args.out and (out / "checkpoint.npz").is_file():
             raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
+    check_options(args.model, entry.build, model_opts)       # a misspelt --set fails before any data is loaded
     config = TrainConfig(**train_opts)
     data = load_run_data(data_name, data_dir, config.asdict())
     info = data.info(seq_len=config.seq_len if data.windowed else None)
     try:
         task = build_task(entry, info, model_opts, config.batch_size)
-    except TypeError as err:
-        raise ValueError(f"model {args.model!r} does not take these options {sorted(model_opts)}: {err}") from None
+    except TypeError as err:          # an option of the wrong kind (a list where a number belongs, ...)
+        raise ValueError(f"model {args.model!r}: {err}") from None
     if (task.kind == "language") != data.windowed:
         raise ValueError(f"model {args.model!r} is a {task.kind} model but {data_name!r} is {data.kind} data; "
                          f"it is meant for: {', '.join(entry.data) or 'any'}")
@@ -245,12 +247,11 @@ def run(args) -> int:
 
 
 def build_task(entry, info, model_opts: dict, batch_size):
-    """``entry.build(info, **model_opts)``; a builder that declares ``batch_size`` also gets the training batch
-    size (a model that carries state between batches, such as char-lstm with truncated BPTT, needs it)."""
-    import inspect
-
+    """``entry.build(info, **model_opts)`` (which checks the options against the builder's signature); a builder
+    that takes ``batch_size`` also gets the training batch size (a model that carries state between batches, such
+    as char-lstm with truncated BPTT, needs it)."""
     opts = dict(model_opts)
-    if "batch_size" in inspect.signature(entry.build).parameters and batch_size is not None:
+    if "batch_size" in entry.options and batch_size is not None:
         opts.setdefault("batch_size", int(batch_size))
     return entry.build(info, **opts)
 
