@@ -63,6 +63,8 @@ class TrainConfig:
     plots: bool = True
     stop_after: int | None = None          # stop (with a checkpoint) after this many steps, as Ctrl-C would
     val_fraction: float | None = None      # share of train held out for validation (None: the data set's own)
+    precision: str = "fp32"                # compute dtype: fp32, bf16 or fp16 (float32 master weights, optimizer
+                                           # state and loss; fp16 adds dynamic loss scaling)
     devices: int | None = None             # data parallel over this many devices (None: all JAX sees)
     shard: str = "none"                    # "optimizer": ZeRO-sharded optimizer state; "params": params too
 
@@ -71,7 +73,8 @@ class TrainConfig:
                   "seq_len", "stop_after", "eval_batch_size")
         _at_least(self, 0, "warmup_steps")
         for name, allowed in (("grad", ("manual", "autodiff")), ("windows", ("random", "sequential")),
-                              ("monitor", ("val_loss", "val_accuracy"))):
+                              ("monitor", ("val_loss", "val_accuracy")), ("precision", ("fp32", "bf16", "fp16")),
+                              ("shard", ("none", "optimizer", "params"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be {' or '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
         if self.clip_norm is not None and not self.clip_norm > 0:

@@ -3,6 +3,13 @@
     (loss, (state, metrics)), g = value_and_grad(task.loss)(params, state, batch, key, train=True)
     updates, opt_state = opt.update(g, opt_state, params)     # opt = [clip ->] optimizer [-> freeze]
     params = params + updates
+
+Mixed precision is a policy of the step, not of the model (``precision``): the float32 master parameters and
+the batch's float arrays are cast to the compute dtype (bfloat16 or float16) on the way in, so the forward and
+backward run in it, and the cast's own derivative brings the gradient back to float32, where the optimizer
+keeps its moments. The loss is reported in float32. float16 adds dynamic loss scaling
+(``optim.dynamic_loss_scale``): the step multiplies the loss by the scale kept in the optimizer state, the
+optimizer divides it out, skips steps whose gradients overflow and adapts the scale.
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ def make_optimizer(config: TrainConfig, total_steps: int):
             from None
     if config.clip_norm is not None:
         opt = optim.chain(optim.clip_by_global_norm(config.clip_norm), opt)
+    if config.precision == "fp16":
+        opt = optim.dynamic_loss_scale(opt)
     return opt, lr
 
 
@@ -81,6 +90,17 @@ def _same_dtypes(new, old):
     return jax.tree.map(lambda n, o: jnp.asarray(n).astype(jnp.asarray(o).dtype), new, old)
 
 
+COMPUTE_DTYPES = {"fp32": None, "bf16": jnp.bfloat16, "fp16": jnp.float16}
+
+
+def cast_floats(tree, dtype):
+    """Every floating-point leaf of ``tree`` as ``dtype`` (labels and other integers as they are)."""
+    if dtype is None:
+        return tree
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x,
+                        tree)
+
+
 def make_train_step(task: Task, opt, config: TrainConfig, augment=None, parallel=None, layouts=None):
     """``step(params, opt_state, state, batch, key) -> (params, opt_state, state, metrics)``: one update.
 
@@ -92,23 +112,34 @@ def make_train_step(task: Task, opt, config: TrainConfig, augment=None, parallel
     """
     hold = (lambda tree, s: tree) if parallel is None else parallel.constrain  # noqa: E731
     loss_fn = task.loss if config.grad == "manual" else autodiff(task.loss)
+    compute = COMPUTE_DTYPES[config.precision]
+    scaled = config.precision == "fp16"
 
-    def objective(params, state, batch, key):
-        return loss_fn(params, state, batch, key, True)
+    def objective(params, state, batch, key, scale):
+        loss, aux = loss_fn(cast_floats(params, compute), state, cast_floats(batch, compute), key, True)
+        if compute is None:
+            return loss, (loss, aux)
+        loss = loss.astype(jnp.float32)
+        return (loss * scale if scaled else loss), (loss, aux)
 
     def train_step(params, opt_state, state, batch, key):
         if parallel is not None:
             batch = parallel.constrain_batch(batch)
         if augment is not None:
             batch = augment(jax.random.fold_in(key, AUGMENT_STREAM), batch)
-        (loss, (new_state, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(params, state, batch,
-                                                                                           key)
+        scale = optim.loss_scale(opt_state) if scaled else None
+        (_, (loss, (new_state, metrics))), grads = jax.value_and_grad(objective, has_aux=True)(
+            params, state, batch, key, scale)
         grads = _same_dtypes(grads, params)
         if parallel is not None and parallel.shard != "none":
             grads = hold(grads, parallel.split_first_axis(grads))
         updates, new_opt_state = opt.update(grads, opt_state, params)
         params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), params, updates)
-        metrics = {**metrics, "loss": loss, "grad_norm": optim.global_norm(grads)}
+        metrics = {**metrics, "loss": loss, "grad_norm": optim.global_norm(grads) / (1.0 if scale is None else scale)}
+        if compute is not None:
+            metrics = jax.tree.map(lambda m: jnp.asarray(m).astype(jnp.float32), metrics)
+        if scaled:
+            metrics["loss_scale"] = scale
         new = (params, _same_dtypes(new_opt_state, opt_state), _same_dtypes(new_state, state))
         if layouts is not None:
             new = tuple(hold(t, s) for t, s in zip(new, layouts, strict=True))
