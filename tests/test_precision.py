@@ -35,13 +35,13 @@ def test_fp16_overflow_is_skipped_inside_training():
     """A loss whose gradient times 2^15 overflows float16: the first steps are skipped (parameters unchanged)
     while the scale halves, until the scaled gradient fits; then training moves."""
     def init(key):
-        return {"w": jnp.zeros((6, 3))}, {}
+        return {"w": jnp.zeros((6, 3), jnp.float32)}, {}
 
     def loss(params, state, batch, key, train):
         value = 200.0 * jnp.mean(batch["x"] @ params["w"]) + jnp.mean(params["w"] ** 2)
         return value, (state, {"loss": value})
 
-    r = train(Task(init, loss, "regression"), blobs(), cfg(epochs=1, precision="fp16", optimizer="sgd", lr=1e-3,
+    r = train(Task(init, loss, "regression"), blobs(), cfg(epochs=3, precision="fp16", optimizer="sgd", lr=1e-3,
                                                            log_every=1))
     scales = [h["loss_scale"] for h in r.history if h["split"] == "train"]
     assert scales[:3] == [2.0**15, 2.0**14, 2.0**13]                         # halved while overflowing
