@@ -430,11 +430,13 @@ def _conv3d_examples(key, dtype):
     return exs
 
 
-def _register(name, n, examples):
-    reference, fwd, bwd, check = _make_conv(name, n)
+def register_family(make, name, n, examples):
+    """Register the n-D member ``name`` of a family whose factory ``make(name, n)`` gives (reference, fwd, bwd,
+    check)."""
+    reference, fwd, bwd, check = make(name, n)
     return primitive(name, reference, fwd, bwd, examples=examples, check=check)
 
 
-conv1d = _register("conv1d", 1, _conv1d_examples)
-conv2d = _register("conv2d", 2, _conv2d_examples)
-conv3d = _register("conv3d", 3, _conv3d_examples)
+conv1d = register_family(_make_conv, "conv1d", 1, _conv1d_examples)
+conv2d = register_family(_make_conv, "conv2d", 2, _conv2d_examples)
+conv3d = register_family(_make_conv, "conv3d", 3, _conv3d_examples)

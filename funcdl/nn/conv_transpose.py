@@ -16,9 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from ..core.examples import Example, keys, normal
-from ..core.primitive import primitive
 from ._windows import as_tuple, normalize_padding
-from .conv import _LAYOUT, bias_grad, conv_fast, conv_nd, input_grad, kernel_grad, promote
+from .conv import _LAYOUT, bias_grad, conv_fast, conv_nd, input_grad, kernel_grad, promote, register_family
 
 __all__ = ["conv_transpose1d", "conv_transpose2d"]
 
@@ -160,11 +159,5 @@ def _conv_transpose1d_examples(key, dtype):
     return exs
 
 
-
-def _register(name, n, examples):
-    reference, fwd, bwd, check = _make_conv_transpose(name, n)
-    return primitive(name, reference, fwd, bwd, examples=examples, check=check)
-
-
-conv_transpose1d = _register("conv_transpose1d", 1, _conv_transpose1d_examples)
-conv_transpose2d = _register("conv_transpose2d", 2, _conv_transpose2d_examples)
+conv_transpose1d = register_family(_make_conv_transpose, "conv_transpose1d", 1, _conv_transpose1d_examples)
+conv_transpose2d = register_family(_make_conv_transpose, "conv_transpose2d", 2, _conv_transpose2d_examples)
