@@ -2,7 +2,7 @@
 says what to do. Nothing broadcasts a wrong shape silently. Shape and dtype errors are static, so they
 raise inside jit as well; label values can only be checked outside jit (inside, see test_losses.py: NaN).
 
-Decision (documented in funcdl/losses.py): an input and its target must have exactly the same shape.
+Decision (documented in funcdl/nn/losses): an input and its target must have exactly the same shape.
 torch's ``mse_loss(pred (N, 1), target (N,))`` warns and broadcasts to an (N, N) loss, a classic silent bug;
 here it is a ValueError that suggests the reshape.
 """
@@ -164,3 +164,31 @@ def test_wrong_arguments_to_a_primitive():
         fd.mse_loss(X, X, delta=1.0)
     with pytest.raises(TypeError, match="settings are keyword-only"):
         fd.mse_loss(X, X, "sum")
+
+
+# every dropout follows one rule (funcdl/nn/_dropout.py): rate in [0, 1], as torch; rate 1 drops everything
+DROPOUTS = {
+    "dropout": lambda x, key, rate: fd.dropout(x, key, rate=rate),
+    "spatial_dropout": lambda x, key, rate: fd.spatial_dropout(x, key, rate=rate),
+    "dot_product_attention": lambda x, key, rate: fd.dot_product_attention(x, x, x, None, None, key,
+                                                                           dropout_rate=rate),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DROPOUTS))
+def test_one_dropout_rule(name):
+    apply = DROPOUTS[name]
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 4, 5))
+    key = jax.random.PRNGKey(0)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=f"{name}: .*must lie in \\[0, 1\\], got {bad}"):
+            apply(x, key, bad)
+    with pytest.raises(ValueError, match=f"{name}: training with .* > 0 needs a PRNG key"):
+        apply(x, None, 0.5)
+    # rate 1: every unit dropped, zeros out and zero gradient (torch: F.dropout(x, 1.0) is zeros), no key needed
+    for k in (key, None):
+        y, pull = jax.vjp(lambda a, k=k: apply(a, k, 1.0), x)
+        assert jnp.array_equal(y, jnp.zeros_like(y))
+        assert jnp.array_equal(pull(jnp.ones_like(y))[0], jnp.zeros_like(x))
+    # rate 0: the identity (attention: its plain value)
+    assert jnp.allclose(apply(x, None, 0.0), apply(x, key, 0.0))

@@ -1,66 +1,45 @@
-"""Dropout (Srivastava et al. 2014) with inverted scaling.
+"""Dropout (Srivastava et al. 2014) with inverted scaling; the rule itself is shared in ``funcdl.nn._dropout``.
 
-Forward in training: m ~ Bernoulli(1 - rate) elementwise, y = m * x / (1 - rate); ``rate`` is the probability
-of *dropping* a unit (as torch). Outside training, or with rate 0, y = x. With rate 1 every unit is dropped
-and y = 0 (as torch).
-
-Backward: y is linear in x with a diagonal Jacobian m / (1 - rate), so dx = m * dy / (1 - rate).
-Residual: only the key. The mask is regenerated from the key in the backward (one cheap random draw)
-instead of keeping an array the size of x — the same trade the flash-attention paper makes for its
-dropout mask. The key itself gets no gradient.
+``rate`` is the probability of *dropping* a unit (as torch) and lies in [0, 1]. Outside training, or with
+rate 0, y = x; with rate 1 every unit is dropped and y = 0 (as torch).
 """
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from ..core.examples import Example, keys, normal
 from ..core.primitive import primitive
+from ._dropout import check_rate, drop, dropout_mask
 
 __all__ = ["dropout", "dropout_mask"]
 
 
 def _check(x, key, *, rate, train=True):
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"dropout: rate is the probability of dropping and must lie in [0, 1], got {rate}")
-    if train and 0.0 < rate < 1.0 and key is None:
-        raise ValueError("dropout: training with rate > 0 needs a PRNG key (pass key=jax.random.PRNGKey(...))")
-
-
-def dropout_mask(key, shape, rate):
-    """The keep-mask dropout uses: True where a unit is kept (probability 1 - rate)."""
-    return jax.random.bernoulli(key, 1.0 - rate, shape)
-
-
-def _active(rate, train):
-    return train and rate > 0.0
+    check_rate("dropout", rate, key, active=train)
 
 
 def _dropout(x, key=None, *, rate, train=True):
-    if not _active(rate, train):
-        return x
-    if rate >= 1.0:
-        return jnp.zeros_like(x)
-    keep = dropout_mask(key, x.shape, rate)
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+    """y = m * x / (1 - rate) in training, m ~ Bernoulli(1 - rate) elementwise from ``key``; y = x otherwise.
+
+    y is linear in x with the diagonal Jacobian m / (1 - rate), so dx = m * dy / (1 - rate) (0 for rate 1).
+    Residual: only the key. The mask is regenerated from it in the backward (one cheap random draw) instead
+    of keeping an array the size of x, the trade the flash-attention paper makes for its dropout mask. The
+    key gets no gradient.
+    """
+    return drop(x, key, rate) if train else x
 
 
 def _dropout_fwd(x, key=None, *, rate, train=True):
-    return _dropout(x, key, rate=rate, train=train), (key, x.shape)
+    return _dropout(x, key, rate=rate, train=train), (key,)
 
 
 def _dropout_bwd(res, dy, *, rate, train=True):
-    key, shape = res
-    if not _active(rate, train):
-        return dy, None
-    if rate >= 1.0:
-        return jnp.zeros_like(dy), None
-    keep = dropout_mask(key, shape, rate)
-    return jnp.where(keep, dy / (1.0 - rate), 0).astype(dy.dtype), None
+    (key,) = res
+    return (drop(dy, key, rate) if train else dy), None
 
 
-def _examples(key, dtype):
+def _dropout_examples(key, dtype):
     k = keys(key, 4)
     x = normal(k[0], (8, 6), dtype)
     return [
@@ -70,4 +49,4 @@ def _examples(key, dtype):
     ]
 
 
-dropout = primitive("dropout", _dropout, _dropout_fwd, _dropout_bwd, examples=_examples, check=_check)
+dropout = primitive("dropout", _dropout, _dropout_fwd, _dropout_bwd, examples=_dropout_examples, check=_check)
