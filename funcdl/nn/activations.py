@@ -8,14 +8,13 @@ entries along one axis and get the row-wise formulas derived below.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import erf
 
 from ..core.examples import Example, away_from, keys, normal
 from ..core.primitive import primitive
+from ._gelu import gelu as gelu_value
+from ._gelu import gelu_and_grad
 
 __all__ = [
     "identity", "relu", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "sigmoid", "tanh", "softplus",
@@ -44,7 +43,15 @@ def _identity(x):
     return x
 
 
-identity = primitive("identity", _identity, lambda x: (x, ()), lambda res, dy: (dy,), examples=_unary())
+def _identity_fwd(x):
+    return _identity(x), ()
+
+
+def _identity_bwd(res, dy):
+    return (dy,)
+
+
+identity = primitive("identity", _identity, _identity_fwd, _identity_bwd, examples=_unary())
 
 
 # -------------------------------------------------------------------------------------------------- relu
@@ -54,7 +61,7 @@ def _relu(x):
 
 
 def _relu_fwd(x):
-    y = jnp.maximum(x, 0)
+    y = _relu(x)
     return y, (y,)
 
 
@@ -136,21 +143,15 @@ def _selu_bwd(res, dy):
 selu = primitive("selu", _selu, _selu_fwd, _selu_bwd, examples=_unary(kinks=(0.0,)))
 
 # -------------------------------------------------------------------------------------------------- gelu
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_GELU_C = 0.044715
-
-
 def _gelu(x, *, approximate=False):
     """Exact:  y = x Phi(x) with Phi(x) = (1 + erf(x / sqrt 2)) / 2;  dy/dx = Phi(x) + x phi(x),
-    phi(x) = exp(-x^2/2) / sqrt(2 pi).
+    phi(x) = exp(-x^2/2) / sqrt(2 pi), so dx = dy (Phi(x) + x phi(x)).
 
     Tanh approximation (``approximate=True``, as ``torch.nn.functional.gelu(approximate="tanh")``):
     y = x (1 + t) / 2 with t = tanh(u), u = sqrt(2/pi) (x + 0.044715 x^3);
     dy/dx = (1 + t) / 2 + x (1 - t^2) / 2 * sqrt(2/pi) (1 + 3 * 0.044715 x^2).  Keep x.
     """
-    if approximate:
-        return 0.5 * x * (1 + jnp.tanh(_SQRT_2_OVER_PI * (x + _GELU_C * x**3)))
-    return 0.5 * x * (1 + erf(x / math.sqrt(2.0)))
+    return gelu_value(x, approximate)
 
 
 def _gelu_fwd(x, *, approximate=False):
@@ -159,14 +160,7 @@ def _gelu_fwd(x, *, approximate=False):
 
 def _gelu_bwd(res, dy, *, approximate=False):
     (x,) = res
-    if approximate:
-        t = jnp.tanh(_SQRT_2_OVER_PI * (x + _GELU_C * x**3))
-        d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * _GELU_C * x * x)
-    else:
-        cdf = 0.5 * (1 + erf(x / math.sqrt(2.0)))
-        pdf = jnp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-        d = cdf + x * pdf
-    return (dy * d,)
+    return (dy * gelu_and_grad(x, approximate)[1],)
 
 
 gelu = primitive("gelu", _gelu, _gelu_fwd, _gelu_bwd,
@@ -180,7 +174,7 @@ def _sigmoid(x):
 
 
 def _sigmoid_fwd(x):
-    y = jax.nn.sigmoid(x)
+    y = _sigmoid(x)
     return y, (y,)
 
 
@@ -202,6 +196,7 @@ def _silu(x):
 
 
 def _silu_fwd(x):
+    # keeps sigma(x) as a residual, so the product is formed here rather than by the reference
     s = jax.nn.sigmoid(x)
     return x * s, (x, s)
 
@@ -217,12 +212,12 @@ swish = silu
 
 # ---------------------------------------------------------------------------------------------- tanh
 def _tanh(x):
-    """y = tanh x;  dy/dx = 1 - y^2.  Keep y."""
+    """y = tanh x;  dy/dx = 1 - tanh(x)^2 = 1 - y^2, so dx = dy (1 - y^2).  Keep y."""
     return jnp.tanh(x)
 
 
 def _tanh_fwd(x):
-    y = jnp.tanh(x)
+    y = _tanh(x)
     return y, (y,)
 
 
@@ -290,7 +285,7 @@ def _hard_tanh(x, *, min_val=-1.0, max_val=1.0):
 
 
 def _hard_tanh_fwd(x, *, min_val=-1.0, max_val=1.0):
-    return jnp.clip(x, min_val, max_val), (x,)
+    return _hard_tanh(x, min_val=min_val, max_val=max_val), (x,)
 
 
 def _hard_tanh_bwd(res, dy, *, min_val=-1.0, max_val=1.0):

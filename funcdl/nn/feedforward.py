@@ -1,89 +1,35 @@
 """Position-wise feed-forward blocks of a transformer, and its tied output head with the loss, each fused into
 one primitive with one hand-derived backward.
 
-GELU-MLP (GPT-2, BERT, ViT)
----------------------------
-    z = x W1 + b1      a = gelu(z)      y = a W2 + b2         x (..., D), W1 (D, F), W2 (F, D)
+* ``gelu_mlp`` (GPT-2, BERT, ViT): y = gelu(x W1 + b1) W2 + b2;
+* ``swiglu`` (Shazeer 2020; LLaMA's MLP, no biases): y = (silu(x Wg) * (x Wu)) Wd;
+* ``tied_softmax_cross_entropy`` (GPT's last step): the mean cross-entropy of softmax(h E^T), E the token
+  embedding shared with the input.
 
-    dW2 = a^T dy    db2 = sum dy    da = dy W2^T
-    dz  = da * gelu'(z),   gelu'(z) = Phi(z) + z phi(z)   (tanh form: see ``funcdl.nn.activations.gelu``)
-    dW1 = x^T dz    db1 = sum dz    dx = dz W1^T
-Residuals: x and z. a = gelu(z) is recomputed in the backward together with gelu'(z) — both need Phi(z), so
-recomputing a costs one multiply — instead of keeping a second (..., F) array.
-
-SwiGLU (Shazeer 2020; LLaMA's MLP, no biases)
-----------------------------------------------
-    g = x Wg    u = x Wu    h = silu(g) * u    y = h Wd
-
-    dWd = h^T dy    dh = dy Wd^T    du = dh * silu(g)    dg = dh * u * silu'(g)
-    silu'(g) = s (1 + g (1 - s)),  s = sigmoid(g)
-    dWg = x^T dg    dWu = x^T du    dx = dg Wg^T + du Wu^T
-Residuals: x, g and u; s and h are recomputed.
-
-Tied output head + cross-entropy (GPT's last step)
---------------------------------------------------
-    logits = h E^T     (N, V), E the (V, D) token embedding shared with the input
-    loss = mean_n [ logsumexp(logits_n) - logits_n,y_n ]
-
-    dlogits = g (softmax(logits) - onehot(y)) / N
-    dh = dlogits E      dE = dlogits^T h     (added to the embedding's own scatter-add gradient by jax)
-Residuals: h, E, y and the (N, V) logits with their row log-sum-exp; the softmax is exp(logits - lse).
-Fusing the two saves autodiff's separate passes for the matmul transpose and the log-softmax.
+Each reference function below derives its backward. Residuals keep the pre-activations and recompute the
+activations with their derivatives (gelu(z) and gelu'(z) both need Phi(z), so recomputing costs one multiply
+instead of a second (..., F) array). Fusing the head with the loss saves autodiff's separate passes for the
+matmul transpose and the log-softmax.
 """
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import erf
 
 from ..core.examples import Example, keys, normal
 from ..core.primitive import is_concrete, primitive
-from ._matmul import mat, t_mat
+from ._gelu import gelu, gelu_and_grad
+from ._matmul import check_compute_dtype, mat, sum_rows, t_mat
 
 __all__ = ["gelu_mlp", "swiglu", "tied_softmax_cross_entropy", "gelu_mlp_init", "swiglu_init"]
 
-_SQRT_HALF = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_GELU_C = 0.044715
-
-
-def _gelu_and_grad(z, approximate):
-    """gelu(z) and gelu'(z) sharing their common factors."""
-    if approximate:
-        u = _SQRT_2_OVER_PI * (z + _GELU_C * z ** 3)
-        t = jnp.tanh(u)
-        a = 0.5 * z * (1.0 + t)
-        da = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_C * z * z)
-        return a, da
-    phi_cdf = 0.5 * (1.0 + erf(z * _SQRT_HALF))
-    return z * phi_cdf, phi_cdf + z * _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
-
-
-def _gelu(z, approximate):
-    if approximate:
-        return 0.5 * z * (1.0 + jnp.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z ** 3)))
-    return z * 0.5 * (1.0 + erf(z * _SQRT_HALF))
-
-
-def _flat_sum(a, n):
-    return jnp.sum(a.reshape(-1, n), axis=0)
-
-
-def _check_cdt(name, compute_dtype):
-    if compute_dtype not in (None, "bfloat16", "float16", "float32"):
-        raise ValueError(f"{name}: compute_dtype must be None, 'float32', 'bfloat16' or 'float16', "
-                         f"got {compute_dtype!r}")
-
 
 # ---------------------------------------------------------------------------------------------- gelu_mlp
-def _mlp_check(x, w1, b1=None, w2=None, b2=None, *, approximate=False, compute_dtype=None):
+def _gelu_mlp_check(x, w1, b1=None, w2=None, b2=None, *, approximate=False, compute_dtype=None):
     name = "gelu_mlp"
-    _check_cdt(name, compute_dtype)
+    check_compute_dtype(name, compute_dtype)
     if w2 is None:
         raise ValueError(f"{name}: the second weight w2 is required (inputs: x, w1, b1, w2, b2)")
     if w1.ndim != 2 or w2.ndim != 2:
@@ -97,36 +43,48 @@ def _mlp_check(x, w1, b1=None, w2=None, b2=None, *, approximate=False, compute_d
         raise ValueError(f"{name}: b2 shape {b2.shape} must be ({w2.shape[1]},)")
 
 
-def _mlp_ref(x, w1, b1=None, w2=None, b2=None, *, approximate=False, compute_dtype=None):
-    """y = gelu(x W1 + b1) W2 + b2."""
+def _gelu_mlp_hidden(x, w1, b1, compute_dtype):
     z = mat(x, w1, compute_dtype).astype(x.dtype)
-    z = z if b1 is None else z + b1
-    y = mat(_gelu(z, approximate), w2, compute_dtype).astype(x.dtype)
+    return z if b1 is None else z + b1
+
+
+def _gelu_mlp_out(a, x, w2, b2, compute_dtype):
+    y = mat(a, w2, compute_dtype).astype(x.dtype)
     return y if b2 is None else y + b2
 
 
-def _mlp_fwd(x, w1, b1=None, w2=None, b2=None, *, approximate=False, compute_dtype=None):
-    z = mat(x, w1, compute_dtype).astype(x.dtype)
-    z = z if b1 is None else z + b1
-    y = mat(_gelu(z, approximate), w2, compute_dtype).astype(x.dtype)
-    y = y if b2 is None else y + b2
-    return y, (x, w1, w2, z, b1 is not None, b2 is not None)
+def _gelu_mlp(x, w1, b1=None, w2=None, b2=None, *, approximate=False, compute_dtype=None):
+    """y = gelu(x W1 + b1) W2 + b2, x (..., D), W1 (D, F), W2 (F, D_out); the biases are optional.
+
+    With z = x W1 + b1 and a = gelu(z):
+        dw2 = a^T dy    db2 = sum dy    da = dy W2^T    dz = da * gelu'(z)
+        dw1 = x^T dz    db1 = sum dz    dx = dz W1^T
+    Residuals: x, z and the weights; a is recomputed with gelu'(z) (both need Phi(z)).
+    """
+    return _gelu_mlp_out(gelu(_gelu_mlp_hidden(x, w1, b1, compute_dtype), approximate), x, w2, b2, compute_dtype)
 
 
-def _mlp_bwd(res, dy, *, approximate=False, compute_dtype=None):
-    x, w1, w2, z, has_b1, has_b2 = res
+def _gelu_mlp_fwd(x, w1, b1=None, w2=None, b2=None, *, approximate=False, compute_dtype=None):
+    # keeps the hidden pre-activation z, so the two layers are written out rather than calling the reference
+    z = _gelu_mlp_hidden(x, w1, b1, compute_dtype)
+    y = _gelu_mlp_out(gelu(z, approximate), x, w2, b2, compute_dtype)
+    return y, (x, w1, b1, w2, b2, z)
+
+
+def _gelu_mlp_bwd(res, dy, *, approximate=False, compute_dtype=None):
+    x, w1, b1, w2, b2, z = res
     cdt = compute_dtype
-    a, dadz = _gelu_and_grad(z, approximate)
+    a, dadz = gelu_and_grad(z, approximate)
     dw2 = t_mat(a, dy, cdt).astype(w2.dtype)
-    db2 = _flat_sum(dy, dy.shape[-1]) if has_b2 else None
+    db2 = None if b2 is None else sum_rows(dy)
     dz = mat(dy, w2.T, cdt).astype(x.dtype) * dadz
     dw1 = t_mat(x, dz, cdt).astype(w1.dtype)
-    db1 = _flat_sum(dz, dz.shape[-1]) if has_b1 else None
+    db1 = None if b1 is None else sum_rows(dz)
     dx = mat(dz, w1.T, cdt).astype(x.dtype)
     return dx, dw1, db1, dw2, db2
 
 
-def _mlp_examples(key, dtype):
+def _gelu_mlp_examples(key, dtype):
     k = keys(key, 8)
     return [
         Example((normal(k[0], (2, 3, 4), dtype), normal(k[1], (4, 6), dtype, 0.7), normal(k[2], (6,), dtype),
@@ -136,7 +94,8 @@ def _mlp_examples(key, dtype):
     ]
 
 
-gelu_mlp = primitive("gelu_mlp", _mlp_ref, _mlp_fwd, _mlp_bwd, examples=_mlp_examples, check=_mlp_check)
+gelu_mlp = primitive("gelu_mlp", _gelu_mlp, _gelu_mlp_fwd, _gelu_mlp_bwd, examples=_gelu_mlp_examples,
+                     check=_gelu_mlp_check)
 
 
 def gelu_mlp_init(key, d_model: int, d_hidden: int | None = None, *, bias: bool = True, std: float = 0.02,
@@ -162,13 +121,20 @@ def _swiglu_check(x, w_gate, w_up, w_down):
         )
 
 
-def _swiglu_ref(x, w_gate, w_up, w_down):
-    """y = (silu(x Wg) * (x Wu)) Wd."""
+def _swiglu(x, w_gate, w_up, w_down):
+    """y = (silu(x Wg) * (x Wu)) Wd, x (..., D), Wg and Wu (D, F), Wd (F, D_out); no biases (LLaMA's MLP).
+
+    With g = x Wg, u = x Wu, s = sigmoid(g) and h = g s u:
+        dw_down = h^T dy    dh = dy Wd^T    du = dh * g s    dg = dh * u * s (1 + g (1 - s))
+        dw_gate = x^T dg    dw_up = x^T du  dx = dg Wg^T + du Wu^T
+    Residuals: x, the weights, g and u; s and h are recomputed.
+    """
     g = jnp.matmul(x, w_gate)
     return jnp.matmul(g * jax.nn.sigmoid(g) * jnp.matmul(x, w_up), w_down)
 
 
 def _swiglu_fwd(x, w_gate, w_up, w_down):
+    # keeps g and u, so the products are written out rather than calling the reference
     g = jnp.matmul(x, w_gate)
     u = jnp.matmul(x, w_up)
     return jnp.matmul(g * jax.nn.sigmoid(g) * u, w_down), (x, w_gate, w_up, w_down, g, u)
@@ -192,7 +158,7 @@ def _swiglu_examples(key, dtype):
                      normal(k[3], (6, 5), dtype, 0.5)), {}, "D=4 F=6 out=5")]
 
 
-swiglu = primitive("swiglu", _swiglu_ref, _swiglu_fwd, _swiglu_bwd, examples=_swiglu_examples, check=_swiglu_check)
+swiglu = primitive("swiglu", _swiglu, _swiglu_fwd, _swiglu_bwd, examples=_swiglu_examples, check=_swiglu_check)
 
 
 def swiglu_init(key, d_model: int, d_hidden: int | None = None, *, std: float = 0.02) -> dict:
@@ -205,9 +171,9 @@ def swiglu_init(key, d_model: int, d_hidden: int | None = None, *, std: float = 
 
 
 # ----------------------------------------------------------------------------- tied head + cross-entropy
-def _tied_check(h, table, targets, *, compute_dtype=None):
+def _tied_softmax_cross_entropy_check(h, table, targets, *, compute_dtype=None):
     name = "tied_softmax_cross_entropy"
-    _check_cdt(name, compute_dtype)
+    check_compute_dtype(name, compute_dtype)
     if table.ndim != 2 or h.shape[-1] != table.shape[1]:
         raise ValueError(f"{name}: hidden states {h.shape} and embedding table {table.shape} do not match "
                          "(need h (..., D) and table (V, D))")
@@ -227,23 +193,34 @@ def _tied_logits(h, table, cdt):
     return mat(h.reshape(-1, h.shape[-1]), table.T, cdt).astype(h.dtype)
 
 
-def _tied_ref(h, table, targets, *, compute_dtype=None):
-    """mean cross-entropy of softmax(h E^T) against the targets."""
-    logits = _tied_logits(h, table, compute_dtype)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.mean(jnp.take_along_axis(logp, targets.reshape(-1, 1), axis=-1))
+def _logsumexp_rows(logits):
+    m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    return m + jnp.log(jnp.sum(jnp.exp(logits - m), axis=-1, keepdims=True))
 
 
-def _tied_fwd(h, table, targets, *, compute_dtype=None):
+def _tied_softmax_cross_entropy(h, table, targets, *, compute_dtype=None):
+    """Mean cross-entropy of softmax(h E^T) against the targets: h (..., D), E (V, D), targets (...) ids.
+
+        logits = h E^T  (N, V),   loss = mean_n [ logsumexp(logits_n) - logits_n,y_n ]
+        dlogits = g (softmax(logits) - onehot(y)) / N
+        dh = dlogits E      dtable = dlogits^T h     (added to the embedding's own scatter-add by jax)
+    Residuals: h, E, the targets, the (N, V) logits and their row log-sum-exp (softmax = exp(logits - lse)).
+    """
     logits = _tied_logits(h, table, compute_dtype)
-    m = jnp.max(logits, axis=-1, keepdims=True)
-    lse = m + jnp.log(jnp.sum(jnp.exp(logits - m), axis=-1, keepdims=True))
+    t = targets.reshape(-1, 1)
+    return jnp.mean(_logsumexp_rows(logits) - jnp.take_along_axis(logits, t, axis=-1))
+
+
+def _tied_softmax_cross_entropy_fwd(h, table, targets, *, compute_dtype=None):
+    # keeps the logits and their log-sum-exp, so the loss is formed here rather than by the reference
+    logits = _tied_logits(h, table, compute_dtype)
+    lse = _logsumexp_rows(logits)
     t = targets.reshape(-1, 1)
     value = jnp.mean(lse - jnp.take_along_axis(logits, t, axis=-1))
     return value, (h, table, t, logits, lse)
 
 
-def _tied_bwd(res, g, *, compute_dtype=None):
+def _tied_softmax_cross_entropy_bwd(res, g, *, compute_dtype=None):
     h, table, t, logits, lse = res
     n, v = logits.shape
     p = jnp.exp(logits - lse)
@@ -253,12 +230,14 @@ def _tied_bwd(res, g, *, compute_dtype=None):
     return dh, dtable, None
 
 
-def _tied_examples(key, dtype):
+def _tied_softmax_cross_entropy_examples(key, dtype):
     k = keys(key, 3)
     return [Example((normal(k[0], (2, 3, 4), dtype), normal(k[1], (7, 4), dtype),
                      jax.random.randint(k[2], (2, 3), 0, 7)), {}, "N=6 V=7 D=4")]
 
 
 tied_softmax_cross_entropy = primitive(
-    "tied_softmax_cross_entropy", _tied_ref, _tied_fwd, _tied_bwd, examples=_tied_examples, check=_tied_check,
+    "tied_softmax_cross_entropy", _tied_softmax_cross_entropy, _tied_softmax_cross_entropy_fwd,
+    _tied_softmax_cross_entropy_bwd, examples=_tied_softmax_cross_entropy_examples,
+    check=_tied_softmax_cross_entropy_check,
 )
