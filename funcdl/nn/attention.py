@@ -42,7 +42,8 @@ import jax.numpy as jnp
 
 from ..core.examples import Example, keys, normal
 from ..core.primitive import primitive, unbroadcast
-from ._matmul import mat, t_mat
+from ._dropout import check_rate, drop
+from ._scores import broadcasts_to, causal_mask, padding_mask, score_scale
 from .linear import dense
 
 __all__ = [
@@ -50,19 +51,6 @@ __all__ = [
     "mha_init", "split_heads", "merge_heads", "qkv_projection", "attend", "packed_causal_attention",
     "causal_self_attention",
 ]
-
-
-# ------------------------------------------------------------------------------------------ masks
-def causal_mask(t: int, s: int | None = None) -> jax.Array:
-    """Boolean (t, s) mask, True where key j may be seen by query i: j <= i + (s - t) (bottom-right aligned)."""
-    s = t if s is None else s
-    return jnp.arange(s)[None, :] <= jnp.arange(t)[:, None] + (s - t)
-
-
-def padding_mask(lengths, s: int) -> jax.Array:
-    """Key-padding mask (B, 1, 1, s) from the true lengths (B,): True for the first ``lengths[b]`` keys."""
-    lengths = jnp.asarray(lengths)
-    return (jnp.arange(s)[None, :] < lengths[:, None])[:, None, None, :]
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -79,16 +67,6 @@ def _batch_shape(name, q, k, v):
         raise ValueError(
             f"{name}: the leading (batch, head) axes of q {q.shape}, k {k.shape}, v {v.shape} do not broadcast"
         ) from None
-
-
-def broadcasts_to(shape, full) -> bool:
-    """Whether an array of ``shape`` broadcasts to ``full`` without growing it (masks and biases)."""
-    if len(shape) > len(full):
-        return False
-    try:
-        return jnp.broadcast_shapes(tuple(shape), tuple(full)) == tuple(full)
-    except ValueError:
-        return False
 
 
 def _check_against(name, what, arr, full):
@@ -112,22 +90,15 @@ def _check_mask_bias(name, full, bias, mask):
         _check_against(name, "mask", mask, full)
 
 
-def _attn_check(q, k, v, bias=None, mask=None, key=None, *, causal=False, scale=None, dropout_rate=0.0,
-                return_weights=False):
+def _dot_product_attention_check(q, k, v, bias=None, mask=None, key=None, *, causal=False, scale=None,
+                                 dropout_rate=0.0, return_weights=False):
     name = "dot_product_attention"
     batch = _batch_shape(name, q, k, v)
     _check_mask_bias(name, (*batch, q.shape[-2], k.shape[-2]), bias, mask)
-    if not 0.0 <= dropout_rate < 1.0:
-        raise ValueError(f"{name}: dropout_rate is the probability of dropping a weight, in [0, 1); got {dropout_rate}")
-    if dropout_rate > 0 and key is None:
-        raise ValueError(f"{name}: dropout_rate > 0 needs a PRNG key (key=jax.random.PRNGKey(...))")
+    check_rate(name, dropout_rate, key, what="dropout_rate")
 
 
 # ------------------------------------------------------------------------------------------ primitive
-def _scale(q, scale):
-    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-
-
 def _swap(x):
     return jnp.swapaxes(x, -1, -2)
 
@@ -143,7 +114,7 @@ def _allowed(t, s, mask, causal):
 
 def _probabilities(q, k, bias, mask, causal, scale):
     """P = softmax(s Q K^T + B) with masked entries exactly 0; rows with nothing allowed are all 0."""
-    s = jnp.matmul(q, _swap(k)) * jnp.asarray(_scale(q, scale), q.dtype)
+    s = jnp.matmul(q, _swap(k)) * jnp.asarray(score_scale(q, scale), q.dtype)
     if bias is not None:
         s = s + bias
     allowed = _allowed(q.shape[-2], k.shape[-2], mask, causal)
@@ -156,48 +127,48 @@ def _probabilities(q, k, bias, mask, causal, scale):
     return e / jnp.where(denom == 0, 1, denom)
 
 
-def _dropped(p, key, rate):
-    if rate == 0.0:
-        return p
-    keep = jax.random.bernoulli(key, 1.0 - rate, p.shape)
-    return jnp.where(keep, p / (1.0 - rate), 0).astype(p.dtype)
+def _dot_product_attention(q, k, v, bias=None, mask=None, key=None, *, causal=False, scale=None, dropout_rate=0.0,
+                           return_weights=False):
+    """O = dropout(softmax(s Q K^T + bias, masked)) V; (O, P) when ``return_weights``.
 
-
-def _attention(q, k, v, bias=None, mask=None, key=None, *, causal=False, scale=None, dropout_rate=0.0,
-               return_weights=False):
-    """softmax(Q K^T / sqrt(d) + B, masked) V, with dropout on the weights; (O, P) when ``return_weights``."""
+    q (..., T, d), k (..., S, d), v (..., S, dv), bias and mask broadcast to (..., T, S); s = 1/sqrt(d) by
+    default. With S = s Q K^T + bias (-inf where masked), P = softmax(S) row-wise, Pd = P * M / (1 - r):
+        dv = Pd^T dO;   dPd = dO V^T;   dP = dPd * M / (1 - r) (+ the cotangent of the returned P)
+        dS = P * (dP - D),   D_i = sum_j P_ij dP_ij = rowsum(dO * O) (+ rowsum(P * dP_w))
+        dq = s dS K,   dk = s dS^T Q,   dbias = dS    (each summed over the axes it was broadcast along)
+    The mask and the key get no gradient. Residuals: q, k, v, O, P, the bias and the key (M is redrawn).
+    """
     p = _probabilities(q, k, bias, mask, causal, scale)
-    o = jnp.matmul(_dropped(p, key, dropout_rate), v)
+    o = jnp.matmul(drop(p, key, dropout_rate), v)
     return (o, p) if return_weights else o
 
 
-def _attention_fwd(q, k, v, bias=None, mask=None, key=None, *, causal=False, scale=None, dropout_rate=0.0,
-                   return_weights=False):
+def _dot_product_attention_fwd(q, k, v, bias=None, mask=None, key=None, *, causal=False, scale=None,
+                               dropout_rate=0.0, return_weights=False):
+    # keeps P, so the two products are formed here rather than by the reference
     p = _probabilities(q, k, bias, mask, causal, scale)
-    o = jnp.matmul(_dropped(p, key, dropout_rate), v)
-    res = (q, k, v, o, p, key, None if bias is None else bias.shape)
-    return ((o, p) if return_weights else o), res
+    o = jnp.matmul(drop(p, key, dropout_rate), v)
+    return ((o, p) if return_weights else o), (q, k, v, bias, key, o, p)
 
 
-def _attention_bwd(res, g, *, causal=False, scale=None, dropout_rate=0.0, return_weights=False):
-    q, k, v, o, p, key, bias_shape = res
+def _dot_product_attention_bwd(res, g, *, causal=False, scale=None, dropout_rate=0.0, return_weights=False):
+    q, k, v, bias, key, o, p = res
     do, dp_w = g if return_weights else (g, None)
-    pd = _dropped(p, key, dropout_rate)
-    dv = jnp.matmul(_swap(pd), do)
-    dp = _dropped(jnp.matmul(do, _swap(v)), key, dropout_rate)      # the same mask M and 1/(1-r)
+    dv = jnp.matmul(_swap(drop(p, key, dropout_rate)), do)
+    dp = drop(jnp.matmul(do, _swap(v)), key, dropout_rate)           # the same mask M and 1/(1-r)
     d = jnp.sum(do * o, axis=-1, keepdims=True)                     # = rowsum(P * dP)
     if dp_w is not None:
         dp = dp + dp_w
         d = d + jnp.sum(p * dp_w, axis=-1, keepdims=True)
     ds = p * (dp - d)
-    sc = jnp.asarray(_scale(q, scale), q.dtype)
+    sc = jnp.asarray(score_scale(q, scale), q.dtype)
     dq = jnp.matmul(ds, k) * sc
     dk = jnp.matmul(_swap(ds), q) * sc
-    db = None if bias_shape is None else unbroadcast(ds, bias_shape)
-    return (unbroadcast(dq, q.shape), unbroadcast(dk, k.shape), unbroadcast(dv, v.shape), db, None, None)
+    dbias = None if bias is None else unbroadcast(ds, bias.shape)
+    return (unbroadcast(dq, q.shape), unbroadcast(dk, k.shape), unbroadcast(dv, v.shape), dbias, None, None)
 
 
-def _attention_examples(key, dtype):
+def _dot_product_attention_examples(key, dtype):
     k = keys(key, 16)
     q = normal(k[0], (2, 3, 5, 4), dtype)
     kk = normal(k[1], (2, 3, 6, 4), dtype)
@@ -223,8 +194,8 @@ def _attention_examples(key, dtype):
 
 
 dot_product_attention = primitive(
-    "dot_product_attention", _attention, _attention_fwd, _attention_bwd, examples=_attention_examples,
-    check=_attn_check,
+    "dot_product_attention", _dot_product_attention, _dot_product_attention_fwd, _dot_product_attention_bwd,
+    examples=_dot_product_attention_examples, check=_dot_product_attention_check,
 )
 scaled_dot_product_attention = dot_product_attention
 
@@ -371,180 +342,5 @@ def multi_head_attention(params, x, context=None, *, n_heads: int, n_kv_heads: i
     return (y, w) if return_weights else y
 
 
-# ------------------------------------------------------------------------------ packed causal attention
-# The GPT fast path. The heads stay in the (B, T, H, dh) layout the fused projection produced (einsum
-# contracts over it), so no head transposes are materialised, and the backward hands back d qkv in the packed
-# layout directly. ``compute_dtype="bfloat16"`` runs every matrix product on bfloat16 operands with float32
-# accumulation (mixed precision: softmax, statistics and the outputs stay float32); None computes in the
-# inputs' dtype.
-def _mm(spec, a, b, cdt):
-    if cdt is None:
-        return jnp.einsum(spec, a, b)
-    return jnp.einsum(spec, a.astype(cdt), b.astype(cdt), preferred_element_type=jnp.float32)
-
-
-def _check_cdt(name, compute_dtype):
-    if compute_dtype not in (None, "bfloat16", "float16", "float32"):
-        raise ValueError(f"{name}: compute_dtype must be None, 'float32', 'bfloat16' or 'float16', "
-                         f"got {compute_dtype!r}")
-
-
-def _packed_check(qkv, key=None, *, n_heads, dropout_rate=0.0, scale=None, compute_dtype=None):
-    name = "packed_causal_attention"
-    if qkv.ndim != 3 or qkv.shape[-1] % 3:
-        raise ValueError(f"{name}: qkv must be (batch, time, 3 * width) from a fused projection, got {qkv.shape}")
-    _check_fused_settings(name, qkv.shape[-1] // 3, n_heads, dropout_rate, key, compute_dtype)
-
-
-def _check_fused_settings(name, width, n_heads, dropout_rate, key, compute_dtype):
-    """The settings both fused attention primitives share: heads dividing the width, dropout, compute dtype."""
-    if n_heads <= 0 or width % n_heads:
-        raise ValueError(f"{name}: the number of heads ({n_heads}) must divide the width ({width}); "
-                         f"choose n_heads among the divisors of {width}")
-    if not 0.0 <= dropout_rate < 1.0:
-        raise ValueError(f"{name}: dropout_rate must lie in [0, 1), got {dropout_rate}")
-    if dropout_rate > 0 and key is None:
-        raise ValueError(f"{name}: dropout_rate > 0 needs a PRNG key")
-    _check_cdt(name, compute_dtype)
-
-
-def _unpack(qkv, n_heads):
-    b, t, three_w = qkv.shape
-    w = three_w // 3
-    x = qkv.reshape(b, t, 3, n_heads, w // n_heads)
-    return x[:, :, 0], x[:, :, 1], x[:, :, 2]                     # each (B, T, H, dh)
-
-
-def _packed_core(qkv, key, n_heads, dropout_rate, scale, cdt):
-    """(O (B, T, H, dh), P (B, H, T, T)) of causal attention on packed q, k, v."""
-    q, k, v = _unpack(qkv, n_heads)
-    t = q.shape[1]
-    s = _mm("bthd,bshd->bhts", q, k, cdt) * jnp.asarray(_scale(q, scale), qkv.dtype)
-    s = jnp.where(causal_mask(t), s, -jnp.inf)
-    m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))   # finite: the diagonal is always allowed
-    e = jnp.exp(s - m)
-    p = e / jnp.sum(e, axis=-1, keepdims=True)
-    o = _mm("bhts,bshd->bthd", _dropped(p, key, dropout_rate), v, cdt).astype(qkv.dtype)
-    return o, p
-
-
-def _packed_core_bwd(qkv, o, p, key, do, n_heads, dropout_rate, scale, cdt):
-    """d qkv (B, T, 3D) from dO (B, T, H, dh): dV = Pd^T dO, dP = dO V^T (masked), dS = P (dP - rowsum(dO O))."""
-    q, k, v = _unpack(qkv, n_heads)
-    dv = _mm("bhts,bthd->bshd", _dropped(p, key, dropout_rate), do, cdt)
-    dp = _dropped(_mm("bthd,bshd->bhts", do, v, cdt), key, dropout_rate)
-    d = jnp.swapaxes(jnp.sum(do * o, axis=-1), 1, 2)[..., None]      # rowsum(dO * O): (B, H, T, 1)
-    ds = p * (dp - d) * jnp.asarray(_scale(q, scale), qkv.dtype)
-    dq = _mm("bhts,bshd->bthd", ds, k, cdt)
-    dk = _mm("bhts,bthd->bshd", ds, q, cdt)
-    return jnp.stack([dq, dk, dv], axis=2).reshape(qkv.shape).astype(qkv.dtype)
-
-
-def _packed(qkv, key=None, *, n_heads, dropout_rate=0.0, scale=None, compute_dtype=None):
-    """Causal multi-head attention straight from a fused projection: qkv (B, T, 3D) -> (B, T, D).
-
-    The same mathematics as ``dot_product_attention(..., causal=True)`` on the split heads.
-    """
-    o, _ = _packed_core(qkv, key, n_heads, dropout_rate, scale, compute_dtype)
-    return o.reshape(o.shape[0], o.shape[1], -1)
-
-
-def _packed_fwd(qkv, key=None, *, n_heads, dropout_rate=0.0, scale=None, compute_dtype=None):
-    o, p = _packed_core(qkv, key, n_heads, dropout_rate, scale, compute_dtype)
-    return o.reshape(o.shape[0], o.shape[1], -1), (qkv, o, p, key)
-
-
-def _packed_bwd(res, do, *, n_heads, dropout_rate=0.0, scale=None, compute_dtype=None):
-    qkv, o, p, key = res
-    return _packed_core_bwd(qkv, o, p, key, do.reshape(o.shape), n_heads, dropout_rate, scale, compute_dtype), None
-
-
-def _packed_examples(key, dtype):
-    k = keys(key, 2)
-    return [
-        Example((normal(k[0], (2, 5, 12), dtype),), {"n_heads": 2}, "B=2 T=5 H=2 dh=2"),
-        Example((normal(k[1], (2, 4, 18), dtype), jax.random.PRNGKey(5)), {"n_heads": 3, "dropout_rate": 0.2},
-                "H=3 dropout 0.2"),
-    ]
-
-
-packed_causal_attention = primitive(
-    "packed_causal_attention", _packed, _packed_fwd, _packed_bwd, examples=_packed_examples, check=_packed_check,
-)
-
-
-# ------------------------------------------------------------------------ the whole causal attention sublayer
-def _csa_check(x, w_qkv, b_qkv=None, w_o=None, b_o=None, key=None, *, n_heads, dropout_rate=0.0, scale=None,
-               compute_dtype=None):
-    name = "causal_self_attention"
-    if x.ndim != 3:
-        raise ValueError(f"{name}: x must be (batch, time, width), got shape {x.shape}")
-    d = x.shape[-1]
-    if w_o is None:
-        raise ValueError(f"{name}: the output projection w_o is required (inputs: x, w_qkv, b_qkv, w_o, b_o, key)")
-    if w_qkv.shape != (d, 3 * d) or w_o.shape != (d, d):
-        raise ValueError(f"{name}: weights must be w_qkv ({d}, {3 * d}) and w_o ({d}, {d}) for width {d}; got "
-                         f"{w_qkv.shape} and {w_o.shape}")
-    if b_qkv is not None and b_qkv.shape != (3 * d,):
-        raise ValueError(f"{name}: b_qkv shape {b_qkv.shape} must be ({3 * d},)")
-    if b_o is not None and b_o.shape != (d,):
-        raise ValueError(f"{name}: b_o shape {b_o.shape} must be ({d},)")
-    _check_fused_settings(name, d, n_heads, dropout_rate, key, compute_dtype)
-
-
-def _csa_qkv(x, w_qkv, b_qkv, cdt):
-    qkv = mat(x, w_qkv, cdt).astype(x.dtype)
-    return qkv if b_qkv is None else qkv + b_qkv
-
-
-def _csa(x, w_qkv, b_qkv=None, w_o=None, b_o=None, key=None, *, n_heads, dropout_rate=0.0, scale=None,
-         compute_dtype=None):
-    """y = merge(causal_attention(split(x W_qkv + b_qkv))) W_o + b_o: GPT's attention sublayer, one primitive.
-
-    Backward: the output projection's rule (dW_o = Y^T dy, dY = dy W_o^T), the packed attention core's rule,
-    then the fused projection's (dW_qkv = X^T dqkv, dx = dqkv W_qkv^T). Residuals: x, qkv, the attention
-    output Y and the probabilities P.
-    """
-    o, _ = _packed_core(_csa_qkv(x, w_qkv, b_qkv, compute_dtype), key, n_heads, dropout_rate, scale, compute_dtype)
-    y = mat(o.reshape(x.shape), w_o, compute_dtype).astype(x.dtype)
-    return y if b_o is None else y + b_o
-
-
-def _csa_fwd(x, w_qkv, b_qkv=None, w_o=None, b_o=None, key=None, *, n_heads, dropout_rate=0.0, scale=None,
-             compute_dtype=None):
-    qkv = _csa_qkv(x, w_qkv, b_qkv, compute_dtype)
-    o, p = _packed_core(qkv, key, n_heads, dropout_rate, scale, compute_dtype)
-    y = mat(o.reshape(x.shape), w_o, compute_dtype).astype(x.dtype)
-    y = y if b_o is None else y + b_o
-    return y, (x, w_qkv, w_o, qkv, o, p, key, b_qkv is not None, b_o is not None)
-
-
-def _csa_bwd(res, dy, *, n_heads, dropout_rate=0.0, scale=None, compute_dtype=None):
-    x, w_qkv, w_o, qkv, o, p, key, has_bqkv, has_bo = res
-    cdt = compute_dtype
-    y = o.reshape(x.shape)
-    dw_o = t_mat(y, dy, cdt).astype(w_o.dtype)
-    db_o = jnp.sum(dy.reshape(-1, dy.shape[-1]), axis=0) if has_bo else None
-    do = mat(dy, w_o.T, cdt).astype(x.dtype).reshape(o.shape)
-    dqkv = _packed_core_bwd(qkv, o, p, key, do, n_heads, dropout_rate, scale, cdt)
-    dw_qkv = t_mat(x, dqkv, cdt).astype(w_qkv.dtype)
-    db_qkv = jnp.sum(dqkv.reshape(-1, dqkv.shape[-1]), axis=0) if has_bqkv else None
-    dx = mat(dqkv, w_qkv.T, cdt).astype(x.dtype)
-    return dx, dw_qkv, db_qkv, dw_o, db_o, None
-
-
-def _csa_examples(key, dtype):
-    k = keys(key, 8)
-    d = 6
-    return [
-        Example((normal(k[0], (2, 5, d), dtype), normal(k[1], (d, 3 * d), dtype, 0.5), normal(k[2], (3 * d,), dtype),
-                 normal(k[3], (d, d), dtype, 0.5), normal(k[4], (d,), dtype)), {"n_heads": 2}, "biases H=2"),
-        Example((normal(k[5], (2, 4, d), dtype), normal(k[6], (d, 3 * d), dtype, 0.5), None,
-                 normal(k[7], (d, d), dtype, 0.5), None, jax.random.PRNGKey(2)),
-                {"n_heads": 3, "dropout_rate": 0.1}, "no biases H=3 dropout"),
-    ]
-
-
-causal_self_attention = primitive(
-    "causal_self_attention", _csa, _csa_fwd, _csa_bwd, examples=_csa_examples, check=_csa_check,
-)
+# the fused GPT fast paths live in their own file; they are part of this module's API
+from .fused_attention import causal_self_attention, packed_causal_attention  # noqa: E402

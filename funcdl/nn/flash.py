@@ -32,14 +32,13 @@ the keys are padded to one with masked zeros. No dropout here (use ``dot_product
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
 from ..core.examples import Example, keys, normal
 from ..core.primitive import primitive
-from .attention import _attention, broadcasts_to
+from ._scores import broadcasts_to, score_scale
+from .attention import _dot_product_attention
 
 __all__ = ["flash_attention"]
 
@@ -64,14 +63,16 @@ def _check(q, k, v, kv_mask=None, *, causal=False, block_size=128, scale=None):
                              f"{kv_mask.dtype} {kv_mask.shape}")
 
 
-def _reference(q, k, v, kv_mask=None, *, causal=False, block_size=128, scale=None):
-    """softmax(q k^T * scale, masked) v — the plain attention it must equal."""
+def _flash_attention(q, k, v, kv_mask=None, *, causal=False, block_size=128, scale=None):
+    """O = softmax(s q k^T, masked) v: the plain attention it must equal, q (..., T, d), k (..., S, d), v (..., S, dv).
+
+    With P the probabilities and D = rowsum(dO * O) (= rowsum(P * dP)), per key block j:
+        P_j = exp(s q K_j^T - lse)   dv_j = P_j^T dO   dP_j = dO V_j^T   dS_j = P_j * (dP_j - D)
+        dq = sum_j s dS_j K_j        dk_j = s dS_j^T q
+    The key mask gets no gradient. Residuals: q, k, v, the mask, O and the row log-sum-exp lse (O(T d)).
+    """
     mask = None if kv_mask is None else kv_mask[..., None, :]
-    return _attention(q, k, v, None, mask, None, causal=causal, scale=scale)
-
-
-def _scale(q, scale):
-    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return _dot_product_attention(q, k, v, None, mask, None, causal=causal, scale=scale)
 
 
 def _blocks(q, k, v, kv_mask, block_size):
@@ -102,10 +103,11 @@ def _allowed(valid_j, start, t, s, causal):
     return allowed
 
 
-def _fwd(q, k, v, kv_mask=None, *, causal=False, block_size=128, scale=None):
+def _flash_attention_fwd(q, k, v, kv_mask=None, *, causal=False, block_size=128, scale=None):
+    # the blockwise online softmax (linear memory), not the reference's (T, S) matrix; it also yields lse
     t, s = q.shape[-2], k.shape[-2]
     kb, vb, validb, starts = _blocks(q, k, v, kv_mask, block_size)
-    sc = jnp.asarray(_scale(q, scale), q.dtype)
+    sc = jnp.asarray(score_scale(q, scale), q.dtype)
     acc_dtype = jnp.promote_types(q.dtype, jnp.float32)
 
     def body(carry, blk):
@@ -130,11 +132,11 @@ def _fwd(q, k, v, kv_mask=None, *, causal=False, block_size=128, scale=None):
     return out, (q, k, v, kv_mask, out, lse)
 
 
-def _bwd(res, do, *, causal=False, block_size=128, scale=None):
+def _flash_attention_bwd(res, do, *, causal=False, block_size=128, scale=None):
     q, k, v, kv_mask, o, lse = res
     t, s = q.shape[-2], k.shape[-2]
     kb, vb, validb, starts = _blocks(q, k, v, kv_mask, block_size)
-    sc = jnp.asarray(_scale(q, scale), q.dtype)
+    sc = jnp.asarray(score_scale(q, scale), q.dtype)
     d = jnp.sum(do * o, axis=-1, keepdims=True)                 # rowsum(dO * O) = rowsum(P * dP)
 
     def body(dq, blk):
@@ -157,7 +159,7 @@ def _bwd(res, do, *, causal=False, block_size=128, scale=None):
     return dq, unblock(dkb), unblock(dvb), None
 
 
-def _examples(key, dtype):
+def _flash_attention_examples(key, dtype):
     k = keys(key, 9)
     pad = jnp.array([[True] * 7, [True] * 5 + [False] * 2])               # (B=2, S=7)
     first_empty = jnp.array([[False, False] + [True] * 4, [True] * 6])    # row 0: query 0 sees nothing (causal)
@@ -172,4 +174,5 @@ def _examples(key, dtype):
     ]
 
 
-flash_attention = primitive("flash_attention", _reference, _fwd, _bwd, examples=_examples, check=_check)
+flash_attention = primitive("flash_attention", _flash_attention, _flash_attention_fwd, _flash_attention_bwd,
+                            examples=_flash_attention_examples, check=_check)
