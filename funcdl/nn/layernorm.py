@@ -41,77 +41,53 @@ import jax.numpy as jnp
 
 from ..core.examples import Example, keys, normal
 from ..core.primitive import primitive
+from ._norm import affine, affine_grads, check_affine, normalized_grad, stat_dtype
 
 __all__ = ["layer_norm", "rms_norm"]
 
 
-def _stat_dtype(x):
-    return jnp.promote_types(x.dtype, jnp.float32)
-
-
-def _check_affine(name, x, w, b):
-    if x.ndim < 1:
-        raise ValueError(f"{name}: input must have at least one axis (normalised over the last), got a scalar")
-    d = x.shape[-1]
-    if w is not None and w.shape != (d,):
-        raise ValueError(
-            f"{name}: scale shape {w.shape} must be ({d},), the size of the input's last axis (input {x.shape})"
-        )
-    if b is not None and b.shape != (d,):
-        raise ValueError(
-            f"{name}: bias shape {b.shape} must be ({d},), the size of the input's last axis (input {x.shape})"
-        )
-
-
 # ------------------------------------------------------------------------------------------- layer_norm
-def _ln_check(x, w=None, b=None, *, eps=1e-5):
-    _check_affine("layer_norm", x, w, b)
+def _layer_norm_check(x, w=None, b=None, *, eps=1e-5):
+    check_affine("layer_norm", x, w, b)
     if not eps >= 0:
         raise ValueError(f"layer_norm: eps must be >= 0, got {eps}")
 
 
-def _ln_stats(x, eps):
-    xf = x.astype(_stat_dtype(x))
+def _layer_norm_stats(x, eps):
+    xf = x.astype(stat_dtype(x))
     mu = jnp.mean(xf, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(xf - mu), axis=-1, keepdims=True)
     return xf, mu, 1.0 / jnp.sqrt(var + eps)
 
 
-def _affine(xhat, w, b, dtype):
-    y = xhat if w is None else xhat * w
-    y = y if b is None else y + b
-    return y.astype(dtype)
-
-
 def _layer_norm(x, w=None, b=None, *, eps=1e-5):
-    """y = (x - mean(x)) / sqrt(var(x) + eps) * w + b over the last axis (torch ``F.layer_norm``)."""
-    xf, mu, rstd = _ln_stats(x, eps)
-    return _affine((xf - mu) * rstd, w, b, x.dtype)
+    """y = (x - mean(x)) / sqrt(var(x) + eps) * w + b over the last axis (torch ``F.layer_norm``).
+
+    x (..., D), w and b (D,) or None. With xhat = (x - mu) * rstd and g = dy * w (see the module docstring):
+        dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+        dw = sum over rows of dy * xhat          db = sum over rows of dy
+    Residuals: x, mu, rstd, w and b; xhat is recomputed.
+    """
+    xf, mu, rstd = _layer_norm_stats(x, eps)
+    return affine((xf - mu) * rstd, w, b, x.dtype)
 
 
-def _ln_fwd(x, w=None, b=None, *, eps=1e-5):
-    xf, mu, rstd = _ln_stats(x, eps)
-    y = _affine((xf - mu) * rstd, w, b, x.dtype)
-    return y, (x, mu, rstd, w, b is not None)
+def _layer_norm_fwd(x, w=None, b=None, *, eps=1e-5):
+    # keeps the statistics mu and rstd, so they are computed here rather than inside the reference
+    xf, mu, rstd = _layer_norm_stats(x, eps)
+    return affine((xf - mu) * rstd, w, b, x.dtype), (x, w, b, mu, rstd)
 
 
-def _row_sum(a, d):
-    return jnp.sum(a.reshape(-1, d), axis=0)
-
-
-def _ln_bwd(res, dy, *, eps=1e-5):
-    x, mu, rstd, w, has_b = res
-    d = x.shape[-1]
+def _layer_norm_bwd(res, dy, *, eps=1e-5):
+    x, w, b, mu, rstd = res
     xhat = (x.astype(mu.dtype) - mu) * rstd                 # recomputed, not kept
     dyf = dy.astype(mu.dtype)
     g = dyf if w is None else dyf * w
-    dx = rstd * (g - jnp.mean(g, axis=-1, keepdims=True) - xhat * jnp.mean(g * xhat, axis=-1, keepdims=True))
-    dw = None if w is None else _row_sum(dyf * xhat, d).astype(w.dtype)
-    db = _row_sum(dyf, d).astype(dy.dtype) if has_b else None
-    return dx.astype(x.dtype), dw, db
+    dw, db = affine_grads(dyf, xhat, w, b)
+    return normalized_grad(g, xhat, rstd, -1).astype(x.dtype), dw, db
 
 
-def _ln_examples(key, dtype):
+def _layer_norm_examples(key, dtype):
     k = keys(key, 8)
     return [
         Example((normal(k[0], (4, 6), dtype, 2.0, 0.5), normal(k[1], (6,), dtype, 1.0, 1.0),
@@ -122,44 +98,50 @@ def _ln_examples(key, dtype):
     ]
 
 
-layer_norm = primitive("layer_norm", _layer_norm, _ln_fwd, _ln_bwd, examples=_ln_examples, check=_ln_check)
+layer_norm = primitive("layer_norm", _layer_norm, _layer_norm_fwd, _layer_norm_bwd, examples=_layer_norm_examples,
+                       check=_layer_norm_check)
 
 
 # --------------------------------------------------------------------------------------------- rms_norm
-def _rms_check(x, w=None, *, eps=1e-6):
-    _check_affine("rms_norm", x, w, None)
+def _rms_norm_check(x, w=None, *, eps=1e-6):
+    check_affine("rms_norm", x, w, None)
     if not eps >= 0:
         raise ValueError(f"rms_norm: eps must be >= 0, got {eps}")
 
 
-def _rms_stats(x, eps):
-    xf = x.astype(_stat_dtype(x))
+def _rms_norm_stats(x, eps):
+    xf = x.astype(stat_dtype(x))
     return xf, 1.0 / jnp.sqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + eps)
 
 
 def _rms_norm(x, w=None, *, eps=1e-6):
-    """y = x / sqrt(mean(x^2) + eps) * w over the last axis (torch ``F.rms_norm`` with an explicit eps)."""
-    xf, rrms = _rms_stats(x, eps)
-    return _affine(xf * rrms, w, None, x.dtype)
+    """y = x / sqrt(mean(x^2) + eps) * w over the last axis (torch ``F.rms_norm`` with an explicit eps).
+
+    x (..., D), w (D,) or None. With rrms = 1/sqrt(mean(x^2) + eps), xhat = x * rrms, g = dy * w and
+    d rrms / d x_j = -rrms^2 xhat_j / D (layer norm's derivation without the mean):
+        dx = rrms * (g - xhat * mean(g * xhat)),   dw = sum over rows of dy * xhat
+    Residuals: x, w and rrms; xhat is recomputed.
+    """
+    xf, rrms = _rms_norm_stats(x, eps)
+    return affine(xf * rrms, w, None, x.dtype)
 
 
-def _rms_fwd(x, w=None, *, eps=1e-6):
-    xf, rrms = _rms_stats(x, eps)
-    return _affine(xf * rrms, w, None, x.dtype), (x, rrms, w)
+def _rms_norm_fwd(x, w=None, *, eps=1e-6):
+    # keeps the statistic rrms, so it is computed here rather than inside the reference
+    xf, rrms = _rms_norm_stats(x, eps)
+    return affine(xf * rrms, w, None, x.dtype), (x, w, rrms)
 
 
-def _rms_bwd(res, dy, *, eps=1e-6):
-    x, rrms, w = res
-    d = x.shape[-1]
+def _rms_norm_bwd(res, dy, *, eps=1e-6):
+    x, w, rrms = res
     xhat = x.astype(rrms.dtype) * rrms                      # recomputed, not kept
     dyf = dy.astype(rrms.dtype)
     g = dyf if w is None else dyf * w
-    dx = rrms * (g - xhat * jnp.mean(g * xhat, axis=-1, keepdims=True))
-    dw = None if w is None else _row_sum(dyf * xhat, d).astype(w.dtype)
-    return dx.astype(x.dtype), dw
+    dw, _ = affine_grads(dyf, xhat, w, None)
+    return normalized_grad(g, xhat, rrms, -1, centered=False).astype(x.dtype), dw
 
 
-def _rms_examples(key, dtype):
+def _rms_norm_examples(key, dtype):
     k = keys(key, 4)
     return [
         Example((normal(k[0], (4, 6), dtype, 2.0, 0.5), normal(k[1], (6,), dtype, 1.0, 1.0)), label="2-D scale"),
@@ -168,4 +150,5 @@ def _rms_examples(key, dtype):
     ]
 
 
-rms_norm = primitive("rms_norm", _rms_norm, _rms_fwd, _rms_bwd, examples=_rms_examples, check=_rms_check)
+rms_norm = primitive("rms_norm", _rms_norm, _rms_norm_fwd, _rms_norm_bwd, examples=_rms_norm_examples,
+                     check=_rms_norm_check)

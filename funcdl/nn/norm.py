@@ -41,6 +41,7 @@ import jax.numpy as jnp
 
 from ..core.examples import Example, keys, normal, uniform
 from ..core.primitive import primitive
+from ._norm import affine, affine_grads, check_affine, normalized_grad, stat_dtype
 
 __all__ = [
     "batch_norm", "batch_norm_eval", "group_norm", "instance_norm", "batch_norm_init", "batch_norm_apply",
@@ -48,34 +49,14 @@ __all__ = [
 ]
 
 
-def _stat_dtype(x):
-    return jnp.promote_types(x.dtype, jnp.float32)
-
-
 def _check_affine(name, x, gamma, beta):
-    c = x.shape[-1]
-    for label, v in (("scale gamma", gamma), ("shift beta", beta)):
-        if v is not None and v.shape != (c,):
-            raise ValueError(f"{name}: {label} shape {v.shape} must be ({c},), the channel count of input {x.shape} "
-                             "(channels last)")
-
-
-def _affine(xhat, gamma, beta, dtype):
-    y = xhat if gamma is None else xhat * gamma.astype(xhat.dtype)
-    y = y if beta is None else y + beta.astype(xhat.dtype)
-    return y.astype(dtype)
-
-
-def _affine_grads(dy, xhat, axes, gamma, beta):
-    dgamma = None if gamma is None else jnp.sum(dy * xhat, axis=axes).astype(gamma.dtype)
-    dbeta = None if beta is None else jnp.sum(dy, axis=axes).astype(beta.dtype)
-    return dgamma, dbeta
+    check_affine(name, x, gamma, beta, ("scale gamma", "shift beta"))
 
 
 # -- batch norm (training: batch statistics) ----------------------------------------------------------------------
 
 
-def _bn_check(x, gamma=None, beta=None, *, eps=1e-5):
+def _batch_norm_check(x, gamma=None, beta=None, *, eps=1e-5):
     if x.ndim < 2:
         raise ValueError(f"batch_norm: input must be (N, C) or (N, *spatial, C), got shape {x.shape}")
     m = x.size // x.shape[-1]
@@ -85,42 +66,44 @@ def _bn_check(x, gamma=None, beta=None, *, eps=1e-5):
     _check_affine("batch_norm", x, gamma, beta)
 
 
-def _bn_axes(x):
-    return tuple(range(x.ndim - 1))
-
-
 def _rows(x):
     """(N, *spatial, C) -> (M, C): the statistics are column reductions of a 2-D array, which XLA's CPU backend
     runs about twice as fast as the same reduction over the leading axes of the 4-D array."""
     return x.reshape(-1, x.shape[-1])
 
 
-def _batch_norm(x, gamma=None, beta=None, *, eps=1e-5):
-    axes = _bn_axes(x)
-    xf = x.astype(_stat_dtype(x))
-    mu = jnp.mean(xf, axis=axes)
-    var = jnp.mean(jnp.square(xf - mu), axis=axes)
-    return _affine((xf - mu) / jnp.sqrt(var + eps), gamma, beta, x.dtype)
-
-
-def _bn_stats(x):
+def _batch_norm_stats(x):
     """Batch mean and biased variance per channel (two passes: the variance of centred values)."""
-    xf = _rows(x).astype(_stat_dtype(x))
+    xf = _rows(x).astype(stat_dtype(x))
     mu = jnp.mean(xf, axis=0)
     return mu, jnp.mean(jnp.square(xf - mu), axis=0)
 
 
-def _bn_fwd(x, gamma=None, beta=None, *, eps=1e-5):
-    mu, var = _bn_stats(x)
+def _batch_norm(x, gamma=None, beta=None, *, eps=1e-5):
+    """Batch norm in training, x (N, C) or (N, *spatial, C), gamma and beta (C,) or None:
+    y = gamma * (x - mu) / sqrt(var + eps) + beta with mu, var the batch statistics of each channel (M entries).
+
+    With xhat = (x - mu) rstd and g = dy * gamma (the module docstring derives d xhat / dx):
+        dx = rstd/M * (M g - sum g - xhat * sum(g xhat))      (sums over the batch and the positions)
+        dgamma = sum of dy * xhat,   dbeta = sum of dy
+    gamma being a per-channel constant, sum g = gamma * dbeta and sum(g xhat) = gamma * dgamma: the two
+    reductions the parameter gradients need are the only two the input gradient needs.
+    Residuals: x, mu, rstd, gamma and beta; xhat is recomputed.
+    """
+    mu, var = _batch_norm_stats(x)
+    return affine((_rows(x).astype(mu.dtype) - mu) / jnp.sqrt(var + eps), gamma, beta, x.dtype).reshape(x.shape)
+
+
+def _batch_norm_fwd(x, gamma=None, beta=None, *, eps=1e-5):
+    # keeps the statistics mu and rstd, so they are computed here rather than inside the reference
+    mu, var = _batch_norm_stats(x)
     rstd = jax.lax.rsqrt(var + eps)
-    y = _affine((_rows(x).astype(mu.dtype) - mu) * rstd, gamma, beta, x.dtype).reshape(x.shape)
-    return y, (x, mu, rstd, gamma, beta)
+    y = affine((_rows(x).astype(mu.dtype) - mu) * rstd, gamma, beta, x.dtype).reshape(x.shape)
+    return y, (x, gamma, beta, mu, rstd)
 
 
-def _bn_bwd(res, dy, *, eps=1e-5):
-    """With gamma a per-channel constant, sum_S g = gamma * dbeta and sum_S(g xhat) = gamma * dgamma: the two
-    reductions the parameter gradients need are the only two the input gradient needs."""
-    x, mu, rstd, gamma, beta = res
+def _batch_norm_bwd(res, dy, *, eps=1e-5):
+    x, gamma, beta, mu, rstd = res
     m = x.size // x.shape[-1]
     dyf = _rows(dy).astype(mu.dtype)
     xhat = (_rows(x).astype(mu.dtype) - mu) * rstd                # recomputed, not stored
@@ -133,7 +116,7 @@ def _bn_bwd(res, dy, *, eps=1e-5):
     return dx.reshape(x.shape).astype(x.dtype), dgamma, dbeta
 
 
-def _bn_examples(key, dtype):
+def _batch_norm_examples(key, dtype):
     k = keys(key, 9)
     return [
         Example((normal(k[0], (6, 5), dtype, 2.0, 1.0), normal(k[1], (5,), dtype), normal(k[2], (5,), dtype)),
@@ -145,13 +128,14 @@ def _bn_examples(key, dtype):
     ]
 
 
-batch_norm = primitive("batch_norm", _batch_norm, _bn_fwd, _bn_bwd, examples=_bn_examples, check=_bn_check)
+batch_norm = primitive("batch_norm", _batch_norm, _batch_norm_fwd, _batch_norm_bwd, examples=_batch_norm_examples,
+                       check=_batch_norm_check)
 
 
 # -- batch norm (evaluation: running statistics) --------------------------------------------------------------
 
 
-def _bne_check(x, mean, var, gamma=None, beta=None, *, eps=1e-5):
+def _batch_norm_eval_check(x, mean, var, gamma=None, beta=None, *, eps=1e-5):
     if x.ndim < 2:
         raise ValueError(f"batch_norm_eval: input must be (N, C) or (N, *spatial, C), got shape {x.shape}")
     c = x.shape[-1]
@@ -162,29 +146,35 @@ def _bne_check(x, mean, var, gamma=None, beta=None, *, eps=1e-5):
 
 
 def _batch_norm_eval(x, mean, var, gamma=None, beta=None, *, eps=1e-5):
-    sd = _stat_dtype(x)
+    """Batch norm in evaluation: y = gamma * (x - mean) / sqrt(var + eps) + beta with the running statistics.
+
+    An affine map of x, so dx = dy * gamma * rstd (rstd = 1/sqrt(var + eps)); dgamma = sum of dy * xhat,
+    dbeta = sum of dy; the running statistics are constants and get no gradient. Residuals: x, the mean,
+    rstd, gamma and beta.
+    """
+    sd = stat_dtype(x)
     xhat = (x.astype(sd) - mean.astype(sd)) / jnp.sqrt(var.astype(sd) + eps)
-    return _affine(xhat, gamma, beta, x.dtype)
+    return affine(xhat, gamma, beta, x.dtype)
 
 
-def _bne_fwd(x, mean, var, gamma=None, beta=None, *, eps=1e-5):
-    sd = _stat_dtype(x)
+def _batch_norm_eval_fwd(x, mean, var, gamma=None, beta=None, *, eps=1e-5):
+    # keeps rstd, so it is computed here rather than inside the reference
+    sd = stat_dtype(x)
     rstd = jax.lax.rsqrt(var.astype(sd) + eps)
-    y = _affine((x.astype(sd) - mean.astype(sd)) * rstd, gamma, beta, x.dtype)
-    return y, (x, mean.astype(sd), rstd, gamma, beta)
+    y = affine((x.astype(sd) - mean.astype(sd)) * rstd, gamma, beta, x.dtype)
+    return y, (x, gamma, beta, mean.astype(sd), rstd)
 
 
-def _bne_bwd(res, dy, *, eps=1e-5):
-    x, mean, rstd, gamma, beta = res
-    axes = _bn_axes(x)
+def _batch_norm_eval_bwd(res, dy, *, eps=1e-5):
+    x, gamma, beta, mean, rstd = res
     dyf = dy.astype(rstd.dtype)
     scale = rstd if gamma is None else rstd * gamma.astype(rstd.dtype)
     xhat = (x.astype(rstd.dtype) - mean) * rstd
-    dgamma, dbeta = _affine_grads(dyf, xhat, axes, gamma, beta)
+    dgamma, dbeta = affine_grads(dyf, xhat, gamma, beta)
     return (dyf * scale).astype(x.dtype), None, None, dgamma, dbeta
 
 
-def _bne_examples(key, dtype):
+def _batch_norm_eval_examples(key, dtype):
     k = keys(key, 10)
     return [
         Example((normal(k[0], (6, 5), dtype), normal(k[1], (5,), dtype), uniform(k[2], (5,), dtype, 0.5, 2.0),
@@ -194,14 +184,14 @@ def _bne_examples(key, dtype):
     ]
 
 
-batch_norm_eval = primitive("batch_norm_eval", _batch_norm_eval, _bne_fwd, _bne_bwd, examples=_bne_examples,
-                            check=_bne_check, nondiff=("mean", "var"))
+batch_norm_eval = primitive("batch_norm_eval", _batch_norm_eval, _batch_norm_eval_fwd, _batch_norm_eval_bwd,
+                            examples=_batch_norm_eval_examples, check=_batch_norm_eval_check, nondiff=("mean", "var"))
 
 
 # -- group norm and instance norm ------------------------------------------------------------------------------
 
 
-def _gn_check_factory(name):
+def _group_norm_check_factory(name):
     def check(x, gamma=None, beta=None, *, groups=1, eps=1e-5):
         if x.ndim < 3:
             raise ValueError(f"{name}: input must be (N, *spatial, C) channels last, got shape {x.shape}")
@@ -220,39 +210,45 @@ def _grouped(x, groups):
     return x.reshape(x.shape[0], -1, groups, x.shape[-1] // groups)
 
 
-def _group_norm(x, gamma=None, beta=None, *, groups=1, eps=1e-5):
-    xg = _grouped(x.astype(_stat_dtype(x)), groups)
+def _group_norm_stats(x, groups, eps):
+    """x grouped (N, M_sp, G, C/G) in the statistics dtype, its mean and rstd per example and group (N, 1, G, 1)."""
+    xg = _grouped(x.astype(stat_dtype(x)), groups)
     mu = jnp.mean(xg, axis=(1, 3), keepdims=True)
-    var = jnp.var(xg, axis=(1, 3), keepdims=True)
-    xhat = ((xg - mu) / jnp.sqrt(var + eps)).reshape(x.shape)
-    return _affine(xhat, gamma, beta, x.dtype)
+    return xg, mu, jax.lax.rsqrt(jnp.mean(jnp.square(xg - mu), axis=(1, 3), keepdims=True) + eps)
 
 
-def _gn_fwd(x, gamma=None, beta=None, *, groups=1, eps=1e-5):
-    xg = _grouped(x.astype(_stat_dtype(x)), groups)
-    mu = jnp.mean(xg, axis=(1, 3), keepdims=True)                 # (N, 1, G, 1)
-    rstd = jax.lax.rsqrt(jnp.mean(jnp.square(xg - mu), axis=(1, 3), keepdims=True) + eps)
-    y = _affine(((xg - mu) * rstd).reshape(x.shape), gamma, beta, x.dtype)
-    return y, (x, mu, rstd, gamma, beta)
+def _group_norm(x, gamma=None, beta=None, *, groups=1, eps=1e-5):
+    """Group norm, x (N, *spatial, C), gamma and beta (C,) or None: each example's channels split into G groups
+    of C/G, each group normalised over its positions and channels (M entries), then y = gamma * xhat + beta.
+
+    With g = dy * gamma (the module docstring derives d xhat / dx; the sums run over one group):
+        dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+        dgamma = sum over everything but the channel of dy * xhat,   dbeta = the same sum of dy
+    Residuals: x, gamma, beta, mu and rstd (one per example and group); xhat is recomputed.
+    """
+    xg, mu, rstd = _group_norm_stats(x, groups, eps)
+    return affine(((xg - mu) * rstd).reshape(x.shape), gamma, beta, x.dtype)
 
 
-def _gn_bwd(res, dy, *, groups=1, eps=1e-5):
-    x, mu, rstd, gamma, beta = res
+def _group_norm_fwd(x, gamma=None, beta=None, *, groups=1, eps=1e-5):
+    # keeps the statistics mu and rstd, so they are computed here rather than inside the reference
+    xg, mu, rstd = _group_norm_stats(x, groups, eps)
+    y = affine(((xg - mu) * rstd).reshape(x.shape), gamma, beta, x.dtype)
+    return y, (x, gamma, beta, mu, rstd)
+
+
+def _group_norm_bwd(res, dy, *, groups=1, eps=1e-5):
+    x, gamma, beta, mu, rstd = res
     sd = mu.dtype
     dyf = dy.astype(sd)
-    xg = _grouped(x.astype(sd), groups)
-    xhat = (xg - mu) * rstd                                        # (N, M_sp, G, C/G), recomputed
+    xhat = (_grouped(x.astype(sd), groups) - mu) * rstd           # (N, M_sp, G, C/G), recomputed
     g = _grouped(dyf if gamma is None else dyf * gamma.astype(sd), groups)
-    m = xg.shape[1] * xg.shape[3]
-    sum_g = jnp.sum(g, axis=(1, 3), keepdims=True)
-    sum_gx = jnp.sum(g * xhat, axis=(1, 3), keepdims=True)
-    dx = ((rstd / m) * (m * g - sum_g - xhat * sum_gx)).reshape(x.shape)
-    dgamma, dbeta = _affine_grads(dyf, xhat.reshape(x.shape), tuple(range(x.ndim - 1)), gamma,
-                                  beta)
+    dx = normalized_grad(g, xhat, rstd, (1, 3)).reshape(x.shape)
+    dgamma, dbeta = affine_grads(dyf, xhat.reshape(x.shape), gamma, beta)
     return dx.astype(x.dtype), dgamma, dbeta
 
 
-def _gn_examples(key, dtype):
+def _group_norm_examples(key, dtype):
     k = keys(key, 9)
     return [
         Example((normal(k[0], (2, 4, 5, 6), dtype), normal(k[1], (6,), dtype), normal(k[2], (6,), dtype)),
@@ -265,23 +261,29 @@ def _gn_examples(key, dtype):
     ]
 
 
-group_norm = primitive("group_norm", _group_norm, _gn_fwd, _gn_bwd, examples=_gn_examples,
-                       check=_gn_check_factory("group_norm"))
+group_norm = primitive("group_norm", _group_norm, _group_norm_fwd, _group_norm_bwd, examples=_group_norm_examples,
+                       check=_group_norm_check_factory("group_norm"))
 
 
 def _instance_norm(x, gamma=None, beta=None, *, eps=1e-5):
+    """Instance norm: group norm with one channel per group (G = C), each channel of each example normalised
+    over its positions; y = gamma * xhat + beta. The gradients are group norm's with G = C:
+        dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dy * gamma (means over the positions)
+        dgamma = sum over everything but the channel of dy * xhat,   dbeta = the same sum of dy
+    Residuals: x, gamma, beta, mu and rstd (one per example and channel).
+    """
     return _group_norm(x, gamma, beta, groups=x.shape[-1], eps=eps)
 
 
-def _in_fwd(x, gamma=None, beta=None, *, eps=1e-5):
-    return _gn_fwd(x, gamma, beta, groups=x.shape[-1], eps=eps)
+def _instance_norm_fwd(x, gamma=None, beta=None, *, eps=1e-5):
+    return _group_norm_fwd(x, gamma, beta, groups=x.shape[-1], eps=eps)
 
 
-def _in_bwd(res, dy, *, eps=1e-5):
-    return _gn_bwd(res, dy, groups=res[0].shape[-1], eps=eps)
+def _instance_norm_bwd(res, dy, *, eps=1e-5):
+    return _group_norm_bwd(res, dy, groups=res[0].shape[-1], eps=eps)
 
 
-def _in_examples(key, dtype):
+def _instance_norm_examples(key, dtype):
     k = keys(key, 5)
     return [
         Example((normal(k[0], (2, 4, 5, 3), dtype), normal(k[1], (3,), dtype), normal(k[2], (3,), dtype)), {},
@@ -290,9 +292,8 @@ def _in_examples(key, dtype):
     ]
 
 
-_instance_norm.__doc__ = __doc__
-instance_norm = primitive("instance_norm", _instance_norm, _in_fwd, _in_bwd, examples=_in_examples,
-                          check=_gn_check_factory("instance_norm"))
+instance_norm = primitive("instance_norm", _instance_norm, _instance_norm_fwd, _instance_norm_bwd,
+                          examples=_instance_norm_examples, check=_group_norm_check_factory("instance_norm"))
 
 
 def channel_layer_norm(x, gamma=None, beta=None, *, eps=1e-5):
@@ -323,7 +324,7 @@ def batch_norm_apply(params, state, x, *, train: bool, momentum: float = 0.1, ep
     if not train:
         return batch_norm_eval(x, state["mean"], state["var"], gamma, beta, eps=eps), state
     y = batch_norm(x, gamma, beta, eps=eps)
-    mu, var = _bn_stats(jax.lax.stop_gradient(x))      # the same reductions as the primitive's: XLA computes them once
+    mu, var = _batch_norm_stats(jax.lax.stop_gradient(x))   # the primitive's reductions: XLA computes them once
     m = x.size // x.shape[-1]
     var = var * (m / (m - 1))
     new = {
