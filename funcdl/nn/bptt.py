@@ -42,9 +42,6 @@ the gates r, z, n and u_n = h W_hn + b_hn (5H). Pre-activations are never kept.
 
 from __future__ import annotations
 
-import functools
-
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -55,6 +52,7 @@ from .recurrent import (
     check_recurrent,
     gru_forward_step,
     gru_step_bwd,
+    like,
     lstm_gates,
     lstm_step_bwd,
     phi,
@@ -103,11 +101,6 @@ def _state(s0, x, w):
     return s0.astype(jnp.result_type(s0, x, w))
 
 
-def _like(cts, primals):
-    """Each cotangent in its input's dtype (custom_vjp requires it; mixed-precision inputs promote inside)."""
-    return tuple(None if c is None else c.astype(p.dtype) for c, p in zip(cts, primals, strict=True))
-
-
 def _zeros_like_grads(g, w_ih, w_hh):
     """Zero accumulators (dW_ih, dW_hh, db) in the gradient's (promoted) dtype."""
     return (jnp.zeros(w_ih.shape, g.dtype), jnp.zeros(w_hh.shape, g.dtype), jnp.zeros(w_hh.shape[1:], g.dtype))
@@ -132,7 +125,15 @@ def _rnn_check(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, mask=None, *, nonlineari
 
 
 def _rnn(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, mask=None, *, nonlinearity="tanh", reverse=False):
-    """Reference: a scan over the plain cell (autodiff through this is ``jax.grad`` through ``lax.scan``)."""
+    """A vanilla RNN over a sequence (torch ``nn.RNN``, one layer): a ``lax.scan`` over ``rnn_cell``.
+
+    x (B, T, I), h0 (B, H), mask (B, T) or None; returns ys (B, T, H) and h_T. Backward through time (the
+    module docstring derives it): carrying g_t = dL/dh_t from g_T = dh_T,
+        G = g_t + m_t dy_t,  da_t = phi'(a_t) (m_t G),  g_{t-1} = da_t W_hh^T + (1 - m_t) G,  dh0 = g_0
+        dx_t = da_t W_ih^T,  dw_ih = sum_t x_t^T da_t,  dw_hh = sum_t h_{t-1}^T da_t,
+        db_ih = db_hh = sum_t sum_b da_t
+    The mask gets no gradient. Residuals: the inputs and the states h_t.
+    """
     act = phi(nonlinearity)
 
     def step(h, inp):
@@ -145,6 +146,7 @@ def _rnn(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, mask=None, *, nonlinearity="ta
 
 
 def _rnn_fwd(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, mask=None, *, nonlinearity="tanh", reverse=False):
+    # keeps every state h_t as scan outputs, so the scan is written out (not the reference)
     act = phi(nonlinearity)
     m = _time_mask(mask)
 
@@ -178,7 +180,7 @@ def _rnn_bwd(res, cts, *, nonlinearity="tanh", reverse=False):
     (dh0, dw_ih, dw_hh, db), dx = lax.scan(step, (dh_last, *zeros),
                                            (_tm(dys), _tm(x), hs, _steps(hs), m), reverse=not reverse)
     cts = (_tm(dx), dh0, dw_ih, dw_hh, _bias(db, b_ih), _bias(db, b_hh))
-    return _like(cts, (x, h0, w_ih, w_hh, b_ih, b_hh)) + (None,)
+    return like(cts, (x, h0, w_ih, w_hh, b_ih, b_hh)) + (None,)
 
 
 # ------------------------------------------------------------------------------------------------- lstm
@@ -188,7 +190,15 @@ def _lstm_check(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, mask=Non
 
 
 def _lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, mask=None, *, reverse=False):
-    """Reference: a scan over the plain LSTM cell (torch's ``nn.LSTM`` with optional ``proj_size``)."""
+    """An LSTM over a sequence (torch ``nn.LSTM``, one layer, optional ``proj_size``): a scan over ``lstm_cell``.
+
+    x (B, T, I), h0 (B, P or H), c0 (B, H); returns ys, h_T, c_T. Backward through time: the carry is the pair
+    (dL/dh_t, dL/dc_t), each step applies ``lstm_cell``'s rule (dz from dr and dc~), and the cell-state
+    gradient flows through the forget gate, dc_{t-1} = dc~_t f_t; padded steps hand both straight on:
+        dx_t = dz_t W_ih^T,  dh0 and dc0 = the carry after step 0,  dw_ih = sum_t x_t^T dz_t,
+        dw_hh = sum_t h_{t-1}^T dz_t,  db_ih = db_hh = sum_t sum_b dz_t,  dw_hr = sum_t r_t^T dh_t
+    The mask gets no gradient. Residuals: the inputs, h_t, c_t and the gate activations.
+    """
 
     def step(carry, inp):
         h, c = carry
@@ -206,6 +216,7 @@ def _lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, mask=None, *, 
 
 
 def _lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, mask=None, *, reverse=False):
+    # keeps the states and gate activations as scan outputs, so the scan is written out (not the reference)
     m = _time_mask(mask)
 
     def step(carry, inp):
@@ -255,7 +266,7 @@ def _lstm_bwd(res, cts, *, reverse=False):
     inputs = (_tm(dys), _tm(x), acts, cs, _steps(cs), m)
     (dh0, dc0, dw_ih, dw_hh, db, dw_hr), dx = lax.scan(step, (dh_last, dc_last, *zeros), inputs, reverse=not reverse)
     cts = (_tm(dx), dh0, dc0, dw_ih, dw_hh, _bias(db, b_ih), _bias(db, b_hh), dw_hr)
-    return _like(cts, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)) + (None,)
+    return like(cts, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)) + (None,)
 
 
 # -------------------------------------------------------------------------------------------------- gru
@@ -265,7 +276,14 @@ def _gru_check(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, mask=None, *, reverse=Fa
 
 
 def _gru(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, mask=None, *, reverse=False):
-    """Reference: a scan over the plain GRU cell (torch's ``nn.GRU``)."""
+    """A GRU over a sequence (torch ``nn.GRU``, one layer): a ``lax.scan`` over ``gru_cell``.
+
+    x (B, T, I), h0 (B, H); returns ys and h_T. Backward through time with ``gru_cell``'s rule at every step
+    (da for the x-path, du for the h-path), carrying g_t = dL/dh_t:
+        g_{t-1} = dh_direct + du_t W_hh^T (+ (1 - m_t) G),  dh0 = g_0,  dx_t = da_t W_ih^T
+        dw_ih = sum_t x_t^T da_t,  dw_hh = sum_t h_{t-1}^T du_t,  db_ih = sum da_t,  db_hh = sum du_t
+    The mask gets no gradient. Residuals: the inputs, h_t, the gates r, z, n and u_n.
+    """
 
     def step(h, inp):
         x_t, m_t = inp
@@ -277,6 +295,7 @@ def _gru(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, mask=None, *, reverse=False):
 
 
 def _gru_fwd(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, mask=None, *, reverse=False):
+    # keeps the states, the gates and u_n as scan outputs, so the scan is written out (not the reference)
     m = _time_mask(mask)
 
     def step(h, inp):
@@ -311,7 +330,7 @@ def _gru_bwd(res, cts, *, reverse=False):
     inputs = (_tm(dys), _tm(x), rzn, un, _steps(hs), m)
     (dh0, dw_ih, dw_hh, db_ih, db_hh), dx = lax.scan(step, (dh_last, *zeros, zeros[-1]), inputs, reverse=not reverse)
     cts = (_tm(dx), dh0, dw_ih, dw_hh, _bias(db_ih, b_ih), _bias(db_hh, b_hh))
-    return _like(cts, (x, h0, w_ih, w_hh, b_ih, b_hh)) + (None,)
+    return like(cts, (x, h0, w_ih, w_hh, b_ih, b_hh)) + (None,)
 
 
 # --------------------------------------------------------------------------------------------- examples
@@ -364,18 +383,6 @@ def _gru_examples(key, dtype):
     ]
 
 
-def _jit(fn, *settings):
-    """Compile once per shape and setting: a scan called eagerly (as the checker does) would otherwise be
-    traced and compiled anew on every call. Inside an outer ``jit`` this is inlined and changes nothing."""
-    return functools.wraps(fn)(jax.jit(fn, static_argnames=settings))
-
-
-rnn = primitive("rnn", _jit(_rnn, "nonlinearity", "reverse"), _jit(_rnn_fwd, "nonlinearity", "reverse"),
-                _jit(_rnn_bwd, "nonlinearity", "reverse"), examples=_rnn_examples, check=_rnn_check,
-                nondiff=("mask",))
-lstm = primitive("lstm", _jit(_lstm, "reverse"), _jit(_lstm_fwd, "reverse"), _jit(_lstm_bwd, "reverse"),
-                 examples=_lstm_examples, check=_lstm_check, nondiff=("mask",))
-gru = primitive("gru", _jit(_gru, "reverse"), _jit(_gru_fwd, "reverse"), _jit(_gru_bwd, "reverse"),
-                examples=_gru_examples, check=_gru_check, nondiff=("mask",))
-for _p in (rnn, lstm, gru):
-    _p.__doc__ = __doc__ + "\n" + (_p.reference.__doc__ or "")
+rnn = primitive("rnn", _rnn, _rnn_fwd, _rnn_bwd, examples=_rnn_examples, check=_rnn_check, nondiff=("mask",))
+lstm = primitive("lstm", _lstm, _lstm_fwd, _lstm_bwd, examples=_lstm_examples, check=_lstm_check, nondiff=("mask",))
+gru = primitive("gru", _gru, _gru_fwd, _gru_bwd, examples=_gru_examples, check=_gru_check, nondiff=("mask",))

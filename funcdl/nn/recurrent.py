@@ -73,14 +73,15 @@ def phi_grad(h, dh, nonlinearity):
     return dh * (1 - h * h) if nonlinearity == "tanh" else jnp.where(h > 0, dh, 0)
 
 
-def param_grads(x, h, da, du, has_b_ih, has_b_hh):
-    """dW_ih = x^T da, dW_hh = h^T du and the bias sums, with all leading dimensions summed over."""
+def param_grads(x, h, da, du, b_ih, b_hh):
+    """dW_ih = x^T da, dW_hh = h^T du and the bias sums (None for an absent bias), all leading dimensions summed
+    over."""
     xi, hi = x.shape[-1], h.shape[-1]
     da2, du2 = da.reshape(-1, da.shape[-1]), du.reshape(-1, du.shape[-1])
     dw_ih = x.reshape(-1, xi).T @ da2
     dw_hh = h.reshape(-1, hi).T @ du2
-    db_ih = jnp.sum(da2, axis=0) if has_b_ih else None
-    db_hh = jnp.sum(du2, axis=0) if has_b_hh else None
+    db_ih = None if b_ih is None else jnp.sum(da2, axis=0)
+    db_hh = None if b_hh is None else jnp.sum(du2, axis=0)
     return dw_ih, dw_hh, db_ih, db_hh
 
 
@@ -175,6 +176,13 @@ def _rnn_cell_check(x, h, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tan
 
 
 def _rnn_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh"):
+    """One step of a vanilla RNN (torch ``nn.RNNCell``): h' = phi(x W_ih + b_ih + h W_hh + b_hh).
+
+    x (..., I), h (..., H), W_ih (I, H), W_hh (H, H), biases (H,) or None; phi = tanh or relu. With a the
+    pre-activation, da = dh' * phi'(a), phi' = 1 - h'^2 (tanh) or 1[h' > 0] (relu), read off the output h':
+        dx = da W_ih^T,  dh = da W_hh^T,  dw_ih = x^T da,  dw_hh = h^T da,  db_ih = db_hh = sum_batch da
+    Residuals: the inputs and h'.
+    """
     return phi(nonlinearity)(affine(x, w_ih, b_ih) + affine(h, w_hh, b_hh))
 
 
@@ -186,7 +194,7 @@ def _rnn_cell_fwd(x, h, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh"
 def _rnn_cell_bwd(res, dh_new, *, nonlinearity="tanh"):
     x, h, w_ih, w_hh, hn, b_ih, b_hh = res
     da = phi_grad(hn, dh_new, nonlinearity)
-    dw_ih, dw_hh, db_ih, db_hh = param_grads(x, h, da, da, b_ih is not None, b_hh is not None)
+    dw_ih, dw_hh, db_ih, db_hh = param_grads(x, h, da, da, b_ih, b_hh)
     return like((da @ w_ih.T, da @ w_hh.T, dw_ih, dw_hh, db_ih, db_hh), (x, h, w_ih, w_hh, b_ih, b_hh))
 
 
@@ -209,7 +217,6 @@ def _rnn_cell_examples(key, dtype):
 
 rnn_cell = primitive("rnn_cell", _rnn_cell, _rnn_cell_fwd, _rnn_cell_bwd, examples=_rnn_cell_examples,
                      check=_rnn_cell_check)
-rnn_cell.__doc__ = __doc__
 
 
 # ------------------------------------------------------------------------------------------------- lstm
@@ -218,6 +225,16 @@ def _lstm_cell_check(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None):
 
 
 def _lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None):
+    """One LSTM step (torch ``nn.LSTMCell``, gates i, f, g, o, optional projection W_hr (H, P)): (h', c').
+
+    z = x W_ih + b_ih + h W_hh + b_hh = [z_i, z_f, z_g, z_o];  i, f, o = sigma(z_.), g = tanh(z_g)
+    c' = f c + i g,   r = o tanh(c'),   h' = r W_hr (or r). Given dh' and dc' (c' is an output too):
+        dr = dh' W_hr^T (or dh'),  dw_hr = r^T dh',  do = dr tanh(c'),  dc~ = dc' + dr o (1 - tanh(c')^2)
+        di = dc~ g,  dg = dc~ i,  df = dc~ c,  dc = dc~ f
+        dz = [di i(1-i), df f(1-f), dg (1-g^2), do o(1-o)]
+        dx = dz W_ih^T,  dh = dz W_hh^T,  dw_ih = x^T dz,  dw_hh = h^T dz,  db_ih = db_hh = sum_batch dz
+    Residuals: the inputs, the gate activations and c'.
+    """
     i, f, g, o = lstm_gates(affine(x, w_ih, b_ih) + affine(h, w_hh, b_hh))
     c_new = f * c + i * g
     r = o * jnp.tanh(c_new)
@@ -225,6 +242,7 @@ def _lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None):
 
 
 def _lstm_cell_fwd(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None):
+    # keeps the gate activations, so the step is written out rather than calling the reference
     acts = jnp.concatenate(lstm_gates(affine(x, w_ih, b_ih) + affine(h, w_hh, b_hh)), axis=-1)
     i, f, g, o = jnp.split(acts, 4, axis=-1)
     c_new = f * c + i * g
@@ -243,7 +261,7 @@ def _lstm_cell_bwd(res, cts):
         dr = dh_new @ w_hr.T
         dw_hr = r.reshape(-1, r.shape[-1]).T @ dh_new.reshape(-1, dh_new.shape[-1])
     dz, dc = lstm_step_bwd(dr, dc_new, acts, c, c_new)
-    dw_ih, dw_hh, db_ih, db_hh = param_grads(x, h, dz, dz, b_ih is not None, b_hh is not None)
+    dw_ih, dw_hh, db_ih, db_hh = param_grads(x, h, dz, dz, b_ih, b_hh)
     return like((dz @ w_ih.T, dz @ w_hh.T, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr),
                 (x, h, c, w_ih, w_hh, b_ih, b_hh, w_hr))
 
@@ -261,7 +279,6 @@ def _lstm_cell_examples(key, dtype):
 
 lstm_cell = primitive("lstm_cell", _lstm_cell, _lstm_cell_fwd, _lstm_cell_bwd, examples=_lstm_cell_examples,
                       check=_lstm_cell_check)
-lstm_cell.__doc__ = __doc__
 
 
 # -------------------------------------------------------------------------------------------------- gru
@@ -280,10 +297,21 @@ def gru_forward_step(a, h, w_hh, b_hh):
 
 
 def _gru_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One GRU step (torch ``nn.GRUCell``, gates r, z, n; the reset gate multiplies W_hn h + b_hn).
+
+    a = x W_ih + b_ih = [a_r, a_z, a_n],  u = h W_hh + b_hh = [u_r, u_z, u_n]
+    r = sigma(a_r + u_r),  z = sigma(a_z + u_z),  n = tanh(a_n + r u_n),  h' = (1 - z) n + z h. Given dh':
+        dn = dh' (1 - z),  dz = dh' (h - n),  da_n = dn (1 - n^2),  du_n = da_n r,  dr = da_n u_n
+        da_r = du_r = dr r (1 - r),  da_z = du_z = dz z (1 - z)
+        dx = da W_ih^T,  dw_ih = x^T da,  db_ih = sum da;   dh = dh' z + du W_hh^T,  dw_hh = h^T du,
+        db_hh = sum du   (the x- and h-paths differ only in the n block, where r sits between u_n and tanh)
+    Residuals: the inputs, the gates [r, z, n] and u_n.
+    """
     return gru_forward_step(affine(x, w_ih, b_ih), h, w_hh, b_hh)[0]
 
 
 def _gru_cell_fwd(x, h, w_ih, w_hh, b_ih=None, b_hh=None):
+    # keeps the gates and u_n that the reference's step discards
     h_new, rzn, un = gru_forward_step(affine(x, w_ih, b_ih), h, w_hh, b_hh)
     return h_new, (x, h, w_ih, w_hh, jnp.concatenate(rzn, axis=-1), un, b_ih, b_hh)
 
@@ -291,7 +319,7 @@ def _gru_cell_fwd(x, h, w_ih, w_hh, b_ih=None, b_hh=None):
 def _gru_cell_bwd(res, dh_new):
     x, h, w_ih, w_hh, rzn, un, b_ih, b_hh = res
     da, du, dh = gru_step_bwd(dh_new, rzn, un, h)
-    dw_ih, dw_hh, db_ih, db_hh = param_grads(x, h, da, du, b_ih is not None, b_hh is not None)
+    dw_ih, dw_hh, db_ih, db_hh = param_grads(x, h, da, du, b_ih, b_hh)
     return like((da @ w_ih.T, dh + du @ w_hh.T, dw_ih, dw_hh, db_ih, db_hh), (x, h, w_ih, w_hh, b_ih, b_hh))
 
 
@@ -305,4 +333,3 @@ def _gru_cell_examples(key, dtype):
 
 gru_cell = primitive("gru_cell", _gru_cell, _gru_cell_fwd, _gru_cell_bwd, examples=_gru_cell_examples,
                      check=_gru_cell_check)
-gru_cell.__doc__ = __doc__
