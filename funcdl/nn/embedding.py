@@ -66,6 +66,13 @@ def _lookup(table, ids):
 
 
 def _embedding(table, ids, *, padding_idx=None):
+    """out[s, :] = E[ids[s], :] for a table E (V, D) and integer ids of any shape S; out (*S, D).
+
+    Each output row is a copy of one table row, so summing over every position that used row v:
+        dtable[v, :] = sum_{s : ids[s] = v} dout[s, :]       (a scatter-add; rows never used get 0)
+    The ``padding_idx`` row maps to zeros (a constant) and gets zero gradient; ids get no gradient.
+    Residuals: the ids and the table's shape.
+    """
     safe, valid = _lookup(table, ids)
     rows = table[safe]
     if padding_idx is not None:
@@ -86,7 +93,7 @@ def _embedding_bwd(res, dout, *, padding_idx=None):
     return dtable, None
 
 
-def _examples(key, dtype):
+def _embedding_examples(key, dtype):
     k = keys(key, 6)
     # small vocabularies so that ids repeat (the accumulation is what we check)
     ids1 = jax.random.randint(k[1], (3, 5), 0, 6)
@@ -99,4 +106,5 @@ def _examples(key, dtype):
     ]
 
 
-embedding = primitive("embedding", _embedding, _embedding_fwd, _embedding_bwd, examples=_examples, check=_check)
+embedding = primitive("embedding", _embedding, _embedding_fwd, _embedding_bwd, examples=_embedding_examples,
+                      check=_check)

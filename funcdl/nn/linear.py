@@ -33,25 +33,31 @@ def _check(x, w, b=None, *, precision=None):
 
 
 def _dense(x, w, b=None, *, precision=None):
+    """y = x W + b, x (..., n_in), W (n_in, n_out), b (n_out,) or None.
+
+    With the leading dimensions flattened into N rows (X is N x n_in, dY is N x n_out):
+        dx = dY W^T        dw = X^T dY        db = column sums of dY
+    Residuals: x, W and b (all live already; nothing is recomputed).
+    """
     y = jnp.matmul(x, w, precision=precision)
     return y if b is None else y + b
 
 
 def _dense_fwd(x, w, b=None, *, precision=None):
-    return _dense(x, w, b, precision=precision), (x, w, b is not None)
+    return _dense(x, w, b, precision=precision), (x, w, b)
 
 
 def _dense_bwd(res, dy, *, precision=None):
-    x, w, has_bias = res
+    x, w, b = res
     n_in, n_out = w.shape
     dy2 = dy.reshape(-1, n_out)
     dx = jnp.matmul(dy, w.T, precision=precision)
     dw = jnp.matmul(x.reshape(-1, n_in).T, dy2, precision=precision)
-    db = jnp.sum(dy2, axis=0) if has_bias else None
+    db = None if b is None else jnp.sum(dy2, axis=0)
     return dx, dw, db
 
 
-def _examples(key, dtype):
+def _dense_examples(key, dtype):
     k = keys(key, 9)
     return [
         Example((normal(k[0], (6, 5), dtype), normal(k[1], (5, 4), dtype), normal(k[2], (4,), dtype)),
@@ -62,5 +68,5 @@ def _examples(key, dtype):
     ]
 
 
-dense = primitive("dense", _dense, _dense_fwd, _dense_bwd, examples=_examples, check=_check)
+dense = primitive("dense", _dense, _dense_fwd, _dense_bwd, examples=_dense_examples, check=_check)
 linear = dense

@@ -39,7 +39,7 @@ from ..core.primitive import primitive
 __all__ = ["lora_dense", "lora_weight", "lora_init", "merge", "add_adapters", "apply_adapters", "count_trainable"]
 
 
-def _check_shapes(name, w, a, bb, rank=None):
+def _check_shapes(name, w, a, bb):
     if w.ndim != 2 or a.ndim != 2 or bb.ndim != 2:
         raise ValueError(f"{name}: w, a, b must be 2-D, got {w.shape}, {a.shape}, {bb.shape}")
     if a.shape[0] != w.shape[0] or bb.shape[1] != w.shape[1] or a.shape[1] != bb.shape[0]:
@@ -48,35 +48,40 @@ def _check_shapes(name, w, a, bb, rank=None):
 
 
 # ------------------------------------------------------------------------------------------- lora_weight
-def _lw_check(w, a, bb, *, scale=1.0):
+def _lora_weight_check(w, a, bb, *, scale=1.0):
     _check_shapes("lora_weight", w, a, bb)
 
 
 def _lora_weight(w, a, bb, *, scale=1.0):
-    """W_eff = W + s A B with s = scale.  With G the cotangent of W_eff: dW = G, dA = s G B^T, dB = s A^T G."""
+    """W_eff = W + s A B with s = scale, W (n_in, n_out), A (n_in, r), B (r, n_out) (``bb``).
+
+    Linear in each factor, so with G the cotangent of W_eff:  dw = G,  da = s G B^T,  dbb = s A^T G.
+    Residuals: A and B.
+    """
     return w + scale * jnp.matmul(a, bb)
 
 
-def _lw_fwd(w, a, bb, *, scale=1.0):
+def _lora_weight_fwd(w, a, bb, *, scale=1.0):
     return _lora_weight(w, a, bb, scale=scale), (a, bb)
 
 
-def _lw_bwd(res, g, *, scale=1.0):
+def _lora_weight_bwd(res, g, *, scale=1.0):
     a, bb = res
     return g, scale * jnp.matmul(g, bb.T), scale * jnp.matmul(a.T, g)
 
 
-def _lw_examples(key, dtype):
+def _lora_weight_examples(key, dtype):
     k = keys(key, 3)
     return [Example((normal(k[0], (5, 4), dtype), normal(k[1], (5, 2), dtype), normal(k[2], (2, 4), dtype)),
                     {"scale": 2.0}, "r=2 scale 2")]
 
 
-lora_weight = primitive("lora_weight", _lora_weight, _lw_fwd, _lw_bwd, examples=_lw_examples, check=_lw_check)
+lora_weight = primitive("lora_weight", _lora_weight, _lora_weight_fwd, _lora_weight_bwd,
+                        examples=_lora_weight_examples, check=_lora_weight_check)
 
 
 # -------------------------------------------------------------------------------------------- lora_dense
-def _ld_check(x, w, b=None, a=None, bb=None, *, scale=1.0):
+def _lora_dense_check(x, w, b=None, a=None, bb=None, *, scale=1.0):
     if a is None or bb is None:
         raise ValueError("lora_dense: the adapter matrices a and b are required (inputs: x, w, b, a, bb)")
     _check_shapes("lora_dense", w, a, bb)
@@ -87,19 +92,26 @@ def _ld_check(x, w, b=None, a=None, bb=None, *, scale=1.0):
 
 
 def _lora_dense(x, w, b=None, a=None, bb=None, *, scale=1.0):
-    """x W + b + scale * (x A) B."""
+    """y = x W + b + s (x A) B, x (..., n_in), W (n_in, n_out), b (n_out,) or None, A (n_in, r), B (r, n_out).
+
+    With h = x A (N, r) and the leading dimensions flattened into N rows:
+        dbb = s h^T dy    dh = s dy B^T    da = x^T dh    dx = dy W^T + dh A^T
+        dw = x^T dy       db = sum dy      (computed for completeness; a frozen W simply ignores them)
+    Residuals: x, W, A, B, b and h (N x r, small).
+    """
     y = jnp.matmul(x, w) + scale * jnp.matmul(jnp.matmul(x, a), bb)
     return y if b is None else y + b
 
 
-def _ld_fwd(x, w, b=None, a=None, bb=None, *, scale=1.0):
+def _lora_dense_fwd(x, w, b=None, a=None, bb=None, *, scale=1.0):
+    # keeps h = x A, so the products are written out rather than calling the reference
     h = jnp.matmul(x, a)
     y = jnp.matmul(x, w) + scale * jnp.matmul(h, bb)
-    return (y if b is None else y + b), (x, w, a, bb, h, b is not None)
+    return (y if b is None else y + b), (x, w, b, a, bb, h)
 
 
-def _ld_bwd(res, dy, *, scale=1.0):
-    x, w, a, bb, h, has_b = res
+def _lora_dense_bwd(res, dy, *, scale=1.0):
+    x, w, b, a, bb, h = res
     n_in, n_out = w.shape
     x2, dy2, h2 = x.reshape(-1, n_in), dy.reshape(-1, n_out), h.reshape(-1, a.shape[1])
     dbb = scale * jnp.matmul(h2.T, dy2)
@@ -107,17 +119,18 @@ def _ld_bwd(res, dy, *, scale=1.0):
     da = jnp.matmul(x2.T, dh.reshape(-1, a.shape[1]))
     dx = jnp.matmul(dy, w.T) + jnp.matmul(dh, a.T)
     dw = jnp.matmul(x2.T, dy2)
-    db = jnp.sum(dy2, axis=0) if has_b else None
+    db = None if b is None else jnp.sum(dy2, axis=0)
     return dx, dw, db, da, dbb
 
 
-def _ld_examples(key, dtype):
+def _lora_dense_examples(key, dtype):
     k = keys(key, 5)
     return [Example((normal(k[0], (2, 3, 5), dtype), normal(k[1], (5, 4), dtype), normal(k[2], (4,), dtype),
                      normal(k[3], (5, 2), dtype), normal(k[4], (2, 4), dtype)), {"scale": 0.5}, "r=2 with bias")]
 
 
-lora_dense = primitive("lora_dense", _lora_dense, _ld_fwd, _ld_bwd, examples=_ld_examples, check=_ld_check)
+lora_dense = primitive("lora_dense", _lora_dense, _lora_dense_fwd, _lora_dense_bwd, examples=_lora_dense_examples,
+                       check=_lora_dense_check)
 
 
 # ------------------------------------------------------------------------------------------- parameters

@@ -85,7 +85,13 @@ def _rotate(x, cos, sin, sign):
 
 
 def _rope(x, positions, *, base=10000.0, inverse=False):
-    """Rotate feature pairs (i, i + d/2) of x by theta_{p,i} (by -theta with ``inverse``)."""
+    """Rotate feature pairs (i, i + d/2) of x (..., d) by theta_{p,i} = p base^(-2i/d) (by -theta with ``inverse``):
+
+        y1 = x1 cos - x2 sin,     y2 = x1 sin + x2 cos
+    The Jacobian is the rotation itself, orthogonal, so the VJP is its transpose, the rotation by -theta:
+        dx1 = dy1 cos + dy2 sin,  dx2 = -dy1 sin + dy2 cos   (dx = R^T dy). Positions get no gradient.
+    Residual: the integer positions (cos and sin are recomputed).
+    """
     cos, sin = rope_angles(positions, x.shape[-1], base, x.dtype)
     return _rotate(x, cos, sin, -1.0 if inverse else 1.0)
 
