@@ -2,11 +2,12 @@
 
 A primitive is written in the order a reader wants it (see DESIGN.md):
 
-    def _relu(x):                      # 1. reference forward in plain jax.numpy
+    def _relu(x):                      # 1. reference forward in plain jax.numpy, with the math
+        '''y = max(x, 0);  dy/dx = 1[x > 0], so dx = dy * 1[y > 0].  Keep y.'''
         return jnp.maximum(x, 0)
 
     def _relu_fwd(x):                  # 2. forward that also returns the residuals
-        y = jnp.maximum(x, 0)
+        y = _relu(x)
         return y, (y,)
 
     def _relu_bwd(res, dy):            # 3. the hand-derived backward
@@ -17,17 +18,36 @@ A primitive is written in the order a reader wants it (see DESIGN.md):
 
 Conventions
 -----------
+Every primitive in ``funcdl/nn`` follows these; arithmetic shared by several files lives in ``funcdl/nn/_*.py``.
+
+* Names: the reference is ``_<name>``, the forward ``_<name>_fwd``, the backward ``_<name>_bwd``, the shape
+  check ``_<name>_check`` (``_check`` in a file of one primitive) and the example factory
+  ``_<name>_examples``. A family built from one formula (conv1d/2d/3d, max_pool1d/2d, ...) comes from one
+  factory ``_make_<family>(name, n)`` whose inner functions follow the same rule with the family's name
+  (the reference is renamed ``_<name>``); primitives that draw their examples or checks one way share a
+  factory called at the registration (``_unary(kinks=...)``, ``_regression_examples(...)``).
+* The math lives in the reference's own docstring: forward formula, shapes, and the gradient of every
+  differentiable input (``dx``, ``dw``, ...) derived in a few lines, with the residuals it keeps. A
+  Primitive's ``__doc__`` is that docstring (there is no fallback to the module's); ``tests/test_primitive_docs.py``
+  fails for a primitive without one.
+* ``fwd`` calls the reference for its primal output; where it cannot (it keeps intermediates such as mu/rstd
+  or P, or runs a faster path such as blockwise attention), a one-line comment at its top says why. Either way
+  the checker holds the hand rule to the reference, so ``fwd`` is also the forward that runs when nothing is
+  differentiated (XLA drops the unused residuals).
 * Array inputs are the positional parameters of the reference; settings (stride, axis, epsilon, rate, ...)
   are keyword-only parameters (after ``*``). Settings are static: they must be hashable and they select
   which ``jax.custom_vjp`` function runs. Lists given as settings are turned into tuples.
-* ``bwd(residuals, cotangent, **settings)`` returns one cotangent per positional input. ``None`` stands for
-  "no gradient" and is what PRNG keys, integer inputs (labels, indices) and absent optional inputs get.
-* ``fwd`` is also the forward that runs when nothing is differentiated (XLA drops the unused residuals), so
-  a fast forward (say, blockwise attention) can differ from the plain reference it is checked against.
+* An optional input (bias, mask, weight, key) is ``None`` when absent; the residuals keep the input itself
+  (or that ``None``), and ``bwd`` returns ``None`` for it when it is absent, e.g. ``db = None if b is None
+  else sum_rows(dy)``. No presence flags in residuals or settings.
+* ``bwd(residuals, cotangent, **settings)`` returns one cotangent per positional input, each in its input's
+  dtype. ``None`` stands for "no gradient" and is what PRNG keys, integer inputs (labels, indices) and absent
+  optional inputs get.
 * ``nondiff=("weight",)`` names float inputs that get no gradient by definition (class weights, fixed
   masks); their cotangent is ``None`` and the checker leaves them out.
 * ``check(*args, **settings)``, when given, validates shapes and dtypes at trace time and raises a
   ``ValueError`` naming the primitive; shapes are static, so this works inside ``jit`` too.
+* Primitives are never jitted on their own: jit the step that calls them (DESIGN.md).
 
 Two ways to differentiate
 -------------------------
@@ -43,7 +63,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -173,9 +192,8 @@ class Primitive:
             if n not in self.inputs:
                 raise TypeError(f"primitive {name}: nondiff input {n!r} is not one of {self.inputs}")
         self._cache: dict[tuple, Callable] = {}
-        # the math lives in the reference's docstring, or in the module's when the file is one primitive's section
-        module_doc = getattr(sys.modules.get(getattr(reference, "__module__", ""), None), "__doc__", None)
-        self.__doc__ = doc or reference.__doc__ or module_doc
+        # the math lives in the reference's own docstring (tests/test_primitive_docs.py holds every primitive to it)
+        self.__doc__ = doc or reference.__doc__
         self.__name__ = name
         self.__wrapped__ = reference
 
@@ -318,7 +336,3 @@ def unbroadcast(g: jax.Array, shape: tuple) -> jax.Array:
 def is_concrete(x: Any) -> bool:
     """True when ``x`` holds values we can inspect now (not a tracer inside jit/vmap/grad)."""
     return not isinstance(x, jax.core.Tracer)
-
-
-def shape_error(name: str, message: str) -> ValueError:
-    return ValueError(f"{name}: {message}")
