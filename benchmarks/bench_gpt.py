@@ -65,11 +65,11 @@ def funcdl_runner(tokens, vocab, cfg, *, variant, scan):
     import funcdl as fd
     from funcdl import optim
 
-    config = gpt.GPTConfig(vocab_size=vocab, block_size=cfg["block_size"], n_layer=cfg["n_layer"],
-                           n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=0.0, bias=False,
-                           fused=variant != "unfused", compute_dtype="bfloat16" if variant == "hand" else None,
-                           grad_chunks=2 if variant in ("hand", "hand-f32") else 1)
-    params = gpt.init(jax.random.PRNGKey(0), config)
+    config = gpt.Config(vocab_size=vocab, block_size=cfg["block_size"], n_layer=cfg["n_layer"],
+                        n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=0.0, bias=False,
+                        fused=variant != "unfused", compute_dtype="bfloat16" if variant == "hand" else None,
+                        grad_chunks=2 if variant in ("hand", "hand-f32") else 1)
+    params, _ = gpt.init(jax.random.PRNGKey(0), config)
     schedule = optim.warmup_cosine(cfg["lr"], cfg["warmup"], cfg["steps"], cfg["min_lr"])
     opt = optim.chain(optim.clip_by_global_norm(cfg["clip"]),
                       optim.adamw(schedule, b1=cfg["b1"], b2=cfg["b2"], weight_decay=cfg["wd"],
@@ -79,7 +79,7 @@ def funcdl_runner(tokens, vocab, cfg, *, variant, scan):
     b, t = cfg["batch_size"], cfg["block_size"]
 
     def loss_fn(p, x, y):
-        return gpt.loss(p, x, y, config)
+        return gpt.loss(p, {}, {"x": x, "y": y}, config)[0]
 
     if variant == "autodiff":
         loss_fn = fd.autodiff(loss_fn)

@@ -48,7 +48,7 @@ def flops_per_step(sizes, batch) -> int:
 
 def make_step(loss, config, opt):
     def step(params, opt_state, x, y):
-        grads = jax.grad(loss)(params, x, y, config)
+        grads, _ = jax.grad(loss, has_aux=True)(params, {}, {"x": x, "y": y}, config)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optim.apply_updates(params, updates), opt_state
 
@@ -116,14 +116,14 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     key = jax.random.PRNGKey(0)
-    config = mlp.MLPConfig(sizes=tuple(args.sizes))
+    config = mlp.Config(sizes=tuple(args.sizes))
     x = jax.random.normal(jax.random.fold_in(key, 1), (args.batch, args.sizes[0]), jnp.float32)
     y = jax.random.randint(jax.random.fold_in(key, 2), (args.batch,), 0, args.sizes[-1])
     opt = optim.adam(1e-3)
 
     runners, profiles = [], {}
     for name, loss in (("hand", mlp.loss), ("autodiff", fd.autodiff(mlp.loss))):
-        params = mlp.init(jax.random.fold_in(key, 3), config)
+        params, _ = mlp.init(jax.random.fold_in(key, 3), config)
         # distinct buffers for every leaf (an optimizer may start two moments from one zeros array, and a
         # buffer cannot be donated twice)
         opt_state = jax.tree.map(lambda a: jnp.array(a, copy=True), opt.init(params))

@@ -66,8 +66,11 @@ def main(argv=None):
     new = encode(licence_text(vocab))
     n = int(0.9 * new.shape[0])
     new_train, new_val = new[:n], new[n:]
-    config = gpt.GPTConfig(vocab_size=len(vocab), compute_dtype=None, grad_chunks=1)
+    config = gpt.Config(vocab_size=len(vocab), compute_dtype=None, grad_chunks=1)
     b, t = 12, config.block_size
+
+    def gpt_loss(params, x, y, config):
+        return gpt.loss(params, {}, {"x": x, "y": y}, config)[0]
 
     def windows(tokens, key, batch):
         s = jax.random.randint(key, (batch,), 0, tokens.shape[0] - t - 1)
@@ -77,7 +80,7 @@ def main(argv=None):
     @jax.jit
     def val_loss(params):
         x, y = windows(new_val, jax.random.PRNGKey(123), 2000)
-        return gpt.loss(params, x, y, dataclasses.replace(config, grad_chunks=1))
+        return gpt_loss(params, x, y, dataclasses.replace(config, grad_chunks=1))
 
     def train(loss_fn, trainable, opt, tokens, steps, seed):
         state = opt.init(trainable)
@@ -95,7 +98,7 @@ def main(argv=None):
             carry, _ = run(carry, jax.random.split(jax.random.PRNGKey(seed + i), min(50, steps - i)))
         return carry[0]
 
-    params = gpt.init(jax.random.PRNGKey(0), config)
+    params, _ = gpt.init(jax.random.PRNGKey(0), config)
     if args.checkpoint:
         params = checkpoint.restore(args.checkpoint, {"params": params})[0]["params"]
         print(f"pretrained weights from {args.checkpoint}")
@@ -105,14 +108,14 @@ def main(argv=None):
         opt = optim.chain(optim.clip_by_global_norm(1.0),
                           optim.adamw(optim.warmup_cosine(1e-3, 100, args.pretrain, 1e-4), b1=0.9, b2=0.99,
                                       weight_decay=0.1, mask=optim.decay_mask))
-        params = train(lambda p, x, y: gpt.loss(p, x, y, config), params, opt, shk, args.pretrain, 0)
+        params = train(lambda p, x, y: gpt_loss(p, x, y, config), params, opt, shk, args.pretrain, 0)
         print(f"pretrained the baby GPT on tiny shakespeare for {args.pretrain} steps ({time.time() - t0:.0f} s)")
     before = float(val_loss(params))
 
     # full fine-tuning
     t0 = time.time()
     opt = optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(args.lr_full, b1=0.9, b2=0.99, weight_decay=0.0))
-    full = train(lambda p, x, y: gpt.loss(p, x, y, config), params, opt, new_train, args.steps, 1000)
+    full = train(lambda p, x, y: gpt_loss(p, x, y, config), params, opt, new_train, args.steps, 1000)
     full_loss, full_time = float(val_loss(full)), time.time() - t0
 
     # LoRA: adapters on every attention / MLP weight, base frozen by the optimizer
@@ -123,7 +126,7 @@ def main(argv=None):
                                                                               weight_decay=0.0)), r"^base/")
 
     def lora_loss(tr, x, y):
-        return gpt.loss(lora.apply_adapters(tr["base"], tr["lora"], args.alpha), x, y, config)
+        return gpt_loss(lora.apply_adapters(tr["base"], tr["lora"], args.alpha), x, y, config)
 
     tuned = train(lora_loss, both, opt, new_train, args.steps, 1000)
     lora_time = time.time() - t0

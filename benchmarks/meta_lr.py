@@ -56,19 +56,19 @@ def make_meta_objective(config, k: int, batch: int, inner: str):
         (x_tr, y_tr), (x_va, y_va) = data
         k_init, k_batches = jax.random.split(key)
         # float32 throughout (mlp.init's biases follow jax's default float, float64 when x64 is on)
-        params = jax.tree.map(lambda a: a.astype(jnp.float32), mlp.init(k_init, config))
+        params = jax.tree.map(lambda a: a.astype(jnp.float32), mlp.init(k_init, config)[0])
         lr = jnp.exp(log_lr)
         opt = optim.sgd(lr, momentum=0.9) if inner == "sgd" else optim.create(inner, lr)
         idx = jax.random.randint(k_batches, (k, batch), 0, x_tr.shape[0])
 
         def step(carry, ids):
             p, s = carry
-            g = jax.grad(mlp.loss)(p, x_tr[ids], y_tr[ids], config)
+            g, _ = jax.grad(mlp.loss, has_aux=True)(p, {}, {"x": x_tr[ids], "y": y_tr[ids]}, config)
             u, s = opt.update(g, s, p)
             return (optim.apply_updates(p, u), s), None
 
         (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), idx)
-        return mlp.loss(params, x_va, y_va, config)
+        return mlp.loss(params, {}, {"x": x_va, "y": y_va}, config)[0]
 
     return val_loss
 
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
         args.k, args.meta_steps = 10, 5
     t0 = time.perf_counter()
     data = load_data()
-    config = mlp.MLPConfig(sizes=(40, args.hidden, args.hidden, 10))
+    config = mlp.Config(sizes=(40, args.hidden, args.hidden, 10))
     val_loss = make_meta_objective(config, args.k, args.batch, args.inner)
     key_meta, key_grid = jax.random.split(jax.random.PRNGKey(args.seed))
     print(f"# MNIST-1D, MLP {config.sizes}, inner {args.inner}, k = {args.k} steps of batch {args.batch}; "
