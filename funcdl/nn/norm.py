@@ -276,6 +276,7 @@ def _instance_norm(x, gamma=None, beta=None, *, eps=1e-5):
 
 
 def _instance_norm_fwd(x, gamma=None, beta=None, *, eps=1e-5):
+    # group norm's forward with G = C, which keeps mu and rstd
     return _group_norm_fwd(x, gamma, beta, groups=x.shape[-1], eps=eps)
 
 
