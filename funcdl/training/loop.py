@@ -47,7 +47,17 @@ from .config import LANGUAGE_EVAL_EVERY, MAX_STEPS_PER_CALL, MIN_EVAL_BATCH, Tra
 from .evaluate import eval_functions, evaluate, window_evaluator
 from .parallel import make_parallel, per_device_bytes
 from .rundir import RunDir, RunDirectoryBusy
-from .step import donatable, freeze_mask, make_optimizer, make_schedule, make_train_step, param_count, with_freezing
+from .step import (
+    donatable,
+    freeze_mask,
+    make_optimizer,
+    make_players_step,
+    make_schedule,
+    make_train_step,
+    param_count,
+    players_optimizer,
+    with_freezing,
+)
 from .stopping import EarlyStopping, Interrupt, first_bad_step
 from .task import Task
 
@@ -230,13 +240,22 @@ def _train(task, data, config, rundir, resume, run_info) -> TrainResult:
     key = jax.random.PRNGKey(config.seed)
     init_key, data_key, step_key = jax.random.split(key, 3)
     params, state = _initial_params(task, config, init_key)
-    opt, schedule = make_optimizer(config, geo.total)
-    opt, n_frozen = with_freezing(opt, params, config.freeze)
-    params, opt_state, state = donatable(params, opt.init(params), state)
     augment = make_augment(config.augment, data.num_classes) if config.augment else None
     parallel = make_parallel(config.devices, config.shard, geo.batch_size)
+    if task.players:
+        if config.freeze or config.precision != "fp32" or parallel is not None:
+            raise ValueError("a several-players task trains in fp32 on one device without --freeze (for now)")
+        opt, opts, schedule = players_optimizer(task, config, geo.total)
+        n_frozen = 0
+    else:
+        opt, schedule = make_optimizer(config, geo.total)
+        opt, n_frozen = with_freezing(opt, params, config.freeze)
+    params, opt_state, state = donatable(params, opt.init(params), state)
     layouts = None if parallel is None else parallel.layouts(params, opt_state, state)
-    train_step = make_train_step(task, opt, config, augment, parallel, layouts)
+    if task.players:
+        train_step = make_players_step(task, opts, config, augment)
+    else:
+        train_step = make_train_step(task, opt, config, augment, parallel, layouts)
 
     put = jax.device_put if parallel is None else (
         lambda tree: parallel.put(tree, jax.tree.map(lambda _: parallel.replicated, tree)))

@@ -23,7 +23,8 @@ from ..core.primitive import autodiff
 from .config import AUGMENT_STREAM, TrainConfig
 from .task import Task
 
-__all__ = ["make_schedule", "make_optimizer", "freeze_mask", "param_count", "make_train_step", "donatable"]
+__all__ = ["make_schedule", "make_optimizer", "freeze_mask", "param_count", "make_train_step", "donatable",
+           "players_optimizer"]
 
 
 def make_schedule(name: str, lr: float, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0):
@@ -51,6 +52,27 @@ def make_optimizer(config: TrainConfig, total_steps: int):
     if config.precision == "fp16":
         opt = optim.dynamic_loss_scale(opt)
     return opt, lr
+
+
+def players_optimizer(task: Task, config: TrainConfig, total_steps: int):
+    """One optimizer per player (its own, or the training options'), each with its EMA when asked, as one
+    GradientTransformation over ``{player: group}`` whose state is ``{player: state}``. Returns (opt, schedule)."""
+    default, schedule = make_optimizer(config, total_steps)
+    opts = {}
+    for p in task.players:
+        opt = p.optimizer if p.optimizer is not None else default
+        opts[p.name] = optim.ema_params(opt, p.ema) if p.ema is not None else opt
+
+    def init(params):
+        missing = sorted(set(opts) - set(params))
+        if missing:
+            raise ValueError(f"players {missing} have no parameter group; params has {sorted(params)}")
+        return {name: o.init(params[name]) for name, o in opts.items()}
+
+    def update(grads, state, params=None):
+        raise TypeError("a players optimizer is applied one player at a time (funcdl.training.step)")
+
+    return optim.GradientTransformation(init, update), opts, schedule
 
 
 def freeze_mask(params, pattern: str | None):
@@ -99,6 +121,37 @@ def cast_floats(tree, dtype):
         return tree
     return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x,
                         tree)
+
+
+def make_players_step(task: Task, opts: dict, config: TrainConfig, augment=None):
+    """The step of a several-players task: each player in turn makes ``steps`` updates of its own group with its
+    own loss and optimizer (the other groups held fixed), on the same batch with its own dropout/noise keys.
+    Metrics are each player's, prefixed ``name/``; ``loss`` is the last player's."""
+    losses = {p.name: p.loss if config.grad == "manual" else autodiff(p.loss) for p in task.players}
+
+    def update(p, params, opt_state, state, batch, key):
+        def objective(group):
+            return losses[p.name]({**params, p.name: group}, state, batch, key, True)
+        (loss, (new_state, metrics)), g = jax.value_and_grad(objective, has_aux=True)(params[p.name])
+        g = _same_dtypes(g, params[p.name])
+        u, s = opts[p.name].update(g, opt_state[p.name], params[p.name])
+        group = jax.tree.map(lambda w, du: (w + du).astype(w.dtype), params[p.name], u)
+        metrics = {**metrics, "loss": loss, "grad_norm": optim.global_norm(g)}
+        return ({**params, p.name: group}, {**opt_state, p.name: _same_dtypes(s, opt_state[p.name])},
+                _same_dtypes(new_state, state), metrics)
+
+    def train_step(params, opt_state, state, batch, key):
+        if augment is not None:
+            batch = augment(jax.random.fold_in(key, AUGMENT_STREAM), batch)
+        out = {}
+        for i, p in enumerate(task.players):
+            for r in range(p.steps):
+                k = jax.random.fold_in(jax.random.fold_in(key, i), r)
+                params, opt_state, state, m = update(p, params, opt_state, state, batch, k)
+            out |= {f"{p.name}/{name}": v for name, v in m.items()}
+        return params, opt_state, state, {**out, "loss": m["loss"]}
+
+    return train_step
 
 
 def make_train_step(task: Task, opt, config: TrainConfig, augment=None, parallel=None, layouts=None):

@@ -13,6 +13,13 @@ A ``Task`` is two pure functions and a kind:
 ``funcdl.autodiff(task.loss)`` is the same loss differentiated through the references instead of the
 hand-derived rules; the training loop's ``grad="autodiff"`` uses exactly that.
 
+Several players (a GAN: a discriminator and a generator) share one ``params`` dict, one entry per player, and
+the Task lists them in ``players``: each :class:`Player` names its parameter group, its own loss (of the whole
+``params``; only its group is differentiated), how many updates it makes per training step (``n_critic``), its
+optimizer (None: the one the training options build) and an optional EMA of its weights (for sampling, read
+with ``optim.ema_of``). One training step updates the players in order; ``Task.loss`` is still what evaluation
+reports. One checkpoint holds every group and every optimizer state.
+
 ``DataInfo`` is what a data set tells a model builder: the shape of one input, the number of classes or
 the vocabulary size.
 """
@@ -23,12 +30,21 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 
+class Player(NamedTuple):
+    name: str                           # its parameter group: params[name]
+    loss: Callable[..., tuple[Any, tuple[Any, dict]]]   # (params, state, batch, key, train), as Task.loss
+    steps: int = 1                      # updates per training step (a WGAN critic: 5)
+    optimizer: Any = None               # a GradientTransformation; None: the training options' optimizer
+    ema: float | None = None            # decay of an EMA copy of params[name] kept in its optimizer state
+
+
 class Task(NamedTuple):
     init: Callable[[Any], tuple[Any, Any]]
     loss: Callable[..., tuple[Any, tuple[Any, dict]]]
     kind: str = "classification"
     apply: Callable | None = None       # (params, state, x) -> outputs, for plots and sampling
     extras: dict | None = None          # anything else a command may use (config, sample function, ...)
+    players: tuple = ()                 # several players (Player), updated in order; () for one loss
 
 
 class DataInfo(NamedTuple):
