@@ -46,7 +46,7 @@ class Config:
         if self.block not in ("basic", "bottleneck"):
             raise ValueError(f"resnet.Config.block must be 'basic' or 'bottleneck', got {self.block!r}")
         if len(self.widths) != len(self.blocks):
-            raise ValueError(f"ResNetConfig: widths {self.widths} and blocks {self.blocks} need the same length")
+            raise ValueError(f"resnet.Config: widths {self.widths} and blocks {self.blocks} need the same length")
 
     @property
     def expansion(self) -> int:
