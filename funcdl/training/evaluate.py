@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from ..core.xla import compiler_options, scan_is_slow
 from ..data.base import sample_windows
 from .config import MIN_EVAL_BATCH
+from .parallel import to_host
 from .task import Task
 
 __all__ = ["evaluate", "eval_functions", "window_evaluator"]
@@ -53,9 +54,9 @@ def evaluate(task: Task, params, state, arrays: dict, batch_size: int = MIN_EVAL
     parts = []
     if nb:
         stacked = {k: v[: nb * bs].reshape(nb, bs, *v.shape[1:]) for k, v in arrays.items()}
-        parts.append((nb * bs, full_batches(params, state, stacked)))
+        parts.append((nb * bs, to_host(full_batches(params, state, stacked))))
     if rest:
-        parts.append((rest, one_batch(params, state, {k: v[nb * bs:] for k, v in arrays.items()})))
+        parts.append((rest, to_host(one_batch(params, state, {k: v[nb * bs:] for k, v in arrays.items()}))))
     return {key: float(sum(w * float(m[key]) for w, m in parts) / n) for key in parts[0][1]}
 
 
@@ -75,6 +76,6 @@ def window_evaluator(task: Task, batch_size: int, seq_len: int, n_batches: int, 
         return jax.tree.map(lambda m: jnp.mean(m, 0), ms)
 
     def run(params, state, split):
-        return {k: float(v) for k, v in window_eval(params, state, split["tokens"]).items()}
+        return {k: float(v) for k, v in to_host(window_eval(params, state, split["tokens"])).items()}
 
     return run

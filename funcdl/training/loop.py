@@ -45,7 +45,7 @@ from . import checkpoint as ckpt
 from .augment import make_augment
 from .config import LANGUAGE_EVAL_EVERY, MAX_STEPS_PER_CALL, MIN_EVAL_BATCH, TrainConfig, TrainResult
 from .evaluate import eval_functions, evaluate, window_evaluator
-from .parallel import make_parallel, per_device_bytes
+from .parallel import is_writer, make_parallel, per_device_bytes, to_host
 from .rundir import RunDir, RunDirectoryBusy
 from .step import (
     donatable,
@@ -229,7 +229,7 @@ def train(task: Task, data: Dataset, config: TrainConfig | None = None, out_dir=
     The run directory is locked for the life of the run (a second writer gets :class:`RunDirectoryBusy`).
     """
     config = config or TrainConfig()
-    rundir = RunDir(out_dir)
+    rundir = RunDir(out_dir, writer=is_writer())
     with rundir.lock():
         return _train(task, data, config, rundir, resume, dict(run_info or {}))
 
@@ -262,7 +262,8 @@ def _train(task, data, config, rundir, resume, run_info) -> TrainResult:
     if parallel is not None:
         params, opt_state, state = (parallel.put(t, s) for t, s in zip((params, opt_state, state), layouts,
                                                                          strict=True))
-        _report_layout(parallel, params, opt_state, layouts)
+        if is_writer():
+            _report_layout(parallel, params, opt_state, layouts)
     dev_train = put(data.splits["train"])
     runner, use_scan, options = make_runner(train_step, geo, config, data_key, step_key, data.size("train"),
                                             (params, opt_state, state, dev_train), config.scan)
@@ -277,7 +278,7 @@ def _train(task, data, config, rundir, resume, run_info) -> TrainResult:
                  f"{run_info.get('model', 'model')}/{data.name}", run_info)
     run = _Run(params, opt_state, state, key)
     stopper = EarlyStopping(config.monitor, config.patience)
-    resumed = _resume(run, stopper, rundir, config, run_info) if resume else None
+    resumed = _resume(run, stopper, rundir, config, run_info, parallel, layouts) if resume else None
     if resume:
         print(f"resuming {rundir.path} at step {run.step}/{geo.total}")
     rundir.start({**run_info, "train": config.asdict(), "data_size": {k: data.size(k) for k in data.splits},
@@ -312,12 +313,17 @@ def _report_layout(parallel, params, opt_state, layouts):
           f"{size(params, layouts[0])}, gradients {size(params, grads)}, optimizer state {size(opt_state, layouts[1])}")
 
 
-def _resume(run: _Run, stopper: EarlyStopping, rundir: RunDir, config: TrainConfig, run_info: dict) -> dict:
-    """Load the checkpoint into ``run``; returns the resume record for ``config.json``."""
+def _resume(run: _Run, stopper: EarlyStopping, rundir: RunDir, config: TrainConfig, run_info: dict, parallel,
+            layouts) -> dict:
+    """Load the checkpoint into ``run`` (onto the mesh, when there is one); returns the resume record for
+    ``config.json``."""
     path = rundir.checkpoint_path()
     changed = rundir.changed_options(config.asdict(), run_info)
-    trees, meta = ckpt.restore(path, run.trees())
+    trees, meta = ckpt.restore(path, to_host(run.trees()))
     run.params, run.opt_state, run.state = trees["params"], trees["opt_state"], trees["state"]
+    if parallel is not None:
+        run.params, run.opt_state, run.state = (parallel.put(t, s) for t, s in zip(
+            (run.params, run.opt_state, run.state), layouts, strict=True))
     run.step = int(meta["step"])
     stopper.best = meta.get("best", stopper.best)
     if meta.get("key") != np.asarray(run.key).tolist():
@@ -329,7 +335,7 @@ def _resume(run: _Run, stopper: EarlyStopping, rundir: RunDir, config: TrainConf
 
 
 def _progress_bar(config: TrainConfig, geo: Geometry, step: int, name: str):
-    if not config.progress:
+    if not config.progress or not is_writer():
         return None
     from tqdm.auto import tqdm
     return tqdm(total=geo.total, initial=step, unit="step", dynamic_ncols=True, desc=name)
@@ -362,7 +368,7 @@ def _loop(run: _Run, stopper: EarlyStopping, plan: _Plan):
     bar = _progress_bar(config, geo, run.step, plan.name)
 
     def save(name="checkpoint.npz"):
-        rundir.save(name, run.trees(), {
+        rundir.save(name, to_host(run.trees()), {
             "step": run.step, "epoch": run.step // geo.steps_per_epoch, "position": run.step % geo.steps_per_epoch,
             "key": np.asarray(run.key).tolist(), "best": stopper.best, "total_steps": geo.total,
             "model": run_info.get("model"), "data": run_info.get("data")})
@@ -372,7 +378,7 @@ def _loop(run: _Run, stopper: EarlyStopping, plan: _Plan):
             t0 = time.perf_counter()
             run.params, run.opt_state, run.state, metrics = plan.runner(run.params, run.opt_state, run.state,
                                                                         plan.dev_train, a, b, bar)
-            metrics = jax.tree.map(np.asarray, metrics)    # waits for the device
+            metrics = to_host(metrics)                     # waits for the device
             dt = time.perf_counter() - t0
             run.train_seconds += dt
             run.first_chunk = run.first_chunk or (dt, b - a)
@@ -394,7 +400,7 @@ def _loop(run: _Run, stopper: EarlyStopping, plan: _Plan):
                 _log(run, rundir, {"split": "val", "step": run.step, "epoch": run.step / geo.steps_per_epoch,
                                    **run.last_val})
                 if config.patience is not None and stopper.update(run.last_val, run.step):
-                    run.best_params = jax.device_get(run.params)
+                    run.best_params = to_host(run.params)
                     save("best.npz")
             _show(bar, metrics["loss"], run.last_val, b - a, dt, 0 if plan.use_scan else (b - a) // 10 * 10)
             run.stop_reason = _stop_reason(interrupt, config, stopper, run.step, geo.total)

@@ -27,7 +27,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["Parallel", "make_parallel", "per_device_bytes"]
+__all__ = ["Parallel", "make_parallel", "per_device_bytes", "initialize_distributed", "to_host", "is_writer"]
 
 SHARD_CHOICES = ("none", "optimizer", "params")
 
@@ -100,6 +100,36 @@ def make_parallel(devices: int | None, shard: str = "none", batch_size: int | No
         return None
     mesh = jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,), devices=jax.devices()[:n])
     return Parallel(mesh, shard)
+
+
+def initialize_distributed(coordinator: str, num_processes: int, process_id: int):
+    """Join a multi-process run (``jax.distributed.initialize``); on CPU the collectives go through gloo. Every
+    process then sees the devices of all of them, and one mesh spans them all. Under Slurm (or on a TPU pod)
+    ``jax.distributed.initialize()`` finds these values itself: pass ``coordinator="auto"``."""
+    if coordinator != "auto" and (num_processes is None or process_id is None):
+        raise ValueError("--coordinator HOST:PORT needs --num-processes P and --process-id I")
+    if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
+        raise ValueError(f"--process-id {process_id} must lie in 0..{num_processes - 1}")
+    if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if coordinator == "auto":
+        jax.distributed.initialize()
+    else:
+        jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+
+
+def is_writer() -> bool:
+    """Only process 0 writes the run directory."""
+    return jax.process_index() == 0
+
+
+def to_host(tree):
+    """NumPy copies of every leaf, gathered from all processes when there are several (a collective: every
+    process must call it)."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def per_device_bytes(tree, shardings=None) -> int:

@@ -40,11 +40,20 @@ def jsonable(x):
     return x
 
 
-class RunDir:
-    """A run's folder (or nothing, when ``path`` is None: every write is then skipped)."""
+def _write_atomic(path: Path, text: str):
+    """Replace ``path`` in one step (other processes of the run may be reading it)."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
-    def __init__(self, path):
+
+class RunDir:
+    """A run's folder (or nothing, when ``path`` is None: every write is then skipped). In a multi-process run
+    every process reads it (resume) and only the ``writer`` (process 0) locks and writes it."""
+
+    def __init__(self, path, writer: bool = True):
         self.path = Path(path) if path is not None else None
+        self.writer = writer
         if self.path is not None and self.path.exists() and not self.path.is_dir():
             raise ValueError(f"--out {self.path} is a file, not a directory; name a new or existing folder")
 
@@ -57,7 +66,7 @@ class RunDir:
     @contextlib.contextmanager
     def lock(self):
         """Hold ``.lock`` exclusively while the run lives; raise :class:`RunDirectoryBusy` if another holds it."""
-        if self.path is None or fcntl is None:
+        if self.path is None or fcntl is None or not self.writer:
             yield
             return
         self.path.mkdir(parents=True, exist_ok=True)
@@ -115,7 +124,7 @@ class RunDir:
     def start(self, config: dict, history: list[dict], resumed: dict | None = None):
         """Write ``config.json`` (with the list of resumes and what each changed) and rewrite ``metrics.jsonl``
         so that it ends at the checkpoint."""
-        if self.path is None:
+        if self.path is None or not self.writer:
             return
         self.path.mkdir(parents=True, exist_ok=True)
         old = self.path / "config.json"
@@ -123,25 +132,23 @@ class RunDir:
         if resumed is not None:
             resumes.append(resumed)
         config = {**config, **({"resumes": resumes} if resumes else {})}
-        (self.path / "config.json").write_text(json.dumps(jsonable(config), indent=1, default=str))
-        with open(self.path / "metrics.jsonl", "w") as f:
-            for r in history:
-                f.write(json.dumps(r) + "\n")
+        _write_atomic(self.path / "config.json", json.dumps(jsonable(config), indent=1, default=str))
+        _write_atomic(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
 
     def log(self, record: dict):
-        if self.path is not None:
+        if self.path is not None and self.writer:
             with open(self.path / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
     def save(self, name: str, trees: dict, meta: dict):
-        if self.path is not None:
+        if self.path is not None and self.writer:
             ckpt.save(self.path / name, trees, meta)
 
     def has(self, name: str) -> bool:
         return self.path is not None and (self.path / name).is_file()
 
     def finish(self, summary: dict, plots: bool):
-        if self.path is None:
+        if self.path is None or not self.writer:
             return
         (self.path / "summary.json").write_text(json.dumps(summary, indent=1))
         if plots and (self.path / "metrics.jsonl").stat().st_size:
