@@ -19,7 +19,7 @@ import importlib
 from collections.abc import Callable
 from typing import NamedTuple
 
-from . import base, download, images, mnist1d, text
+from . import base, download, images, mnist1d, stream, text
 from .base import Dataset, batches, check_arrays, epoch_indices, sample_windows, split_validation, standardize
 from .download import MissingDataError, cache_dir, fetch
 from .text import CharVocab, text_dataset
@@ -57,11 +57,14 @@ def get_dataset(name: str) -> DatasetEntry:
     if name.startswith("text:"):
         return DatasetEntry(name, lambda **kw: text.load_text_file(name[5:], **kw),
                             "a local UTF-8 text file, character level", "language")
+    if name.startswith("prepared:"):
+        return DatasetEntry(name, lambda **kw: stream.load_prepared(name[9:], **kw),
+                            "a folder written by `funcdl data prepare`, memory-mapped", "any")
     try:
         return DATASETS[name]
     except KeyError:
         raise ValueError(f"unknown data set {name!r}; valid data sets: {', '.join(names())}, "
-                         "or text:PATH for a local text file") from None
+                         "text:PATH for a local text file, or prepared:DIR for a prepared one") from None
 
 
 def load(name: str, data_dir=None, val_fraction: float | None = None, **options) -> Dataset:

@@ -50,6 +50,11 @@ class Dataset:
             raise ValueError(f"language data set {self.name!r} needs a 'tokens' array in each split")
 
     @property
+    def streaming(self) -> bool:
+        """Arrays on disk (memory maps, ``funcdl.data.stream``): batches are read on the host, chunk by chunk."""
+        return bool((self.extras or {}).get("streaming"))
+
+    @property
     def windowed(self) -> bool:
         """Read as random windows of one long token array (language models) rather than by example."""
         return self.kind == "language"

@@ -77,4 +77,8 @@ def load_text_file(path, data_dir=None, val_fraction: float = 0.1, **_) -> Datas
         p = Path(data_dir).expanduser() / p
     if not p.is_file():
         raise FileNotFoundError(f"text file {path} does not exist")
+    from .stream import STREAM_TEXT_BYTES, text_streaming
+
+    if p.stat().st_size > STREAM_TEXT_BYTES:        # too large to hold: memory-mapped from a prepared copy
+        return text_streaming(p, val_fraction)
     return text_dataset(f"text:{p.name}", p.read_text(encoding="utf-8"), val_fraction)

@@ -59,6 +59,7 @@ from .step import (
     with_freezing,
 )
 from .stopping import EarlyStopping, Interrupt, first_bad_step
+from .streaming import StreamPlan, make_stream_runner, stream_window_evaluator
 from .task import Task
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "make_optimizer", "make_schedule", "param_count",
@@ -135,13 +136,14 @@ def _initial_params(task: Task, config: TrainConfig, key):
 
 
 def make_runner(train_step, geo: Geometry, config: TrainConfig, data_key, step_key, n_rows: int, probe,
-                use_scan: bool | None):
+                use_scan: bool | None, stream: StreamPlan | None = None, put_batches=None):
     """``run(params, opt_state, state, arrays, a, b, bar) -> (params, opt_state, state, metrics)``: steps a..b-1.
 
     With ``use_scan`` the steps run inside one compiled ``lax.scan``; otherwise as a Python loop of compiled
     steps. Batches are drawn on the device from the seed and the step: windows from ``fold_in(data_key, s)``,
     or rows of the permutation of epoch e drawn from ``fold_in(data_key, e)``. Returns the runner and whether it
-    scans (``use_scan=None``: scan unless XLA's CPU backend would slow this step down).
+    scans (``use_scan=None``: scan unless XLA's CPU backend would slow this step down). With a ``stream`` plan
+    the batches are read on the host instead (``training.streaming``), always scanned.
     """
     B = geo.batch_size
 
@@ -170,12 +172,18 @@ def make_runner(train_step, geo: Geometry, config: TrainConfig, data_key, step_k
         batch = window_batch(arrays["tokens"], s) if geo.windowed else {k: v[rows] for k, v in arrays.items()}
         return train_step(params, opt_state, state, batch, jax.random.fold_in(step_key, s))
 
-    batch_shape = (jax.eval_shape(lambda a: window_batch(a["tokens"], 0), probe[-1]) if geo.windowed else
-                   jax.eval_shape(lambda a: {k: v[jnp.arange(B)] for k, v in a.items()}, probe[-1]))
+    if stream is not None:
+        batch_shape = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), stream.batches(0, 1))
+    elif geo.windowed:
+        batch_shape = jax.eval_shape(lambda a: window_batch(a["tokens"], 0), probe[-1])
+    else:
+        batch_shape = jax.eval_shape(lambda a: {k: v[jnp.arange(B)] for k, v in a.items()}, probe[-1])
     step_probe = (*probe[:3], batch_shape, step_key)
     if use_scan is None:
         use_scan = not scan_is_slow(train_step, *step_probe)
     options = compiler_options(train_step, *step_probe, ynn=config.ynn)
+    if stream is not None:
+        return make_stream_runner(train_step, stream, step_key, options, put_batches), True, options
     run_chunk = jax.jit(chunk, static_argnames="length", donate_argnums=(0, 1, 2), compiler_options=options)
     run_step = jax.jit(one_step, donate_argnums=(0, 1, 2), compiler_options=options)
     epoch_order = jax.jit(lambda e: epoch_indices(jax.random.fold_in(data_key, e), n_rows, B))
@@ -264,16 +272,25 @@ def _train(task, data, config, rundir, resume, run_info) -> TrainResult:
                                                                          strict=True))
         if is_writer():
             _report_layout(parallel, params, opt_state, layouts)
-    dev_train = put(data.splits["train"])
-    runner, use_scan, options = make_runner(train_step, geo, config, data_key, step_key, data.size("train"),
-                                            (params, opt_state, state, dev_train), config.scan)
-    if geo.windowed:
+    if data.streaming:      # the data stay on disk: chunks read on the host (training.streaming)
+        dev_train, batch_put = data.splits["train"], put if parallel is None else parallel.put_batches
+        runner, use_scan, options = make_runner(train_step, geo, config, data_key, step_key, data.size("train"),
+                                                (params, opt_state, state, None), config.scan,
+                                                StreamPlan(geo, config, data_key, dev_train), batch_put)
+    else:
+        dev_train = put(data.splits["train"])
+        runner, use_scan, options = make_runner(train_step, geo, config, data_key, step_key, data.size("train"),
+                                                (params, opt_state, state, dev_train), config.scan)
+    fns = eval_functions(task, loop=not use_scan, options=options)
+    if geo.windowed and data.streaming:
+        evaluator = stream_window_evaluator(fns[0], geo.batch_size, config.seq_len, config.eval_batches,
+                                            config.eval_seed, put)
+    elif geo.windowed:
         evaluator = window_evaluator(task, geo.batch_size, config.seq_len, config.eval_batches, config.eval_seed)
     else:
-        fns = eval_functions(task, loop=not use_scan, options=options)
         evaluator = lambda p, s, arrays: evaluate(task, p, s, arrays, geo.eval_batch_size, fns)  # noqa: E731
 
-    dev_val = put(data.splits["val"]) if "val" in data.splits else None
+    dev_val = None if "val" not in data.splits else data.splits["val"] if data.streaming else put(data.splits["val"])
     plan = _Plan(geo, config, rundir, runner, use_scan, evaluator, schedule, dev_train, dev_val,
                  f"{run_info.get('model', 'model')}/{data.name}", run_info)
     run = _Run(params, opt_state, state, key)

@@ -74,6 +74,15 @@ class Parallel:
         """The batch split over the devices along its first axis (its size must divide by the device count)."""
         return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, self.batch), batch)
 
+    def put_batches(self, tree):
+        """Stacked host batches (steps, B, ...) onto the mesh, split along the batch axis; in several processes
+        each process keeps only the rows of its own devices."""
+        sharding = NamedSharding(self.mesh, P(None, "data"))
+        if jax.process_count() == 1:
+            return jax.device_put(tree, sharding)
+        return jax.tree.map(lambda x: jax.make_array_from_callback(x.shape, sharding, lambda idx, x=x: x[idx]),
+                            tree)
+
     def put(self, tree, shardings):
         """Place host or device arrays on the mesh (in several processes, each gives the whole value)."""
         def one(x, s):
