@@ -24,6 +24,7 @@ from .base import (
 )
 from .loss_scale import LossScaleState, dynamic_loss_scale, loss_scale
 from .modern import adafactor, lamb, lion
+from .optax_bridge import from_optax, optax_optimizer, to_optax
 from .optimizers import adadelta, adagrad, rmsprop, sgd
 from .registry import OPTIMIZERS, create, hyperparameters
 from .scaling import (
@@ -90,6 +91,6 @@ __all__ = [
     "ema", "ema_sq", "bias_correction", "scale_by_momentum", "scale_by_adagrad", "scale_by_rms", "scale_by_adadelta",
     "scale_by_adam", "scale_by_adamax", "scale_by_nadam", "scale_by_radam", "scale_by_trust_ratio", "scale_by_lion",
     "scale_by_factored_rms", "scale_by_relative_step",
-    "LossScaleState", "dynamic_loss_scale", "loss_scale",
+    "LossScaleState", "dynamic_loss_scale", "loss_scale", "to_optax", "from_optax", "optax_optimizer",
     "accumulate", "ema_of", "ema_params", "lookahead", "sam", "skip_not_finite",
 ]

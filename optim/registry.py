@@ -37,13 +37,18 @@ def _get(name):
 
 
 def create(name: str, learning_rate=1e-3, **hyper):
-    """Build the optimizer ``name`` with ``learning_rate`` (number or schedule) and its hyper-parameters.
+    """Build the optimizer ``name`` with ``learning_rate`` (number or schedule) and its hyper-parameters;
+    ``optax:NAME`` builds optax's (when optax is installed).
 
     Hyper-parameters left as ``None`` take the optimizer's default; ``betas=(b1, b2)`` is accepted as torch
     spells it. A hyper-parameter the optimizer does not have is an error that lists the ones it has.
     """
-    factory = _get(name)
     hyper = {k: v for k, v in hyper.items() if v is not None}
+    if name.startswith("optax:"):               # an optax optimizer through the bridge (optax is optional)
+        from .optax_bridge import optax_optimizer
+
+        return optax_optimizer(name[len("optax:"):], learning_rate, **hyper)
+    factory = _get(name)
     if "betas" in hyper:
         b1, b2 = hyper.pop("betas")
         hyper.setdefault("b1", b1)
