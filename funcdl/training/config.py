@@ -61,6 +61,7 @@ class TrainConfig:
     log_every: int = 10                    # steps per train record in metrics.jsonl
     progress: bool = True                  # tqdm progress bar
     plots: bool = True
+    tensorboard: bool = False              # also write TensorBoard event files into the run directory
     stop_after: int | None = None          # stop (with a checkpoint) after this many steps, as Ctrl-C would
     val_fraction: float | None = None      # share of train held out for validation (None: the data set's own)
     precision: str = "fp32"                # compute dtype: fp32, bf16 or fp16 (float32 master weights, optimizer
@@ -106,7 +107,7 @@ def _at_least(config, low, *names):
 # how long to train and how to report, not what is trained or how the gradient is made
 RESUMABLE = frozenset({
     "epochs", "steps", "eval_every", "eval_batch_size", "patience", "scan", "ynn", "log_every", "progress",
-    "plots", "stop_after", "devices",
+    "plots", "stop_after", "devices", "tensorboard",
 })
 
 

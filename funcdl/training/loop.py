@@ -300,7 +300,7 @@ def _train(task, data, config, rundir, resume, run_info) -> TrainResult:
         print(f"resuming {rundir.path} at step {run.step}/{geo.total}")
     rundir.start({**run_info, "train": config.asdict(), "data_size": {k: data.size(k) for k in data.splits},
                   "params": param_count(params), "total_steps": geo.total, "steps_per_epoch": geo.steps_per_epoch},
-                 run.history, resumed)
+                 run.history, resumed, tensorboard=config.tensorboard)
     _loop(run, stopper, plan)
 
     summary = _summary(run, geo, config, run_info, use_scan, time.perf_counter() - t_start, n_frozen)

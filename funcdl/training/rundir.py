@@ -54,6 +54,7 @@ class RunDir:
     def __init__(self, path, writer: bool = True):
         self.path = Path(path) if path is not None else None
         self.writer = writer
+        self.events = None          # a TensorBoard EventWriter, once start(tensorboard=True)
         if self.path is not None and self.path.exists() and not self.path.is_dir():
             raise ValueError(f"--out {self.path} is a file, not a directory; name a new or existing folder")
 
@@ -121,7 +122,7 @@ class RunDir:
         return [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] <= step]
 
     # ---- writing ----------------------------------------------------------------------------------------
-    def start(self, config: dict, history: list[dict], resumed: dict | None = None):
+    def start(self, config: dict, history: list[dict], resumed: dict | None = None, tensorboard: bool = False):
         """Write ``config.json`` (with the list of resumes and what each changed) and rewrite ``metrics.jsonl``
         so that it ends at the checkpoint."""
         if self.path is None or not self.writer:
@@ -134,11 +135,17 @@ class RunDir:
         config = {**config, **({"resumes": resumes} if resumes else {})}
         _write_atomic(self.path / "config.json", json.dumps(jsonable(config), indent=1, default=str))
         _write_atomic(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        if tensorboard:
+            from .tensorboard import EventWriter
+            self.events = EventWriter(self.path)
 
     def log(self, record: dict):
         if self.path is not None and self.writer:
             with open(self.path / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.events is not None:
+                values = {k: v for k, v in record.items() if k not in ("split", "step")}
+                self.events.scalars(record["step"], values, prefix=f"{record['split']}/")
 
     def save(self, name: str, trees: dict, meta: dict):
         if self.path is not None and self.writer:
