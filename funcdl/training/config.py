@@ -118,3 +118,18 @@ class TrainResult:
     opt_state: Any
     summary: dict
     history: list
+
+
+def enable_compile_cache(folder=None, min_seconds: float = 0.5) -> str:
+    """Turn on JAX's persistent compilation cache (``funcdl train`` does, unless ``--no-compile-cache``): a
+    second run of the same model skips XLA's compilation of every program that took over ``min_seconds``.
+    The default folder is ``jax-compile`` in funcdl's cache folder ($FUNCDL_DATA or ~/.cache/funcdl)."""
+    import jax
+
+    from ..data.download import cache_dir
+
+    folder = str(folder or cache_dir("jax-compile"))
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_seconds))
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return folder
