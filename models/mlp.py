@@ -44,6 +44,8 @@ class Config:
     def __post_init__(self):
         if len(self.sizes) < 2:
             raise ValueError(f"mlp.Config.sizes needs at least (n_in, n_out), got {self.sizes}")
+        if not all(isinstance(n, int) and n >= 1 for n in self.sizes):
+            raise ValueError(f"mlp.Config.sizes must be positive whole numbers (--set hidden=...), got {self.sizes}")
         fd.get_activation(self.activation)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"mlp.Config.dropout must lie in [0, 1), got {self.dropout}")

@@ -38,6 +38,7 @@ registered is a model that is checked.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import inspect
@@ -45,19 +46,14 @@ import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
+from funcdl.training.config import TrainConfig
 from funcdl.training.task import DataInfo, Task
 
 __all__ = ["ModelEntry", "MODELS", "TRAIN_KEYS", "register", "get_model", "split_options", "as_task",
            "check_options"]
 
-# keys of ``defaults`` / ``--set`` that are training options (the fields of funcdl.training.loop.TrainConfig, and data)
-TRAIN_KEYS = frozenset({
-    "data", "epochs", "steps", "batch_size", "optimizer", "lr", "weight_decay", "optimizer_options", "schedule",
-    "warmup_steps", "min_lr", "windows", "clip_norm", "grad", "seed", "eval_every", "eval_batch_size",
-    "eval_batches", "seq_len",
-    "patience", "monitor", "scan", "freeze", "init_from", "log_every", "progress", "plots", "stop_after",
-    "val_fraction", "init_exclude", "classes", "label_fraction", "augment",
-})
+# keys of ``defaults`` / ``--set`` that are training options: the fields of TrainConfig, and data
+TRAIN_KEYS = frozenset({f.name for f in dataclasses.fields(TrainConfig)} | {"data"})
 _NOT_OPTIONS = frozenset({"presets"})   # keys of ``defaults`` the command line reads itself
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 # flag name -> TrainConfig field, for the options that have their own flag
 _FLAGS = ("epochs", "steps", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "warmup_steps", "min_lr",
-          "clip_norm", "grad", "seed", "eval_every", "patience", "freeze", "init_from")
+          "clip_norm", "grad", "seed", "eval_every", "patience", "freeze", "init_from", "precision", "devices",
+          "shard", "tensorboard")
 
 
 def _models():
@@ -46,7 +47,11 @@ def register(sub) -> None:
     p = sub.add_parser(
         "train", help="train a model on a data set (metrics, checkpoints, plots)",
         description="Train a registered model with the generic jitted loop. Writes config.json, metrics.jsonl, "
-        "summary.json, checkpoint.npz and loss/accuracy/lr plots into the run directory.",
+        "summary.json, checkpoint.npz and loss/accuracy/lr plots into the run directory. With --resume, only "
+        "how long to train and how to report may change (--epochs, --steps, --eval-every, --patience, "
+        "--devices, --quiet, --tensorboard, --set eval_batch_size/log_every/plots/scan/ynn); other changed "
+        "options are refused, and what changed is recorded in config.json. Exit status: 0 finished (or stopped "
+        "early), 1 the loss diverged, 2 bad input, 130 interrupted.",
         epilog=_catalog_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="model name (see the list below, or `funcdl models`)")
     p.add_argument("--data", help="data set name (default: the model's; see `funcdl data`) or text:PATH")
@@ -80,6 +85,19 @@ def register(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model or training option, e.g. --set hidden=256,256 --set dropout=0.1 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
+                   help="compute dtype (float32 master weights and optimizer state; fp16 adds dynamic loss scaling)")
+    p.add_argument("--devices", type=int, help="data parallel over this many devices (default: all JAX sees)")
+    p.add_argument("--shard", choices=("none", "optimizer", "params"),
+                   help="ZeRO: shard the optimizer state (optimizer) or the parameters too (params) over --devices")
+    p.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also write TensorBoard event files into the run directory")
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="do not use JAX's persistent compilation cache (in the funcdl cache folder)")
+    p.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="multi-process training (jax.distributed): the address of process 0; 'auto' under Slurm")
+    p.add_argument("--num-processes", type=int, help="with --coordinator: how many processes take part")
+    p.add_argument("--process-id", type=int, help="with --coordinator: this process's rank, 0 .. P-1")
     p.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
@@ -123,6 +141,56 @@ def parse_sets(items: list[str]) -> dict:
             k, v = part.split("=", 1)
             out[k.strip().replace("-", "_")] = parse_value(v)
     return out
+
+
+def _expect(option: str, value, default, owner: str):
+    """``value`` must be of the kind of ``default`` (numbers, booleans, tuples of numbers, strings)."""
+    if default is None or value is None:
+        return value
+    number = lambda v: isinstance(v, int | float) and not isinstance(v, bool)  # noqa: E731
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif number(default):
+        ok = number(value) and (isinstance(default, float) or isinstance(value, int))
+        value = float(value) if ok and isinstance(default, float) else value
+    elif isinstance(default, dict):
+        ok = isinstance(value, dict)
+    elif isinstance(default, tuple | list):
+        ok = all(number(v) for v in (value if isinstance(value, tuple | list) else (value,))) or not default
+    else:
+        ok = isinstance(value, type(default))
+    sizes = [d for d in (default if isinstance(default, tuple | list) else (default,)) if number(d)]
+    if ok and sizes and all(isinstance(d, int) and d >= 1 for d in sizes):     # a size: a positive whole number
+        ok = all(isinstance(v, int) and v >= 1 for v in (value if isinstance(value, tuple | list) else (value,)))
+        if not ok:
+            raise ValueError(f"{owner} option {option}={value!r}: expected positive whole numbers (default "
+                             f"{default!r})")
+    if not ok:
+        kind = {bool: "true or false", tuple: "numbers separated by commas", list: "numbers separated by commas",
+                str: "a word"}.get(type(default), "a number")
+        raise ValueError(f"{owner} option {option}={value!r}: expected {kind} (default {default!r})")
+    return value
+
+
+def check_values(entry, train_opts: dict, model_opts: dict) -> None:
+    """Every option's value has the kind its default has (``--set lr=abc`` names the option)."""
+    import inspect
+
+    from funcdl.training.loop import TrainConfig
+
+    missing = dataclasses.MISSING
+    train_defaults = {f.name: f.default if f.default is not missing else
+                      f.default_factory() if f.default_factory is not missing else None
+                      for f in dataclasses.fields(TrainConfig)}
+    train_defaults |= {"lr": 1e-3, "weight_decay": 0.0, "clip_norm": 1.0, "devices": 1, "epochs": 1, "steps": 1,
+                       "eval_every": 1, "patience": 1, "eval_batch_size": 1, "stop_after": 1, "label_fraction": 1.0,
+                       "scan": True, "ynn": True, "val_fraction": 0.1}
+    for k, v in train_opts.items():
+        train_opts[k] = _expect(k, v, train_defaults.get(k), "training")
+    params = inspect.signature(entry.build).parameters
+    for k, v in model_opts.items():
+        if k in params and params[k].default is not inspect.Parameter.empty:
+            model_opts[k] = _expect(k, v, params[k].default, f"model {entry.name!r}")
 
 
 def resolve_options(entry, args) -> tuple[str, dict, dict]:
@@ -197,22 +265,10 @@ def run(args) -> int:
 
     entry = _models().get_model(args.model)
 
+    if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
+        raise FileNotFoundError(f"--data-dir {args.data_dir} is not a folder")
     if args.resume:
-        out = Path(args.out) if args.out else _latest_run(args.model, args.data)
-        cfg_path = out / "config.json"
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"--resume: no config.json in {out}")
-        saved = json.loads(cfg_path.read_text())
-        if saved.get("model") != args.model:
-            raise ValueError(f"--resume: {out} is a run of {saved.get('model')!r}, not {args.model!r}")
-        data_name, data_dir = saved["data"], args.data_dir or saved.get("data_dir")
-        train_opts, model_opts = saved["train"], saved.get("model_options", {})
-        train_opts["progress"] = not args.quiet
-        train_opts["stop_after"] = args.stop_after
-        for name in ("epochs", "steps"):          # a resumed run may be extended
-            if getattr(args, name) is not None:
-                train_opts[name] = getattr(args, name)
-                train_opts["steps" if name == "epochs" else "epochs"] = None
+        out, data_name, data_dir, train_opts, model_opts = _resume_options(entry, args)
     else:
         data_name, train_opts, model_opts = resolve_options(entry, args)
         data_dir = args.data_dir
@@ -220,8 +276,19 @@ def run(args) -> int:
         out = Path(args.out) if args.out else Path("runs") / f"{args.model}-{data_name.replace(':', '_')}-{stamp}"
         if args.out and (out / "checkpoint.npz").is_file():
             raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory; name a new or existing folder")
 
     check_options(args.model, entry.build, model_opts)       # a misspelt --set fails before any data is loaded
+    check_values(entry, train_opts, model_opts)
+    if args.coordinator:
+        from funcdl.training.parallel import initialize_distributed
+
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    if not args.no_compile_cache:
+        from funcdl.training.config import enable_compile_cache
+
+        enable_compile_cache()
     config = TrainConfig(**train_opts)
     data = load_run_data(data_name, data_dir, config.asdict())
     info = data.info(seq_len=config.seq_len if data.windowed else None)
@@ -243,7 +310,38 @@ def run(args) -> int:
     print(f"wrote {out}/summary.json")
     if s["stopped"] != "diverged":
         _print_sample(task, result.params, data)
-    return 1 if s["stopped"] == "diverged" else 0
+    return {"diverged": 1, "interrupted": 130}.get(s["stopped"], 0)
+
+
+def _resume_options(entry, args):
+    """The saved run's options with the ones given on this command line on top; the loop refuses the changes a
+    resumed run cannot take and records the others (``funcdl.training.config.RESUMABLE``)."""
+    out = Path(args.out) if args.out else _latest_run(args.model, args.data)
+    cfg_path = out / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"--resume: no config.json in {out}")
+    saved = json.loads(cfg_path.read_text())
+    if saved.get("model") != args.model:
+        raise ValueError(f"--resume: {out} is a run of {saved.get('model')!r}, not {args.model!r}")
+    if args.data is not None and args.data != saved["data"]:
+        raise ValueError(f"--resume cannot change data: {saved['data']!r} -> {args.data!r}")
+    train_opts = dict(saved["train"])
+    model_opts = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.get("model_options", {}).items()}
+    given = {name: getattr(args, name) for name in _FLAGS if getattr(args, name, None) is not None}
+    given |= parse_sets(args.set)
+    for name in ("epochs", "steps"):          # a resumed run may be extended by either
+        if name in given:
+            train_opts["steps" if name == "epochs" else "epochs"] = None
+    from funcdl.models.registry import split_options
+
+    new_train, new_model = split_options(given)
+    train_opts |= new_train
+    model_opts |= new_model
+    train_opts["progress"] = not args.quiet
+    train_opts["stop_after"] = args.stop_after
+    if args.no_scan:
+        train_opts["scan"] = False
+    return out, saved["data"], args.data_dir or saved.get("data_dir"), train_opts, model_opts
 
 
 def build_task(entry, info, model_opts: dict, batch_size):
