@@ -11,10 +11,12 @@ import pytest
 import funcdl as fd
 from funcdl.core import gradcheck as gc
 
+FUZZ = 2    # configurations drawn from each primitive's space (fixed seed) on top of its hand-picked examples
+
 
 @pytest.mark.parametrize("name", fd.registered())
 def test_primitive_gradients(name):
-    rows = gc.check_primitive(name)
+    rows = gc.check_primitive(name, fuzz=FUZZ)
     checks = {r.check for r in rows}
     assert {"vjp", "fd", "jit", "vmap"} <= checks, f"{name}: some checks did not run ({checks})"
     assert {r.dtype for r in rows if r.check == "vjp"} == {"float64", "float32"}
@@ -22,6 +24,8 @@ def test_primitive_gradients(name):
     assert not failed, "\n" + gc.format_table(failed)
     worst64 = max(r.rel_error for r in rows if r.check == "vjp" and r.dtype == "float64")
     assert worst64 <= 1e-10
+    if fd.get(name).space is not None:
+        assert sum(r.config.startswith("fuzz#") for r in rows if r.check == "vjp"), f"{name}: nothing fuzzed"
 
 
 def test_checker_catches_a_wrong_backward():

@@ -21,6 +21,9 @@ def register(sub) -> None:
     p.add_argument("--failures", action="store_true", help="print only the failing rows")
     p.add_argument("--list", action="store_true", help="list the registered primitives and exit")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fuzz", type=int, default=0, metavar="N",
+                   help="also check N configurations per primitive drawn at random (seed --seed) from its space "
+                   "of settings and shapes (default 0: only the hand-picked examples)")
     p.set_defaults(func=run)
 
 
@@ -35,7 +38,7 @@ def run(args) -> int:
     names = args.names or funcdl.registered()
     for n in names:
         funcdl.get(n)  # unknown names fail here with the list of valid ones
-    rows = gc.check_all(names, seed=args.seed)
+    rows = gc.check_all(names, seed=args.seed, fuzz=args.fuzz)
     if args.failures:
         rows_out = [r for r in rows if not r.passed]
     else:

@@ -16,6 +16,11 @@ For each primitive and each example configuration its factory gives:
    differentiate through the hand rules exactly this way. A primitive whose backward is not differentiable as
    written declares ``second_order="why not"`` and gets a skipped (passing) row that says so.
 
+Fuzzing: a primitive that declares ``space(rng, dtype)`` also gets ``fuzz`` configurations drawn from it with
+``numpy.random.default_rng(seed)`` (``check_primitive(name, fuzz=N)``, ``funcdl gradcheck --fuzz N``), each
+checked exactly like a hand-picked example (rows labelled ``fuzz#3 alpha=-0.7``; the vmap check stacks the drawn
+configuration with itself). A rule that holds only for the settings its author thought of fails there.
+
 The relative error is ``max|a-b| / max(1e-12, max|a| + max|b|)``. Results are rows (one per primitive,
 configuration, input, dtype and check) that ``funcdl gradcheck`` prints as a table or as JSON.
 
@@ -151,6 +156,17 @@ def _fd_jv(evals, h):
     return jax.tree.map(lambda a, b, c, d: (-a + 8 * b - 8 * c + d) / (12 * h), fp2, fp1, fm1, fm2)
 
 
+def _fd_noise(u, evals, h) -> float:
+    """What rounding alone can put in ``<u, J v>`` by differences: each f carries ~eps |f|, the stencil's
+    weights sum to 18/12h, times sum |u|; ten times that. A direction whose true product is 0 (an input
+    wholly in a flat region, e.g. hard_tanh's clipped side) measures this noise, not a wrong gradient."""
+    f_max = max((float(np.max(np.abs(np.asarray(x, np.float64)))) for e in evals for x in jax.tree.leaves(e)
+                 if np.size(x)), default=0.0)
+    u_sum = sum(float(np.sum(np.abs(np.asarray(x, np.float64)))) for x in jax.tree.leaves(u)
+                if np.asarray(x).dtype != jax.dtypes.float0)
+    return 10 * 1.5 * np.finfo(np.float64).eps * f_max * u_sum / h
+
+
 @dataclasses.dataclass
 class _Case:
     """One example configuration of one primitive, and the rows its checks write."""
@@ -222,7 +238,8 @@ def _check_float64(c: _Case, key, checks, h):
     if "fd" in checks:          # <u, J v> by finite differences against <J^T u, v> from the reference's VJP
         for i, v, g, ev in zip(c.diff, vs, g_u, evals, strict=True):
             lhs, rhs = _inner(u, _fd_jv(ev, h)), _inner(g, v)
-            c.row("fd", c.prim.inputs[i], "float64", abs(lhs - rhs) / max(1e-12, abs(lhs) + abs(rhs)), c.tol("fd"))
+            den = max(1e-12, abs(lhs) + abs(rhs), _fd_noise(u, ev, h) / c.tol("fd"))
+            c.row("fd", c.prim.inputs[i], "float64", abs(lhs - rhs) / den, c.tol("fd"))
     return hand64, ct
 
 
@@ -329,16 +346,40 @@ def check_example(prim: Primitive, ex: Example, key, *, dtypes=("float64", "floa
     return c.rows
 
 
-def check_primitive(name: str | Primitive, *, seed: int = 0, **kw) -> list[Row]:
-    """All checks for every example configuration of one primitive."""
+def _setting_str(settings: dict) -> str:
+    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v).replace(" ", "")
+    return " ".join(f"{k}={fmt(v)}" for k, v in settings.items())
+
+
+def fuzz_examples(prim: Primitive, n: int, *, seed: int = 0, dtype=jnp.float64) -> list[Example]:
+    """``n`` configurations drawn from ``prim.space`` with ``numpy.random.default_rng(seed)``, labelled
+    ``fuzz#j <settings>``; none for a primitive without a space."""
+    if prim.space is None or n <= 0:
+        return []
+    rng = np.random.default_rng(seed)
+    out = []
+    for j in range(n):
+        ex = prim.space(rng, dtype)
+        if not isinstance(ex, Example):
+            raise TypeError(f"{prim.name}: space must return an Example, got {type(ex).__name__}")
+        out.append(Example(tuple(ex.args), dict(ex.settings),
+                           f"fuzz#{j} {ex.label or _setting_str(ex.settings)}".rstrip()))
+    return out
+
+
+def check_primitive(name: str | Primitive, *, seed: int = 0, fuzz: int = 0, **kw) -> list[Row]:
+    """All checks for every example configuration of one primitive, plus ``fuzz`` configurations drawn from
+    its ``space`` (when it declares one)."""
     prim = name if isinstance(name, Primitive) else REGISTRY[name]
     key = jax.random.PRNGKey(seed)
     k1, k2, k3 = jax.random.split(key, 3)
     with jax.enable_x64(True):
-        exs = list(prim.examples(k1, jnp.float64))
-        exs2 = list(prim.examples(k2, jnp.float64))
+        exs = list(prim.examples(k1, jnp.float64)) if prim.examples is not None else []
+        exs2 = list(prim.examples(k2, jnp.float64)) if prim.examples is not None else []
         if len(exs2) != len(exs):
             exs2 = [None] * len(exs)
+        drawn = fuzz_examples(prim, fuzz, seed=seed)
+        exs, exs2 = exs + drawn, exs2 + drawn     # a drawn configuration is stacked with itself for vmap
         rows = []
         for j, (ex, ex2) in enumerate(zip(exs, exs2, strict=True)):
             rows += check_example(prim, ex, jax.random.fold_in(k3, j), ex2=ex2, **kw)

@@ -14,7 +14,7 @@ A primitive is written in the order a reader wants it (see DESIGN.md):
         (y,) = res
         return (dy * (y > 0),)
 
-    relu = primitive("relu", _relu, _relu_fwd, _relu_bwd, examples=...)   # 4. one registration
+    relu = primitive("relu", _relu, _relu_fwd, _relu_bwd, examples=..., space=...)   # 4. one registration
 
 Conventions
 -----------
@@ -45,6 +45,10 @@ Every primitive in ``funcdl/nn`` follows these; arithmetic shared by several fil
   optional inputs get.
 * ``nondiff=("weight",)`` names float inputs that get no gradient by definition (class weights, fixed
   masks); their cotangent is ``None`` and the checker leaves them out.
+* ``space(rng, dtype)``, when given, draws one random configuration from everything the primitive accepts
+  (``rng`` is a ``numpy.random.Generator``); ``funcdl gradcheck --fuzz N`` checks N of them like the
+  examples, so a rule that holds only for the settings its author thought of fails. Every keyword setting
+  appears in some draw (``tests/test_fuzz.py``); one the space leaves out must be refused by ``check``.
 * ``check(*args, **settings)``, when given, validates shapes and dtypes at trace time and raises a
   ``ValueError`` naming the primitive; shapes are static, so this works inside ``jit`` too.
 * Primitives are never jitted on their own: jit the step that calls them (DESIGN.md).
@@ -158,6 +162,7 @@ class Primitive:
         bwd: Callable,
         *,
         examples: Callable[[jax.Array, Any], Sequence[Example]] | None = None,
+        space: Callable[[Any, Any], Example] | None = None,
         check: Callable | None = None,
         fd_step: float = 1e-4,
         tolerance: dict | None = None,
@@ -169,6 +174,9 @@ class Primitive:
         self.fwd = fwd
         self.bwd = bwd
         self.examples = examples
+        # space(rng, dtype) -> Example: ONE random configuration (settings, shapes, values) drawn from
+        # everything the primitive accepts; the checker fuzzes with it (``check_primitive(..., fuzz=N)``)
+        self.space = space
         self.check = check
         self.fd_step = fd_step
         # float inputs that carry no gradient by definition (class weights, fixed masks); bwd returns None
@@ -288,17 +296,24 @@ def primitive(
     bwd: Callable,
     *,
     examples: Callable | None = None,
+    space: Callable | None = None,
     check: Callable | None = None,
     fd_step: float = 1e-4,
     tolerance: dict | None = None,
     nondiff: tuple[str, ...] = (),
     register: bool = True,
 ) -> Primitive:
-    """Wire a reference, a ``fwd`` with residuals and a hand-derived ``bwd`` into one registered primitive."""
+    """Wire a reference, a ``fwd`` with residuals and a hand-derived ``bwd`` into one registered primitive.
+
+    ``examples(key, dtype)`` returns the hand-picked configurations; ``space(rng, dtype)``, when given, draws ONE
+    random configuration (an :class:`Example`) from everything the primitive accepts, with ``rng`` a
+    ``numpy.random.Generator``: its settings (ranges, choices, constraints between them) and its inputs' shapes
+    and values. A setting the primitive accepts is either in its space or refused by its ``check``.
+    """
     if register and name in REGISTRY:
         raise ValueError(f"a primitive named {name!r} is already registered")
     p = Primitive(
-        name, reference, fwd, bwd, examples=examples, check=check, fd_step=fd_step, tolerance=tolerance,
+        name, reference, fwd, bwd, examples=examples, space=space, check=check, fd_step=fd_step, tolerance=tolerance,
         nondiff=nondiff,
     )
     if register:

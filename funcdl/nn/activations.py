@@ -2,7 +2,7 @@
 
 Elementwise activations ``y = f(x)`` have a diagonal Jacobian, so the VJP is ``dx = dy * f'(x)``; the only
 design choice is what to keep for the backward. Where ``f'`` is cheapest written with the output (sigmoid,
-tanh, relu, elu) we keep ``y``; otherwise we keep ``x`` and recompute. Softmax and log-softmax couple the
+tanh, relu) we keep ``y``; otherwise we keep ``x`` and recompute. Softmax and log-softmax couple the
 entries along one axis and get the row-wise formulas derived below.
 """
 
@@ -15,6 +15,7 @@ from ..core.examples import Example, away_from, keys, normal
 from ..core.primitive import primitive
 from ._gelu import gelu as gelu_value
 from ._gelu import gelu_and_grad
+from ._space import arr, bounded_away, integer, num, pick
 
 __all__ = [
     "identity", "relu", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "sigmoid", "tanh", "softplus",
@@ -37,6 +38,19 @@ def _unary(kinks=(), scale=2.0, settings=None):
     return examples
 
 
+def _unary_space(settings=None, kinks=(), scale=(0.5, 3.0)):
+    """Space of an elementwise function: an array of rank 0-3 (sides 1-6) with a random scale, the settings
+    ``settings(rng)`` draws, values kept clear of the kinks ``kinks(settings)`` lists."""
+
+    def space(rng, dtype):
+        s = settings(rng) if settings else {}
+        shape = tuple(integer(rng, 1, 6) for _ in range(integer(rng, 0, 3)))
+        pts = kinks(s) if callable(kinks) else kinks
+        return Example((arr(rng, shape, dtype, num(rng, *scale), kinks=pts),), s)
+
+    return space
+
+
 # ---------------------------------------------------------------------------------------------- identity
 def _identity(x):
     """y = x.  The Jacobian is the identity matrix, so the VJP passes the cotangent through: dx = dy."""
@@ -51,7 +65,7 @@ def _identity_bwd(res, dy):
     return (dy,)
 
 
-identity = primitive("identity", _identity, _identity_fwd, _identity_bwd, examples=_unary())
+identity = primitive("identity", _identity, _identity_fwd, _identity_bwd, examples=_unary(), space=_unary_space())
 
 
 # -------------------------------------------------------------------------------------------------- relu
@@ -70,7 +84,8 @@ def _relu_bwd(res, dy):
     return (jnp.where(y > 0, dy, 0),)
 
 
-relu = primitive("relu", _relu, _relu_fwd, _relu_bwd, examples=_unary(kinks=(0.0,)))
+relu = primitive("relu", _relu, _relu_fwd, _relu_bwd, examples=_unary(kinks=(0.0,)),
+                 space=_unary_space(kinks=(0.0,)))
 
 
 # -------------------------------------------------------------------------------------------- leaky_relu
@@ -91,31 +106,33 @@ def _leaky_relu_bwd(res, dy, *, negative_slope=0.01):
 leaky_relu = primitive(
     "leaky_relu", _leaky_relu, _leaky_relu_fwd, _leaky_relu_bwd,
     examples=_unary(kinks=(0.0,), settings=[{}, {"negative_slope": 0.2}]),
+    space=_unary_space(lambda rng: {"negative_slope": num(rng, -2.0, 2.0)}, kinks=(0.0,)),
 )
 
 
 # --------------------------------------------------------------------------------------------------- elu
 def _elu(x, *, alpha=1.0):
-    """y = x for x > 0, alpha (e^x - 1) otherwise.
+    """y = x for x > 0, alpha (e^x - 1) otherwise (any real alpha, as torch).
 
-    For x <= 0, dy/dx = alpha e^x = y + alpha, so the output is all the backward needs (with alpha > 0,
-    y > 0 exactly where x > 0).
+    dy/dx = 1 for x > 0 and alpha e^x for x <= 0, so dx = dy where x > 0, else dy alpha e^x.  Keep x: the
+    branch must be chosen by the sign of x. (Choosing it by y > 0 and writing alpha e^x = y + alpha holds only
+    for alpha > 0; with alpha < 0 every x < 0 gives y > 0 and took the slope 1.)
     """
     return jnp.where(x > 0, x, alpha * jnp.expm1(jnp.minimum(x, 0)))
 
 
 def _elu_fwd(x, *, alpha=1.0):
-    y = _elu(x, alpha=alpha)
-    return y, (y,)
+    return _elu(x, alpha=alpha), (x,)
 
 
 def _elu_bwd(res, dy, *, alpha=1.0):
-    (y,) = res
-    return (jnp.where(y > 0, dy, dy * (y + alpha)),)
+    (x,) = res
+    return (jnp.where(x > 0, dy, dy * alpha * jnp.exp(jnp.minimum(x, 0))),)
 
 
 elu = primitive("elu", _elu, _elu_fwd, _elu_bwd,
-                examples=_unary(kinks=(0.0,), settings=[{}, {"alpha": 0.5}]))
+                examples=_unary(kinks=(0.0,), settings=[{}, {"alpha": 0.5}]),
+                space=_unary_space(lambda rng: {"alpha": num(rng, -2.0, 2.0)}, kinks=(0.0,)))
 
 # -------------------------------------------------------------------------------------------------- selu
 SELU_ALPHA = 1.6732632423543772848170429916717
@@ -140,7 +157,8 @@ def _selu_bwd(res, dy):
     return (jnp.where(y > 0, SELU_SCALE * dy, dy * (y + SELU_SCALE * SELU_ALPHA)),)
 
 
-selu = primitive("selu", _selu, _selu_fwd, _selu_bwd, examples=_unary(kinks=(0.0,)))
+selu = primitive("selu", _selu, _selu_fwd, _selu_bwd, examples=_unary(kinks=(0.0,)),
+                 space=_unary_space(kinks=(0.0,)))
 
 # -------------------------------------------------------------------------------------------------- gelu
 def _gelu(x, *, approximate=False):
@@ -164,7 +182,8 @@ def _gelu_bwd(res, dy, *, approximate=False):
 
 
 gelu = primitive("gelu", _gelu, _gelu_fwd, _gelu_bwd,
-                 examples=_unary(settings=[{"approximate": False}, {"approximate": True}]))
+                 examples=_unary(settings=[{"approximate": False}, {"approximate": True}]),
+                 space=_unary_space(lambda rng: {"approximate": pick(rng, [False, True])}))
 
 
 # --------------------------------------------------------------------------------------------- sigmoid
@@ -183,7 +202,8 @@ def _sigmoid_bwd(res, dy):
     return (dy * y * (1 - y),)
 
 
-sigmoid = primitive("sigmoid", _sigmoid, _sigmoid_fwd, _sigmoid_bwd, examples=_unary(scale=3.0))
+sigmoid = primitive("sigmoid", _sigmoid, _sigmoid_fwd, _sigmoid_bwd, examples=_unary(scale=3.0),
+                    space=_unary_space())
 
 
 # ---------------------------------------------------------------------------------------------- silu
@@ -206,7 +226,7 @@ def _silu_bwd(res, dy):
     return (dy * s * (1 + x * (1 - s)),)
 
 
-silu = primitive("silu", _silu, _silu_fwd, _silu_bwd, examples=_unary(scale=3.0))
+silu = primitive("silu", _silu, _silu_fwd, _silu_bwd, examples=_unary(scale=3.0), space=_unary_space())
 swish = silu
 
 
@@ -226,7 +246,7 @@ def _tanh_bwd(res, dy):
     return (dy * (1 - y * y),)
 
 
-tanh = primitive("tanh", _tanh, _tanh_fwd, _tanh_bwd, examples=_unary())
+tanh = primitive("tanh", _tanh, _tanh_fwd, _tanh_bwd, examples=_unary(), space=_unary_space())
 
 
 # ------------------------------------------------------------------------------------------ softplus
@@ -253,6 +273,8 @@ softplus = primitive(
     "softplus", _softplus, _softplus_fwd, _softplus_bwd,
     examples=_unary(scale=3.0, kinks=lambda s: (s.get("threshold", 20.0) / s.get("beta", 1.0),),
                     settings=[{}, {"beta": 2.0, "threshold": 3.0}]),
+    space=_unary_space(lambda rng: {"beta": bounded_away(rng, -3.0, 3.0, 0.0, 0.2), "threshold": num(rng, 0.5, 20.0)},
+                       kinks=lambda s: (s["threshold"] / s["beta"],)),
 )
 
 
@@ -275,7 +297,7 @@ def _mish_bwd(res, dy):
     return (dy * (t + x * (1 - t * t) * jax.nn.sigmoid(x)),)
 
 
-mish = primitive("mish", _mish, _mish_fwd, _mish_bwd, examples=_unary(scale=3.0))
+mish = primitive("mish", _mish, _mish_fwd, _mish_bwd, examples=_unary(scale=3.0), space=_unary_space())
 
 
 # ------------------------------------------------------------------------------------------ hard_tanh
@@ -293,10 +315,16 @@ def _hard_tanh_bwd(res, dy, *, min_val=-1.0, max_val=1.0):
     return (jnp.where((x > min_val) & (x < max_val), dy, 0),)
 
 
+def _hard_tanh_settings(rng):
+    lo = num(rng, -2.0, 0.5)
+    return {"min_val": lo, "max_val": round(lo + num(rng, 0.3, 3.0), 3)}
+
+
 hard_tanh = primitive(
     "hard_tanh", _hard_tanh, _hard_tanh_fwd, _hard_tanh_bwd,
     examples=_unary(kinks=lambda s: (s.get("min_val", -1.0), s.get("max_val", 1.0)),
                     settings=[{}, {"min_val": -0.5, "max_val": 2.0}]),
+    space=_unary_space(_hard_tanh_settings, kinks=lambda s: (s["min_val"], s["max_val"])),
 )
 
 
@@ -316,7 +344,8 @@ def _hard_sigmoid_bwd(res, dy):
 
 
 hard_sigmoid = primitive("hard_sigmoid", _hard_sigmoid, _hard_sigmoid_fwd, _hard_sigmoid_bwd,
-                         examples=_unary(scale=4.0, kinks=(-3.0, 3.0)))
+                         examples=_unary(scale=4.0, kinks=(-3.0, 3.0)),
+                         space=_unary_space(kinks=(-3.0, 3.0), scale=(0.5, 5.0)))
 
 
 # ------------------------------------------------------------------------------------------- softmax
@@ -343,7 +372,15 @@ def _softmax_bwd(res, dy, *, axis=-1):
 
 _axis_examples = _unary(scale=2.0, settings=[{"axis": -1}, {"axis": 0}])
 
-softmax = primitive("softmax", _softmax, _softmax_fwd, _softmax_bwd, examples=_axis_examples)
+
+def _axis_space(rng, dtype):
+    """An array of rank 1-3 and any axis of it, negative or not."""
+    shape = tuple(integer(rng, 1, 6) for _ in range(integer(rng, 1, 3)))
+    axis = integer(rng, -len(shape), len(shape) - 1)
+    return Example((arr(rng, shape, dtype, num(rng, 0.5, 4.0)),), {"axis": axis})
+
+softmax = primitive("softmax", _softmax, _softmax_fwd, _softmax_bwd, examples=_axis_examples,
+                    space=_axis_space)
 
 
 # --------------------------------------------------------------------------------------- log_softmax
@@ -367,7 +404,7 @@ def _log_softmax_bwd(res, dy, *, axis=-1):
 
 
 log_softmax = primitive("log_softmax", _log_softmax, _log_softmax_fwd, _log_softmax_bwd,
-                        examples=_axis_examples)
+                        examples=_axis_examples, space=_axis_space)
 
 
 ACTIVATIONS = {
