@@ -51,4 +51,40 @@ def bounded_away(rng, low, high, avoid=0.0, margin=0.1):
             return v
 
 
-__all__ = ["arr", "unif", "pick", "num", "integer", "key", "labels", "bounded_away", "np"]
+def per_axis(rng, n, low, high):
+    """A stride/dilation/kernel-like setting: one int for all n axes, or one per axis."""
+    if rng.random() < 0.5:
+        return integer(rng, low, high)
+    return tuple(integer(rng, low, high) for _ in range(n))
+
+
+def padding(rng, n, forms=("VALID", "SAME", "int", "ints", "pairs"), high=2):
+    """A padding setting in one of ``forms``: "VALID", "SAME", "CAUSAL", an int, one int per axis ("ints") or
+    (lo, hi) pairs ("pairs"), the ints in [0, high]."""
+    form = pick(rng, list(forms))
+    if form == "int":
+        return integer(rng, 0, high)
+    if form == "ints":
+        return tuple(integer(rng, 0, high) for _ in range(n))
+    if form == "pairs":
+        return tuple((integer(rng, 0, high), integer(rng, 0, high)) for _ in range(n))
+    return form
+
+
+def distinct(rng, shape, dtype, gap=0.05):
+    """Values with no ties and gaps >= ``gap`` (finite differences never swap a maximum)."""
+    size = int(np.prod(shape))
+    return jnp.asarray((rng.permutation(size) * gap - size * gap / 2).reshape(tuple(shape)), dtype)
+
+
+def valid(draw, check, tries: int = 50):
+    """Rejection sampling: ``draw()`` -> Example until ``check(*args, **settings)`` accepts it (a constraint
+    between settings and shapes that the check states better than a formula would)."""
+    for _ in range(tries):
+        ex = draw()
+        try:
+            check(*ex.args, **ex.settings)
+        except ValueError:
+            continue
+        return ex
+    raise RuntimeError(f"no valid configuration in {tries} draws")

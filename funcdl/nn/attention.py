@@ -44,6 +44,7 @@ from ..core.examples import Example, keys, normal
 from ..core.primitive import primitive, unbroadcast
 from ._dropout import check_rate, drop
 from ._scores import broadcasts_to, causal_mask, padding_mask, score_scale
+from ._space import arr, integer, key, num, pick
 from .linear import dense
 
 __all__ = [
@@ -193,9 +194,33 @@ def _dot_product_attention_examples(key, dtype):
     ]
 
 
+def _smaller(rng, shape):
+    """A shape that broadcasts to ``shape``: some leading axes dropped, some axes 1."""
+    shape = shape[integer(rng, 0, len(shape)):] if rng.random() < 0.5 else shape
+    return tuple(1 if rng.random() < 0.3 else n for n in shape)
+
+
+def _dot_product_attention_space(rng, dtype):
+    """Batch axes 0-2 (k, v may share heads: axes of 1), T 1-5 queries, S 2-6 keys (with one key
+    P = 1 and dq = dk = 0 exactly: the checker would compare rounding noise), widths 1-4; a float bias
+    and a boolean mask each None or of any shape broadcasting to (batch, T, S) (fully masked rows included),
+    causal or not, scale None or 0.1-2, dropout 0 or in (0, 1) with a key, weights returned or not."""
+    batch = tuple(integer(rng, 1, 3) for _ in range(integer(rng, 0, 2)))
+    t, s, d, dv = integer(rng, 1, 5), integer(rng, 2, 6), integer(rng, 1, 4), integer(rng, 1, 4)
+    kv_batch = tuple(1 if rng.random() < 0.3 else n for n in batch)
+    q, k, v = arr(rng, (*batch, t, d), dtype), arr(rng, (*kv_batch, s, d), dtype), arr(rng, (*kv_batch, s, dv), dtype)
+    full = (*batch, t, s)
+    bias = arr(rng, _smaller(rng, full), dtype, 0.5) if rng.random() < 0.4 else None
+    mask = jnp.asarray(rng.random(_smaller(rng, full)) < 0.75) if rng.random() < 0.5 else None
+    rate = pick(rng, [0.0, num(rng, 0.05, 0.9)])
+    settings = {"causal": pick(rng, [False, True]), "scale": pick(rng, [None, num(rng, 0.1, 2.0)]),
+                "dropout_rate": rate, "return_weights": pick(rng, [False, True])}
+    return Example((q, k, v, bias, mask, key(rng) if rate > 0 or rng.random() < 0.3 else None), settings)
+
+
 dot_product_attention = primitive(
     "dot_product_attention", _dot_product_attention, _dot_product_attention_fwd, _dot_product_attention_bwd,
-    examples=_dot_product_attention_examples, check=_dot_product_attention_check,
+    examples=_dot_product_attention_examples, space=_dot_product_attention_space, check=_dot_product_attention_check,
 )
 scaled_dot_product_attention = dot_product_attention
 

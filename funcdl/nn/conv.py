@@ -64,6 +64,7 @@ from jax import lax
 
 from ..core.examples import Example, keys, normal
 from ..core.primitive import primitive
+from ._space import arr, integer, padding, per_axis
 from ._windows import as_tuple, conv_output_shape, ndindex, normalize_padding, pad_spatial, patches, scatter_taps
 
 __all__ = ["conv1d", "conv2d", "conv3d", "conv_output_shape", "normalize_padding", "conv_nd"]
@@ -430,13 +431,40 @@ def _conv3d_examples(key, dtype):
     return exs
 
 
-def register_family(make, name, n, examples):
+_PAD_FORMS = {False: ("VALID", "SAME", "int", "ints", "pairs"), True: ("VALID", "SAME", "CAUSAL", "int", "ints",
+                                                                     "pairs")}
+
+
+def _conv_space(n):
+    """Space of the n-D convolution: groups 1-4 with C_in, C_out multiples of them, kernels 1-4 (1-3 in 3-D),
+    stride and dilation per axis or shared, every padding form, bias or none; the input at least as long as
+    the dilated kernel span (so any padding is valid)."""
+    kmax, dmax = (4, 3) if n < 3 else (3, 2)
+
+    def space(rng, dtype):
+        groups = integer(rng, 1, 4)
+        cin, cout = groups * integer(rng, 1, 3 if n < 3 else 2), groups * integer(rng, 1, 3 if n < 3 else 2)
+        kernel = tuple(integer(rng, 1, kmax) for _ in range(n))
+        stride, dilation = per_axis(rng, n, 1, 3), per_axis(rng, n, 1, dmax)
+        dil = as_tuple("space", dilation, n, "dilation")
+        spatial = tuple((k - 1) * d + 1 + integer(rng, 0, 4) for k, d in zip(kernel, dil, strict=True))
+        x = arr(rng, (integer(rng, 1, 3), *spatial, cin), dtype)
+        w = arr(rng, (*kernel, cin // groups, cout), dtype, 0.5)
+        b = arr(rng, (cout,), dtype) if rng.random() < 0.7 else None
+        settings = {"stride": stride, "padding": padding(rng, n, _PAD_FORMS[n == 1]), "dilation": dilation,
+                    "groups": groups}
+        return Example((x, w, b), settings)
+
+    return space
+
+
+def register_family(make, name, n, examples, space=None):
     """Register the n-D member ``name`` of a family whose factory ``make(name, n)`` gives (reference, fwd, bwd,
     check)."""
     reference, fwd, bwd, check = make(name, n)
-    return primitive(name, reference, fwd, bwd, examples=examples, check=check)
+    return primitive(name, reference, fwd, bwd, examples=examples, space=space, check=check)
 
 
-conv1d = register_family(_make_conv, "conv1d", 1, _conv1d_examples)
-conv2d = register_family(_make_conv, "conv2d", 2, _conv2d_examples)
-conv3d = register_family(_make_conv, "conv3d", 3, _conv3d_examples)
+conv1d = register_family(_make_conv, "conv1d", 1, _conv1d_examples, _conv_space(1))
+conv2d = register_family(_make_conv, "conv2d", 2, _conv2d_examples, _conv_space(2))
+conv3d = register_family(_make_conv, "conv3d", 3, _conv3d_examples, _conv_space(3))

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from ..core.examples import Example, keys, normal
+from ._space import arr, integer, per_axis, pick
 from ._windows import as_tuple, normalize_padding
 from .conv import _LAYOUT, bias_grad, conv_fast, conv_nd, input_grad, kernel_grad, promote, register_family
 
@@ -159,5 +160,43 @@ def _conv_transpose1d_examples(key, dtype):
     return exs
 
 
-conv_transpose1d = register_family(_make_conv_transpose, "conv_transpose1d", 1, _conv_transpose1d_examples)
-conv_transpose2d = register_family(_make_conv_transpose, "conv_transpose2d", 2, _conv_transpose2d_examples)
+def _conv_transpose_space(n):
+    """Space of the n-D transposed convolution: groups 1-4, kernels 1-4, stride 1-3 and dilation 1-2 (shared or
+    per axis), padding VALID / an int / ints / (lo, hi) pairs, output_padding below max(stride, dilation) per
+    axis, bias or none; padding is drawn so that the output is not empty."""
+
+    def space(rng, dtype):
+        groups = integer(rng, 1, 4)
+        cin, cout = groups * integer(rng, 1, 3), groups * integer(rng, 1, 3)
+        kernel = tuple(integer(rng, 1, 4) for _ in range(n))
+        stride, dilation = per_axis(rng, n, 1, 3), per_axis(rng, n, 1, 2)
+        st, dil = as_tuple("space", stride, n, "stride"), as_tuple("space", dilation, n, "dilation")
+        spatial = tuple(integer(rng, 1, 5) for _ in range(n))
+        opad = tuple(integer(rng, 0, max(s, d) - 1) for s, d in zip(st, dil, strict=True))
+        # the output (L-1)s - lo - hi + (K-1)d + 1 + op must keep at least one position: lo + hi <= room
+        room = min((length - 1) * s + (k - 1) * d + op for length, s, k, d, op in zip(spatial, st, kernel, dil, opad,
+                                                                                       strict=True))
+        form = pick(rng, ["VALID", "int", "ints", "pairs"])
+        if form == "int":
+            padding = integer(rng, 0, min(2, room // 2))
+        elif form == "ints":
+            padding = tuple(integer(rng, 0, min(2, room // 2)) for _ in range(n))
+        elif form == "pairs":
+            padding = tuple((integer(rng, 0, min(2, room // 2)), integer(rng, 0, min(2, room // 2)))
+                            for _ in range(n))
+        else:
+            padding = "VALID"
+        x = arr(rng, (integer(rng, 1, 3), *spatial, cin), dtype)
+        w = arr(rng, (*kernel, cin, cout // groups), dtype, 0.5)
+        b = arr(rng, (cout,), dtype) if rng.random() < 0.7 else None
+        settings = {"stride": stride, "padding": padding, "output_padding": opad if rng.random() < 0.5 else
+                    (opad[0] if len(set(opad)) == 1 else opad), "dilation": dilation, "groups": groups}
+        return Example((x, w, b), settings)
+
+    return space
+
+
+conv_transpose1d = register_family(_make_conv_transpose, "conv_transpose1d", 1, _conv_transpose1d_examples,
+                                   _conv_transpose_space(1))
+conv_transpose2d = register_family(_make_conv_transpose, "conv_transpose2d", 2, _conv_transpose2d_examples,
+                                   _conv_transpose_space(2))

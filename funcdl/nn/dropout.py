@@ -11,6 +11,7 @@ import jax
 from ..core.examples import Example, keys, normal
 from ..core.primitive import primitive
 from ._dropout import check_rate, drop, dropout_mask
+from ._space import arr, integer, key, num, pick
 
 __all__ = ["dropout", "dropout_mask"]
 
@@ -49,4 +50,13 @@ def _dropout_examples(key, dtype):
     ]
 
 
-dropout = primitive("dropout", _dropout, _dropout_fwd, _dropout_bwd, examples=_dropout_examples, check=_check)
+def _dropout_space(rng, dtype):
+    """rate 0, 1 or in (0, 1), train or not, x of rank 0-3; the key None where nothing is drawn at random."""
+    rate, train = pick(rng, [0.0, 1.0, num(rng, 0.01, 0.99), num(rng, 0.01, 0.99)]), pick(rng, [True, False])
+    random = train and 0 < rate < 1
+    x = arr(rng, tuple(integer(rng, 1, 6) for _ in range(integer(rng, 0, 3))), dtype)
+    return Example((x, key(rng) if random or rng.random() < 0.5 else None), {"rate": rate, "train": train})
+
+
+dropout = primitive("dropout", _dropout, _dropout_fwd, _dropout_bwd, examples=_dropout_examples, space=_dropout_space,
+                    check=_check)

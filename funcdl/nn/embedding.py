@@ -33,6 +33,7 @@ import numpy as np
 
 from ..core.examples import Example, keys, normal
 from ..core.primitive import is_concrete, primitive
+from ._space import arr, integer, pick
 
 __all__ = ["embedding"]
 
@@ -106,5 +107,14 @@ def _embedding_examples(key, dtype):
     ]
 
 
+def _embedding_space(rng, dtype):
+    """Vocabularies of 1-8 (ids repeat), ids of rank 0-3, padding_idx None or any row (taken by some ids)."""
+    vocab = integer(rng, 1, 8)
+    ids = rng.integers(0, vocab, tuple(integer(rng, 1, 5) for _ in range(integer(rng, 0, 3))))
+    padding_idx = pick(rng, [None, integer(rng, 0, vocab - 1)])
+    table = arr(rng, (vocab, integer(rng, 1, 5)), dtype)
+    return Example((table, jnp.asarray(ids, jnp.int32)), {"padding_idx": padding_idx})
+
+
 embedding = primitive("embedding", _embedding, _embedding_fwd, _embedding_bwd, examples=_embedding_examples,
-                      check=_check)
+                      space=_embedding_space, check=_check)

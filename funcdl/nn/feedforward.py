@@ -22,6 +22,7 @@ from ..core.examples import Example, keys, normal
 from ..core.primitive import is_concrete, primitive
 from ._gelu import gelu, gelu_and_grad
 from ._matmul import check_compute_dtype, mat, sum_rows, t_mat
+from ._space import arr, integer, pick
 
 __all__ = ["gelu_mlp", "swiglu", "tied_softmax_cross_entropy", "gelu_mlp_init", "swiglu_init"]
 
@@ -94,8 +95,19 @@ def _gelu_mlp_examples(key, dtype):
     ]
 
 
+def _gelu_mlp_space(rng, dtype):
+    """x of rank 1-3, D, F, D_out 1-6, each bias or none, exact or tanh GELU. compute_dtype stays None: a
+    lower-precision matmul cannot meet float64 tolerances (tests/test_precision.py checks it)."""
+    d, f, d_out = integer(rng, 1, 6), integer(rng, 1, 6), integer(rng, 1, 6)
+    x = arr(rng, (*(integer(rng, 1, 3) for _ in range(integer(rng, 0, 2))), d), dtype)
+    b1 = arr(rng, (f,), dtype) if rng.random() < 0.6 else None
+    b2 = arr(rng, (d_out,), dtype) if rng.random() < 0.6 else None
+    return Example((x, arr(rng, (d, f), dtype, 0.7), b1, arr(rng, (f, d_out), dtype, 0.7), b2),
+                   {"approximate": pick(rng, [False, True]), "compute_dtype": None})
+
+
 gelu_mlp = primitive("gelu_mlp", _gelu_mlp, _gelu_mlp_fwd, _gelu_mlp_bwd, examples=_gelu_mlp_examples,
-                     check=_gelu_mlp_check)
+                     space=_gelu_mlp_space, check=_gelu_mlp_check)
 
 
 def gelu_mlp_init(key, d_model: int, d_hidden: int | None = None, *, bias: bool = True, std: float = 0.02,
@@ -158,7 +170,14 @@ def _swiglu_examples(key, dtype):
                      normal(k[3], (6, 5), dtype, 0.5)), {}, "D=4 F=6 out=5")]
 
 
-swiglu = primitive("swiglu", _swiglu, _swiglu_fwd, _swiglu_bwd, examples=_swiglu_examples, check=_swiglu_check)
+def _swiglu_space(rng, dtype):
+    d, f, d_out = integer(rng, 1, 6), integer(rng, 1, 6), integer(rng, 1, 6)
+    x = arr(rng, (*(integer(rng, 1, 3) for _ in range(integer(rng, 0, 2))), d), dtype)
+    return Example((x, arr(rng, (d, f), dtype), arr(rng, (d, f), dtype), arr(rng, (f, d_out), dtype, 0.5)), {})
+
+
+swiglu = primitive("swiglu", _swiglu, _swiglu_fwd, _swiglu_bwd, examples=_swiglu_examples, space=_swiglu_space,
+                   check=_swiglu_check)
 
 
 def swiglu_init(key, d_model: int, d_hidden: int | None = None, *, std: float = 0.02) -> dict:
@@ -236,8 +255,16 @@ def _tied_softmax_cross_entropy_examples(key, dtype):
                      jax.random.randint(k[2], (2, 3), 0, 7)), {}, "N=6 V=7 D=4")]
 
 
+def _tied_softmax_cross_entropy_space(rng, dtype):
+    """h of rank 1-3 (D 1-6), vocabularies 1-8, targets anywhere in it; compute_dtype None (see gelu_mlp)."""
+    d, vocab = integer(rng, 1, 6), integer(rng, 1, 8)
+    lead = tuple(integer(rng, 1, 4) for _ in range(integer(rng, 0, 2)))
+    targets = jnp.asarray(rng.integers(0, vocab, lead), jnp.int32)
+    return Example((arr(rng, (*lead, d), dtype), arr(rng, (vocab, d), dtype), targets), {"compute_dtype": None})
+
+
 tied_softmax_cross_entropy = primitive(
     "tied_softmax_cross_entropy", _tied_softmax_cross_entropy, _tied_softmax_cross_entropy_fwd,
     _tied_softmax_cross_entropy_bwd, examples=_tied_softmax_cross_entropy_examples,
-    check=_tied_softmax_cross_entropy_check,
+    space=_tied_softmax_cross_entropy_space, check=_tied_softmax_cross_entropy_check,
 )

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from ..core.examples import Example, keys, normal
 from ..core.primitive import primitive
 from ._norm import affine, affine_grads, check_affine, normalized_grad, stat_dtype
+from ._space import arr, integer, pick
 
 __all__ = ["layer_norm", "rms_norm"]
 
@@ -98,8 +99,24 @@ def _layer_norm_examples(key, dtype):
     ]
 
 
+def _norm_space(n_affine):
+    """x of rank 1-4 (last axis 1-6; 3-6 when eps = 0: one entry has no spread, and two normalise to +-1 for
+    every x, a gradient that is exactly 0 and leaves the checker comparing rounding noise), scale/shift each
+    present or None, eps from 0 to 0.1."""
+
+    def space(rng, dtype):
+        eps = pick(rng, [0.0, 1e-6, 1e-5, 1e-3, 0.1])
+        shape = (*(integer(rng, 1, 4) for _ in range(integer(rng, 0, 3))), integer(rng, 3 if eps == 0 else 1, 6))
+        x = arr(rng, shape, dtype, pick(rng, [0.5, 1.0, 3.0]), pick(rng, [0.0, 1.0]))
+        params = tuple(arr(rng, shape[-1:], dtype, 1.0, 1.0 - j) if rng.random() < 0.6 else None
+                       for j in range(n_affine))
+        return Example((x, *params), {"eps": eps})
+
+    return space
+
+
 layer_norm = primitive("layer_norm", _layer_norm, _layer_norm_fwd, _layer_norm_bwd, examples=_layer_norm_examples,
-                       check=_layer_norm_check)
+                       space=_norm_space(2), check=_layer_norm_check)
 
 
 # --------------------------------------------------------------------------------------------- rms_norm
@@ -151,4 +168,4 @@ def _rms_norm_examples(key, dtype):
 
 
 rms_norm = primitive("rms_norm", _rms_norm, _rms_norm_fwd, _rms_norm_bwd, examples=_rms_norm_examples,
-                     check=_rms_norm_check)
+                     space=_norm_space(1), check=_rms_norm_check)

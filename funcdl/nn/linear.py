@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from ..core.examples import Example, keys, normal
 from ..core.primitive import primitive
+from ._space import arr, integer, pick
 
 __all__ = ["dense", "linear"]
 
@@ -68,5 +69,14 @@ def _dense_examples(key, dtype):
     ]
 
 
-dense = primitive("dense", _dense, _dense_fwd, _dense_bwd, examples=_dense_examples, check=_check)
+def _dense_space(rng, dtype):
+    """x of rank 1-4 (any leading axes), n_in and n_out 1-6, bias or none, every matmul precision."""
+    n_in, n_out = integer(rng, 1, 6), integer(rng, 1, 6)
+    x = arr(rng, (*(integer(rng, 1, 4) for _ in range(integer(rng, 0, 3))), n_in), dtype)
+    b = arr(rng, (n_out,), dtype) if rng.random() < 0.6 else None
+    return Example((x, arr(rng, (n_in, n_out), dtype, 0.5), b),
+                   {"precision": pick(rng, [None, "default", "high", "highest"])})
+
+
+dense = primitive("dense", _dense, _dense_fwd, _dense_bwd, examples=_dense_examples, space=_dense_space, check=_check)
 linear = dense

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 
 from ..core.examples import Example, keys, normal
 from ..core.primitive import primitive
+from ._space import arr, integer, num, pick
 
 __all__ = ["lora_dense", "lora_weight", "lora_init", "merge", "add_adapters", "apply_adapters", "count_trainable"]
 
@@ -76,8 +77,19 @@ def _lora_weight_examples(key, dtype):
                     {"scale": 2.0}, "r=2 scale 2")]
 
 
+def _lora_draw(rng, dtype):
+    """W (n_in, n_out), A (n_in, r), B (r, n_out) with sides 1-6 and rank 1-4; scale in [-4, 4]."""
+    n_in, n_out, r = integer(rng, 1, 6), integer(rng, 1, 6), integer(rng, 1, 4)
+    mats = (arr(rng, (n_in, n_out), dtype), arr(rng, (n_in, r), dtype), arr(rng, (r, n_out), dtype))
+    return mats, {"scale": pick(rng, [1.0, num(rng, -4.0, 4.0)])}
+
+
+def _lora_weight_space(rng, dtype):
+    return Example(*_lora_draw(rng, dtype))
+
+
 lora_weight = primitive("lora_weight", _lora_weight, _lora_weight_fwd, _lora_weight_bwd,
-                        examples=_lora_weight_examples, check=_lora_weight_check)
+                        examples=_lora_weight_examples, space=_lora_weight_space, check=_lora_weight_check)
 
 
 # -------------------------------------------------------------------------------------------- lora_dense
@@ -129,8 +141,16 @@ def _lora_dense_examples(key, dtype):
                      normal(k[3], (5, 2), dtype), normal(k[4], (2, 4), dtype)), {"scale": 0.5}, "r=2 with bias")]
 
 
+def _lora_dense_space(rng, dtype):
+    """x of rank 1-3 into W, bias or none, the adapter and scale of lora_weight's space."""
+    (w, a, bb), settings = _lora_draw(rng, dtype)
+    x = arr(rng, (*(integer(rng, 1, 3) for _ in range(integer(rng, 0, 2))), w.shape[0]), dtype)
+    b = arr(rng, (w.shape[1],), dtype) if rng.random() < 0.6 else None
+    return Example((x, w, b, a, bb), settings)
+
+
 lora_dense = primitive("lora_dense", _lora_dense, _lora_dense_fwd, _lora_dense_bwd, examples=_lora_dense_examples,
-                       check=_lora_dense_check)
+                       space=_lora_dense_space, check=_lora_dense_check)
 
 
 # ------------------------------------------------------------------------------------------- parameters

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from ..core.examples import Example, keys, normal, uniform
 from ..core.primitive import primitive
 from ._norm import affine, affine_grads, check_affine, normalized_grad, stat_dtype
+from ._space import arr, integer, pick, unif, valid
 
 __all__ = [
     "batch_norm", "batch_norm_eval", "group_norm", "instance_norm", "batch_norm_init", "batch_norm_apply",
@@ -128,8 +129,26 @@ def _batch_norm_examples(key, dtype):
     ]
 
 
+def _channels_draw(rng, dtype, min_rank=2, channels=None):
+    """(N, *spatial, C): N 1-4, 0-3 spatial axes of 1-4, C 1-6 (or ``channels``), gamma/beta each or None."""
+    c = channels or integer(rng, 1, 6)
+    shape = (integer(rng, 1, 4), *(integer(rng, 1, 4) for _ in range(integer(rng, min_rank - 2, 3))), c)
+    x = arr(rng, shape, dtype, pick(rng, [0.5, 1.0, 3.0]), pick(rng, [0.0, 1.0]))
+    return x, arr(rng, (c,), dtype) if rng.random() < 0.6 else None, arr(rng, (c,), dtype) if rng.random() < 0.6 \
+        else None
+
+
+def _batch_norm_space(rng, dtype):
+    """Every layout (N, C) to (N, D, H, W, C), affine or not, eps 0 to 0.1; redrawn until more than one value
+    per channel (the check refuses a batch of one value)."""
+    def draw():
+        eps = pick(rng, [0.0, 1e-5, 1e-3, 0.1])
+        return Example(_channels_draw(rng, dtype), {"eps": eps})
+    return valid(draw, _batch_norm_check)
+
+
 batch_norm = primitive("batch_norm", _batch_norm, _batch_norm_fwd, _batch_norm_bwd, examples=_batch_norm_examples,
-                       check=_batch_norm_check)
+                       space=_batch_norm_space, check=_batch_norm_check)
 
 
 # -- batch norm (evaluation: running statistics) --------------------------------------------------------------
@@ -184,8 +203,17 @@ def _batch_norm_eval_examples(key, dtype):
     ]
 
 
+def _batch_norm_eval_space(rng, dtype):
+    """Every layout, running mean and a positive running var, affine or not, eps 0 to 0.1."""
+    x, gamma, beta = _channels_draw(rng, dtype)
+    c = x.shape[-1]
+    stats = (arr(rng, (c,), dtype), unif(rng, (c,), dtype, 0.2, 3.0))
+    return Example((x, *stats, gamma, beta), {"eps": pick(rng, [0.0, 1e-5, 1e-3, 0.1])})
+
+
 batch_norm_eval = primitive("batch_norm_eval", _batch_norm_eval, _batch_norm_eval_fwd, _batch_norm_eval_bwd,
-                            examples=_batch_norm_eval_examples, check=_batch_norm_eval_check, nondiff=("mean", "var"))
+                            examples=_batch_norm_eval_examples, space=_batch_norm_eval_space,
+                            check=_batch_norm_eval_check, nondiff=("mean", "var"))
 
 
 # -- group norm and instance norm ------------------------------------------------------------------------------
@@ -261,8 +289,24 @@ def _group_norm_examples(key, dtype):
     ]
 
 
+def _group_norm_space(rng, dtype):
+    """groups 1-4 with C a multiple of them, 1-3 spatial axes, affine or not, eps 0 to 0.1; redrawn until each
+    group has more than one value."""
+    def draw():
+        groups = integer(rng, 1, 4)
+        x, gamma, beta = _channels_draw(rng, dtype, 3, groups * integer(rng, 1, 3))
+        return Example((x, gamma, beta), {"groups": groups, "eps": pick(rng, [0.0, 1e-5, 1e-3, 0.1])})
+    return valid(draw, _group_norm_check_factory("group_norm"))
+
+
+def _instance_norm_space(rng, dtype):
+    def draw():
+        return Example(_channels_draw(rng, dtype, 3), {"eps": pick(rng, [0.0, 1e-5, 1e-3, 0.1])})
+    return valid(draw, _group_norm_check_factory("instance_norm"))
+
+
 group_norm = primitive("group_norm", _group_norm, _group_norm_fwd, _group_norm_bwd, examples=_group_norm_examples,
-                       check=_group_norm_check_factory("group_norm"))
+                       space=_group_norm_space, check=_group_norm_check_factory("group_norm"))
 
 
 def _instance_norm(x, gamma=None, beta=None, *, eps=1e-5):
@@ -294,7 +338,8 @@ def _instance_norm_examples(key, dtype):
 
 
 instance_norm = primitive("instance_norm", _instance_norm, _instance_norm_fwd, _instance_norm_bwd,
-                          examples=_instance_norm_examples, check=_group_norm_check_factory("instance_norm"))
+                          examples=_instance_norm_examples, space=_instance_norm_space,
+                          check=_group_norm_check_factory("instance_norm"))
 
 
 def channel_layer_norm(x, gamma=None, beta=None, *, eps=1e-5):

@@ -38,6 +38,7 @@ from jax import lax
 
 from ..core.examples import Example, keys, normal
 from ..core.primitive import primitive
+from ._space import arr, distinct, integer, padding, per_axis, pick, valid
 from ._windows import as_tuple, conv_output_shape, normalize_padding, scatter_taps, stack_windows
 
 __all__ = [
@@ -68,6 +69,13 @@ def _check_input(name, n, x, kernel, stride, padding, dilation):
         if lo < 0 or hi < 0 or max(lo, hi) > span // 2:
             raise ValueError(f"{name}: padding {pads} must lie in [0, window/2] (window {k}), as torch; a window "
                              f"made only of padding has no value (input {x.shape})")
+    for length, kk, ss, dd, (lo, hi) in zip(x.shape[1:1 + n], k, s, d, pads, strict=True):
+        # with dilation a window can straddle the input and still read only padding (found by fuzzing)
+        for o in range((length + lo + hi - (kk - 1) * dd - 1) // ss + 1):
+            if not any(0 <= o * ss + j * dd - lo < length for j in range(kk)):
+                raise ValueError(f"{name}: output {o} of input {x.shape} reads only padding (window {k}, stride "
+                                 f"{s}, dilation {d}, padding {pads}); it would have no value: use less padding "
+                                 "or a smaller dilation")
     return k, s, pads, d
 
 
@@ -109,8 +117,18 @@ def _make_max_pool(name, n):
         return (scatter_taps(parts, k, in_spatial, s, pads, d),)
 
     _max_pool.__name__ = _max_pool.__qualname__ = f"_{name}"
+    def _max_pool_space(rng, dtype):
+        """Kernel 1-4, stride None (= kernel) or 1-3, dilation 1-3, every padding form (each shared or per
+        axis); values distinct; redrawn until the check accepts the padding (<= half the window)."""
+        def draw():
+            spatial = tuple(integer(rng, 1, 9) for _ in range(n))
+            settings = {"kernel": per_axis(rng, n, 1, 4), "stride": pick(rng, [None, per_axis(rng, n, 1, 3)]),
+                        "padding": padding(rng, n), "dilation": per_axis(rng, n, 1, 3)}
+            return Example((distinct(rng, (integer(rng, 1, 3), *spatial, integer(rng, 1, 3)), dtype),), settings)
+        return valid(draw, _max_pool_check)
+
     return primitive(name, _max_pool, _max_pool_fwd, _max_pool_bwd, examples=_max_pool_examples(n),
-                     check=_max_pool_check)
+                     space=_max_pool_space, check=_max_pool_check)
 
 
 def _distinct(key, shape, dtype):
@@ -190,8 +208,18 @@ def _make_avg_pool(name, n):
         return (scatter_taps([g] * math.prod(k), k, in_spatial, s, pads, (1,) * n),)
 
     _avg_pool.__name__ = _avg_pool.__qualname__ = f"_{name}"
+    def _avg_pool_space(rng, dtype):
+        """Kernel 1-4, stride None or 1-3, every padding form, count_include_pad either way; redrawn until the
+        check accepts the padding (<= half the window)."""
+        def draw():
+            spatial = tuple(integer(rng, 1, 9) for _ in range(n))
+            settings = {"kernel": per_axis(rng, n, 1, 4), "stride": pick(rng, [None, per_axis(rng, n, 1, 3)]),
+                        "padding": padding(rng, n), "count_include_pad": pick(rng, [True, False])}
+            return Example((arr(rng, (integer(rng, 1, 3), *spatial, integer(rng, 1, 3)), dtype),), settings)
+        return valid(draw, _avg_pool_check)
+
     return primitive(name, _avg_pool, _avg_pool_fwd, _avg_pool_bwd, examples=_avg_pool_examples(n),
-                     check=_avg_pool_check)
+                     space=_avg_pool_space, check=_avg_pool_check)
 
 
 def _avg_pool_examples(n):
@@ -273,10 +301,20 @@ def _global_pool_examples(distinct):
     return examples
 
 
+def _global_pool_space(is_max):
+    def space(rng, dtype):
+        """(N, *spatial, C) with 1-3 spatial axes of 1-6."""
+        shape = (integer(rng, 1, 3), *(integer(rng, 1, 6) for _ in range(integer(rng, 1, 3))), integer(rng, 1, 3))
+        return Example(((distinct if is_max else arr)(rng, shape, dtype),), {})
+    return space
+
+
 global_avg_pool = primitive("global_avg_pool", _global_avg_pool, _global_avg_pool_fwd, _global_avg_pool_bwd,
-                            examples=_global_pool_examples(False), check=_global_pool_check("global_avg_pool"))
+                            examples=_global_pool_examples(False), space=_global_pool_space(False),
+                            check=_global_pool_check("global_avg_pool"))
 global_max_pool = primitive("global_max_pool", _global_max_pool, _global_max_pool_fwd, _global_max_pool_bwd,
-                            examples=_global_pool_examples(True), check=_global_pool_check("global_max_pool"))
+                            examples=_global_pool_examples(True), space=_global_pool_space(True),
+                            check=_global_pool_check("global_max_pool"))
 
 
 # -- adaptive average pooling ------------------------------------------------------------------------------------
@@ -346,8 +384,16 @@ def _make_adaptive_avg_pool(name, n):
                         f"{shape[1:-1]} -> {size}") for j, (shape, size) in enumerate(cases)]
 
     _adaptive_avg_pool.__name__ = _adaptive_avg_pool.__qualname__ = f"_{name}"
+    def _adaptive_avg_pool_space(rng, dtype):
+        """Input sides 1-9, output_size between 1 and the input's (one int or one per axis)."""
+        spatial = tuple(integer(rng, 1, 9) for _ in range(n))
+        size = tuple(integer(rng, 1, length) for length in spatial)
+        size = size[0] if n == 1 or (len(set(size)) == 1 and rng.random() < 0.5) else size
+        return Example((arr(rng, (integer(rng, 1, 3), *spatial, integer(rng, 1, 3)), dtype),), {"output_size": size})
+
     return primitive(name, _adaptive_avg_pool, _adaptive_avg_pool_fwd, _adaptive_avg_pool_bwd,
-                     examples=_adaptive_avg_pool_examples, check=_adaptive_avg_pool_check)
+                     examples=_adaptive_avg_pool_examples, space=_adaptive_avg_pool_space,
+                     check=_adaptive_avg_pool_check)
 
 
 max_pool1d = _make_max_pool("max_pool1d", 1)

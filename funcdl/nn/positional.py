@@ -27,6 +27,7 @@ import numpy as np
 
 from ..core.examples import Example, keys, normal
 from ..core.primitive import primitive
+from ._space import arr, integer, pick
 
 __all__ = ["sinusoidal_table", "learned_positions", "positions_init", "rope", "rope_angles", "alibi_slopes",
            "alibi_bias"]
@@ -115,7 +116,20 @@ def _rope_examples(key, dtype):
     ]
 
 
-rope = primitive("rope", _rope, _rope_fwd, _rope_bwd, examples=_rope_examples, check=_rope_check)
+def _rope_space(rng, dtype):
+    """x of rank 1-4 with an even feature axis 2-8, positions (non-negative, any order, repeats) of x's shape
+    without the features or a shape that broadcasts to it, base 2 to 1e4, inverse or not."""
+    shape = (*(integer(rng, 1, 4) for _ in range(integer(rng, 0, 3))), 2 * integer(rng, 1, 4))
+    lead = shape[:-1]
+    pos_shape = pick(rng, [lead, lead[integer(rng, 0, len(lead)):], tuple(1 if rng.random() < 0.5 else n
+                                                                           for n in lead)])
+    positions = jnp.asarray(rng.integers(0, 20, pos_shape), jnp.int32)
+    settings = {"base": pick(rng, [10000.0, 100.0, round(float(rng.uniform(2.0, 1e4)), 1)]),
+                "inverse": pick(rng, [False, True])}
+    return Example((arr(rng, shape, dtype), positions), settings)
+
+
+rope = primitive("rope", _rope, _rope_fwd, _rope_bwd, examples=_rope_examples, space=_rope_space, check=_rope_check)
 
 
 # ------------------------------------------------------------------------------------------------ ALiBi

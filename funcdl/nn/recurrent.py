@@ -45,9 +45,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..core.examples import Example, keys, normal
 from ..core.primitive import primitive
+from ._space import arr, integer, pick
 
 __all__ = ["rnn_cell", "lstm_cell", "gru_cell", "NONLINEARITIES", "GATES", "check_recurrent"]
 
@@ -215,8 +217,48 @@ def _rnn_cell_examples(key, dtype):
     ]
 
 
+def _cell_draw(rng, dtype, gates, hidden, out, batch):
+    """x, h, W_ih, W_hh and the biases, each bias present or None on its own."""
+    n_in = integer(rng, 1, 5)
+    return (arr(rng, (*batch, n_in), dtype), arr(rng, (*batch, out), dtype, 0.5),
+            arr(rng, (n_in, gates * hidden), dtype, 0.6), arr(rng, (out, gates * hidden), dtype, 0.6),
+            arr(rng, (gates * hidden,), dtype, 0.3) if rng.random() < 0.7 else None,
+            arr(rng, (gates * hidden,), dtype, 0.3) if rng.random() < 0.7 else None)
+
+
+def _batch(rng):
+    return tuple(integer(rng, 1, 3) for _ in range(integer(rng, 0, 2)))
+
+
+def _rnn_cell_space(rng, dtype):
+    """Batch axes 0-2, I and H 1-5, biases each or none, tanh or relu; for relu redrawn until every
+    pre-activation is 0.05 clear of relu's kink."""
+    nonlinearity = pick(rng, ["tanh", "relu"])
+    hidden, batch = integer(rng, 1, 5), _batch(rng)
+    for _ in range(50):
+        x, h, w_ih, w_hh, b_ih, b_hh = args = _cell_draw(rng, dtype, 1, hidden, hidden, batch)
+        a = np.asarray(x @ w_ih + h @ w_hh) + sum(np.asarray(b) for b in (b_ih, b_hh) if b is not None)
+        if nonlinearity == "tanh" or np.all(np.abs(a) > 0.05):
+            break
+    return Example(args, {"nonlinearity": nonlinearity})
+
+
+def _lstm_cell_space(rng, dtype):
+    """Batch axes 0-2, I and H 1-5, biases each or none, projection W_hr (H, P) or none."""
+    hidden, batch = integer(rng, 1, 5), _batch(rng)
+    proj = integer(rng, 1, hidden) if rng.random() < 0.4 else None
+    x, h, w_ih, w_hh, b_ih, b_hh = _cell_draw(rng, dtype, 4, hidden, proj or hidden, batch)
+    w_hr = arr(rng, (hidden, proj), dtype, 0.6) if proj else None
+    return Example((x, h, arr(rng, (*batch, hidden), dtype, 0.5), w_ih, w_hh, b_ih, b_hh, w_hr), {})
+
+
+def _gru_cell_space(rng, dtype):
+    hidden = integer(rng, 1, 5)
+    return Example(_cell_draw(rng, dtype, 3, hidden, hidden, _batch(rng)), {})
+
+
 rnn_cell = primitive("rnn_cell", _rnn_cell, _rnn_cell_fwd, _rnn_cell_bwd, examples=_rnn_cell_examples,
-                     check=_rnn_cell_check)
+                     space=_rnn_cell_space, check=_rnn_cell_check)
 
 
 # ------------------------------------------------------------------------------------------------- lstm
@@ -278,7 +320,7 @@ def _lstm_cell_examples(key, dtype):
 
 
 lstm_cell = primitive("lstm_cell", _lstm_cell, _lstm_cell_fwd, _lstm_cell_bwd, examples=_lstm_cell_examples,
-                      check=_lstm_cell_check)
+                      space=_lstm_cell_space, check=_lstm_cell_check)
 
 
 # -------------------------------------------------------------------------------------------------- gru
@@ -332,4 +374,4 @@ def _gru_cell_examples(key, dtype):
 
 
 gru_cell = primitive("gru_cell", _gru_cell, _gru_cell_fwd, _gru_cell_bwd, examples=_gru_cell_examples,
-                     check=_gru_cell_check)
+                     space=_gru_cell_space, check=_gru_cell_check)

@@ -14,6 +14,7 @@ import numpy as np
 from ..core.examples import Example, keys, normal
 from ..core.primitive import primitive
 from ._dropout import check_rate, drop
+from ._space import arr, integer, key, num, per_axis, pick
 from ._windows import as_tuple
 
 __all__ = ["spatial_dropout", "flatten", "upsample_nearest", "upsample_bilinear", "squeeze_excitation",
@@ -58,8 +59,21 @@ def _spatial_dropout_examples(key, dtype):
             Example((normal(k[1], (4, 7, 5), dtype), jax.random.PRNGKey(4)), {"rate": 0.25}, "1-D rate 0.25")]
 
 
+def _channels_last(rng, dtype, n_spatial=None):
+    n = integer(rng, 1, 3) if n_spatial is None else n_spatial
+    return arr(rng, (integer(rng, 1, 3), *(integer(rng, 1, 5) for _ in range(n)), integer(rng, 1, 4)), dtype)
+
+
+def _spatial_dropout_space(rng, dtype):
+    """(N, *spatial, C) with 1-3 spatial axes, rate 0, 1 or in (0, 1), train or not."""
+    rate, train = pick(rng, [0.0, 1.0, num(rng, 0.01, 0.99), num(rng, 0.01, 0.99)]), pick(rng, [True, False])
+    k = key(rng) if (train and 0 < rate < 1) or rng.random() < 0.5 else None
+    return Example((_channels_last(rng, dtype), k), {"rate": rate, "train": train})
+
+
 spatial_dropout = primitive("spatial_dropout", _spatial_dropout, _spatial_dropout_fwd, _spatial_dropout_bwd,
-                            examples=_spatial_dropout_examples, check=_spatial_dropout_check)
+                            examples=_spatial_dropout_examples, space=_spatial_dropout_space,
+                            check=_spatial_dropout_check)
 
 
 # -- flatten -----------------------------------------------------------------------------------------------------
@@ -90,7 +104,9 @@ def _flatten_examples(key, dtype):
 
 
 flatten = primitive("flatten", _flatten, _flatten_fwd, _flatten_bwd, check=_flatten_check,
-                    examples=_flatten_examples)
+                    examples=_flatten_examples,
+                    space=lambda rng, dtype: Example((arr(rng, tuple(integer(rng, 1, 4) for _ in range(
+                        integer(rng, 1, 5))), dtype),), {}))
 
 
 # -- nearest upsampling ----------------------------------------------------------------------------------------------
@@ -134,8 +150,15 @@ def _upsample_nearest_examples(key, dtype):
             Example((normal(jax.random.fold_in(key, 1), (2, 3, 2, 2), dtype),), {"scale": (3, 2)}, "(3, 2)")]
 
 
+def _upsample_nearest_space(rng, dtype):
+    """1-3 spatial axes, scale 1-3 shared or per axis."""
+    x = _channels_last(rng, dtype)
+    return Example((x,), {"scale": per_axis(rng, x.ndim - 2, 1, 3)})
+
+
 upsample_nearest = primitive("upsample_nearest", _upsample_nearest, _upsample_nearest_fwd, _upsample_nearest_bwd,
-                             check=_upsample_nearest_check, examples=_upsample_nearest_examples)
+                             check=_upsample_nearest_check, examples=_upsample_nearest_examples,
+                             space=_upsample_nearest_space)
 
 
 # -- bilinear upsampling ---------------------------------------------------------------------------------------------
@@ -211,8 +234,14 @@ def _upsample_bilinear_examples(key, dtype):
     ]
 
 
+def _upsample_bilinear_space(rng, dtype):
+    """Input sides 1-5, output sizes 1-9 (up, down, non-integer factors, single rows), align_corners or not."""
+    return Example((_channels_last(rng, dtype, 2),), {"size": per_axis(rng, 2, 1, 9),
+                                                       "align_corners": pick(rng, [False, True])})
+
+
 upsample_bilinear = primitive("upsample_bilinear", _upsample_bilinear, _upsample_bilinear_fwd,
-                              _upsample_bilinear_bwd, check=_upsample_bilinear_check,
+                              _upsample_bilinear_bwd, check=_upsample_bilinear_check, space=_upsample_bilinear_space,
                               examples=_upsample_bilinear_examples)
 
 

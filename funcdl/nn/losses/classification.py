@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ...core.examples import Example, keys, normal, uniform
 from ...core.primitive import primitive
+from .._space import arr, integer, num, pick, unif
 from ._common import (
+    REDUCTIONS,
     check_class_weight,
     check_labels,
     check_reduction,
@@ -25,6 +28,58 @@ from ._common import (
 
 __all__ = ["softmax_cross_entropy", "cross_entropy", "softmax_cross_entropy_with_probs", "nll_loss",
            "multi_margin_loss"]
+
+
+def _class_draw(rng, dtype, ignore=False):
+    """Scores (*batch, C) with batch rank 0-2 and C 2-6, integer labels, optional (C,) class weights; with
+    ``ignore`` an ignore_index (-100, -1 or a real class) that some labels take, never all of them."""
+    batch = tuple(integer(rng, 1, 4) for _ in range(integer(rng, 0, 2)))
+    c = integer(rng, 2, 6)
+    labels = rng.integers(0, c, batch)
+    weight = unif(rng, (c,), dtype, 0.5, 2.0) if rng.random() < 0.5 else None
+    ignore_index = pick(rng, [-100, -1, integer(rng, 0, c - 1)]) if ignore else None
+    if ignore:
+        labels = np.where(rng.random(batch) < 0.3, ignore_index, labels)
+        flat = labels.reshape(-1)
+        if np.all(flat == ignore_index):     # keep one example counted (a mean over nothing is NaN, as torch)
+            flat[0] = (ignore_index + 1) % c if 0 <= ignore_index < c else 0
+        labels = flat.reshape(batch)
+    return batch, c, jnp.asarray(labels, jnp.int32), weight, ignore_index
+
+
+def _softmax_cross_entropy_space(rng, dtype):
+    batch, c, labels, weight, ignore_index = _class_draw(rng, dtype, ignore=True)
+    settings = {"reduction": pick(rng, list(REDUCTIONS)), "label_smoothing": pick(rng, [0.0, num(rng, 0.0, 1.0)]),
+                "ignore_index": ignore_index}
+    return Example((arr(rng, (*batch, c), dtype, num(rng, 0.5, 3.0)), labels, weight), settings)
+
+
+def _softmax_cross_entropy_with_probs_space(rng, dtype):
+    batch, c, _, weight, _ = _class_draw(rng, dtype)
+    targets = jax.nn.softmax(arr(rng, (*batch, c), dtype, num(rng, 0.3, 3.0)), axis=-1)
+    settings = {"reduction": pick(rng, list(REDUCTIONS)), "label_smoothing": pick(rng, [0.0, num(rng, 0.0, 1.0)])}
+    return Example((arr(rng, (*batch, c), dtype, num(rng, 0.5, 3.0)), targets, weight), settings)
+
+
+def _nll_loss_space(rng, dtype):
+    batch, c, labels, weight, ignore_index = _class_draw(rng, dtype, ignore=True)
+    logp = jax.nn.log_softmax(arr(rng, (*batch, c), dtype, num(rng, 0.5, 3.0)), axis=-1)
+    return Example((logp, labels, weight), {"reduction": pick(rng, list(REDUCTIONS)), "ignore_index": ignore_index})
+
+
+def _multi_margin_loss_space(rng, dtype):
+    """p 1 or 2, margin in [-1, 2], every violation h_i = margin - x_y + x_i kept 0.05 from its kink at 0."""
+    batch, c, labels, weight, _ = _class_draw(rng, dtype)
+    margin = num(rng, -1.0, 2.0)
+    x = np.asarray(arr(rng, (*batch, c), np.float64, num(rng, 0.5, 2.0)))
+    for _ in range(20):
+        h = margin - np.take_along_axis(x, np.asarray(labels)[..., None], -1) + x
+        near = (np.abs(h) < 0.05) & (np.arange(c) != np.asarray(labels)[..., None])
+        if not near.any():
+            break
+        x = np.where(near, x + 0.1, x)
+    settings = {"p": pick(rng, [1, 2]), "margin": margin, "reduction": pick(rng, list(REDUCTIONS))}
+    return Example((jnp.asarray(x, dtype), labels, weight), settings)
 
 
 def _labelled(labels, n_classes, ignore_index=None):
@@ -120,7 +175,8 @@ def _softmax_cross_entropy_examples(key, dtype):
 
 softmax_cross_entropy = primitive(
     "softmax_cross_entropy", _softmax_cross_entropy, _softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd,
-    examples=_softmax_cross_entropy_examples, check=_softmax_cross_entropy_check, nondiff=("weight",),
+    examples=_softmax_cross_entropy_examples, space=_softmax_cross_entropy_space, check=_softmax_cross_entropy_check,
+    nondiff=("weight",),
 )
 cross_entropy = softmax_cross_entropy
 
@@ -202,6 +258,7 @@ def _softmax_cross_entropy_with_probs_examples(key, dtype):
 softmax_cross_entropy_with_probs = primitive(
     "softmax_cross_entropy_with_probs", _softmax_cross_entropy_with_probs, _softmax_cross_entropy_with_probs_fwd,
     _softmax_cross_entropy_with_probs_bwd, examples=_softmax_cross_entropy_with_probs_examples,
+    space=_softmax_cross_entropy_with_probs_space,
     check=_softmax_cross_entropy_with_probs_check, nondiff=("weight",),
 )
 
@@ -270,6 +327,7 @@ def _nll_loss_examples(key, dtype):
 
 
 nll_loss = primitive("nll_loss", _nll_loss, _nll_loss_fwd, _nll_loss_bwd, examples=_nll_loss_examples,
+                     space=_nll_loss_space,
                      check=_nll_loss_check, nondiff=("weight",))
 
 
@@ -351,5 +409,6 @@ def _multi_margin_loss_examples(key, dtype):
 
 multi_margin_loss = primitive(
     "multi_margin_loss", _multi_margin_loss, _multi_margin_loss_fwd, _multi_margin_loss_bwd,
-    examples=_multi_margin_loss_examples, check=_multi_margin_loss_check, nondiff=("weight",),
+    examples=_multi_margin_loss_examples, space=_multi_margin_loss_space, check=_multi_margin_loss_check,
+    nondiff=("weight",),
 )

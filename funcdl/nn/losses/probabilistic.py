@@ -8,8 +8,10 @@ import numpy as np
 
 from ...core.examples import Example, keys, normal, uniform
 from ...core.primitive import is_concrete, primitive
+from .._space import arr, integer, num, pick, unif
 from ._common import (
     KL_REDUCTIONS,
+    REDUCTIONS,
     check_elem_weight,
     check_reduction,
     need_float,
@@ -20,6 +22,48 @@ from ._common import (
 )
 
 __all__ = ["binary_cross_entropy_with_logits", "binary_cross_entropy", "kl_div"]
+
+
+def _binary_draw(rng, dtype):
+    """A shape of rank 0-3, soft or 0/1 targets, an element weight None or broadcast from a smaller shape."""
+    shape = tuple(integer(rng, 1, 4) for _ in range(integer(rng, 0, 3)))
+    t = unif(rng, shape, dtype)
+    if rng.random() < 0.3:
+        t = jnp.round(t)
+    return shape, t, _broadcast_weight(rng, shape, dtype)
+
+
+def _broadcast_weight(rng, shape, dtype):
+    """None, or positive weights of the full shape, of its trailing axes, or with some axes 1."""
+    form = pick(rng, ["none", "full", "trailing", "ones"])
+    if form == "none":
+        return None
+    if form == "trailing":
+        shape = shape[integer(rng, 0, len(shape)):]
+    elif form == "ones":
+        shape = tuple(1 if rng.random() < 0.5 else n for n in shape)
+    return unif(rng, shape, dtype, 0.5, 2.0)
+
+
+def _binary_cross_entropy_with_logits_space(rng, dtype):
+    shape, t, weight = _binary_draw(rng, dtype)
+    x = arr(rng, shape, dtype, num(rng, 0.5, 4.0))
+    return Example((x, t, weight, _broadcast_weight(rng, shape, dtype)), {"reduction": pick(rng, list(REDUCTIONS))})
+
+
+def _binary_cross_entropy_space(rng, dtype):
+    shape, t, weight = _binary_draw(rng, dtype)
+    return Example((unif(rng, shape, dtype, 0.05, 0.95), t, weight), {"reduction": pick(rng, list(REDUCTIONS))})
+
+
+def _kl_div_space(rng, dtype):
+    """log q and p (or log p) along a class axis of 1-5, batch rank 0-2, every reduction, log_target either way."""
+    shape = (*(integer(rng, 1, 4) for _ in range(integer(rng, 0, 2))), integer(rng, 1, 5))
+    logq = jax.nn.log_softmax(arr(rng, shape, dtype, num(rng, 0.5, 2.0)), axis=-1)
+    log_target = pick(rng, [False, True])
+    logp = jax.nn.log_softmax(arr(rng, shape, dtype, num(rng, 0.3, 1.5)), axis=-1)
+    settings = {"reduction": pick(rng, list(KL_REDUCTIONS)), "log_target": log_target}
+    return Example((logq, logp if log_target else jnp.exp(logp)), settings)
 
 
 # ========================================================================= binary cross-entropy (logits)
@@ -98,6 +142,7 @@ def _binary_cross_entropy_with_logits_examples(key, dtype):
 binary_cross_entropy_with_logits = primitive(
     "binary_cross_entropy_with_logits", _binary_cross_entropy_with_logits, _binary_cross_entropy_with_logits_fwd,
     _binary_cross_entropy_with_logits_bwd, examples=_binary_cross_entropy_with_logits_examples,
+    space=_binary_cross_entropy_with_logits_space,
     check=_binary_cross_entropy_with_logits_check, nondiff=("weight", "pos_weight"),
 )
 
@@ -163,7 +208,7 @@ def _binary_cross_entropy_examples(key, dtype):
 
 binary_cross_entropy = primitive(
     "binary_cross_entropy", _binary_cross_entropy, _binary_cross_entropy_fwd, _binary_cross_entropy_bwd,
-    examples=_binary_cross_entropy_examples, check=_binary_cross_entropy_check,
+    examples=_binary_cross_entropy_examples, space=_binary_cross_entropy_space, check=_binary_cross_entropy_check,
     nondiff=("weight",),
 )
 
@@ -225,4 +270,5 @@ def _kl_div_examples(key, dtype):
     ]
 
 
-kl_div = primitive("kl_div", _kl_div, _kl_div_fwd, _kl_div_bwd, examples=_kl_div_examples, check=_kl_div_check)
+kl_div = primitive("kl_div", _kl_div, _kl_div_fwd, _kl_div_bwd, examples=_kl_div_examples, space=_kl_div_space,
+                   check=_kl_div_check)

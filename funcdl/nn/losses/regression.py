@@ -6,7 +6,8 @@ import jax.numpy as jnp
 
 from ...core.examples import Example, keys, normal
 from ...core.primitive import primitive
-from ._common import check_reduction, dtype_tag, need_float, reduce_grad, reduce_loss, same_shape
+from .._space import arr, integer, num, pick
+from ._common import REDUCTIONS, check_reduction, dtype_tag, need_float, reduce_grad, reduce_loss, same_shape
 
 __all__ = ["mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss"]
 
@@ -36,6 +37,21 @@ def _regression_examples(settings, kinks=()):
         return out
 
     return examples
+
+
+def _regression_space(settings=None, kinks=()):
+    """Inputs and targets of any shape (rank 0-3, sides 1-5), every reduction, the settings ``settings(rng)``
+    draws; differences d = x - t kept 0.05 clear of +-each kink."""
+
+    def space(rng, dtype):
+        s = {"reduction": pick(rng, list(REDUCTIONS)), **(settings(rng) if settings else {})}
+        shape = tuple(integer(rng, 1, 5) for _ in range(integer(rng, 0, 3)))
+        t = arr(rng, shape, dtype)
+        pts = [q for p in (kinks(s) if callable(kinks) else kinks) for q in (p, -p)]
+        d = arr(rng, shape, dtype, num(rng, 0.3, 3.0), kinks=pts)
+        return Example((t + d, t), s)
+
+    return space
 
 
 _REDUCTION_CONFIGS = [({}, "mean"), ({"reduction": "sum"}, "sum"), ({"reduction": "none"}, "none")]
@@ -76,7 +92,8 @@ def _mse_loss_bwd(res, g, *, reduction="mean"):
 
 
 mse_loss = primitive("mse_loss", _mse_loss, _mse_loss_fwd, _mse_loss_bwd,
-                     examples=_regression_examples(_REDUCTION_CONFIGS), check=_mse_loss_check)
+                     examples=_regression_examples(_REDUCTION_CONFIGS), space=_regression_space(),
+                     check=_mse_loss_check)
 
 
 # ----------------------------------------------------------------------------------------------------- L1
@@ -102,7 +119,8 @@ def _l1_loss_bwd(res, g, *, reduction="mean"):
 
 
 l1_loss = primitive("l1_loss", _l1_loss, _l1_loss_fwd, _l1_loss_bwd,
-                    examples=_regression_examples(_REDUCTION_CONFIGS, kinks=(0.0,)), check=_l1_loss_check)
+                    examples=_regression_examples(_REDUCTION_CONFIGS, kinks=(0.0,)),
+                    space=_regression_space(kinks=(0.0,)), check=_l1_loss_check)
 
 
 # -------------------------------------------------------------------------------------------------- Huber
@@ -137,6 +155,7 @@ huber_loss = primitive(
     "huber_loss", _huber_loss, _huber_loss_fwd, _huber_loss_bwd, check=_huber_loss_check,
     examples=_regression_examples(_REDUCTION_CONFIGS + [({"delta": 0.5}, "delta=0.5")],
                                   kinks=lambda s: (s.get("delta", 1.0),)),
+    space=_regression_space(lambda rng: {"delta": num(rng, 0.05, 3.0)}, kinks=lambda s: (s["delta"],)),
 )
 
 
@@ -176,4 +195,6 @@ smooth_l1_loss = primitive(
     examples=_regression_examples(
         _REDUCTION_CONFIGS + [({"beta": 0.5}, "beta=0.5"), ({"beta": 0.0, "reduction": "sum"}, "beta=0 (L1)")],
         kinks=lambda s: (s.get("beta", 1.0),)),
+    space=_regression_space(lambda rng: {"beta": pick(rng, [0.0, num(rng, 0.05, 3.0)])},
+                            kinks=lambda s: (0.0, s["beta"])),
 )
