@@ -20,6 +20,16 @@ def _offline_with_a_private_cache(tmp_path_factory):
     patch.setenv("FUNCDL_OFFLINE", "1")
     patch.setenv("FUNCDL_DATA", str(tmp_path_factory.mktemp("funcdl-cache")))
     patch.setenv("MPLBACKEND", "Agg")
+    # one persistent compilation cache for the whole run (all xdist workers, the subprocesses and notebook
+    # kernels through the environment): a training test that calls train() three times compiles its step once
+    base = tmp_path_factory.getbasetemp()
+    jax_cache = (base.parent if base.name.startswith("popen-gw") else base) / "jax-compile-cache"
+    jax_cache.mkdir(exist_ok=True)
+    settings = {"jax_compilation_cache_dir": str(jax_cache), "jax_persistent_cache_min_compile_time_secs": 0.3,
+                "jax_persistent_cache_min_entry_size_bytes": 0}
+    for name, value in settings.items():
+        patch.setenv(name.upper(), str(value))
+        jax.config.update(name, value)
     yield
     patch.undo()
 

