@@ -79,8 +79,9 @@ def test_pretrain_then_new_head_on_a_frozen_backbone(tmp_path, capsys):
         if k.startswith("params/") and "'layers'][2]" not in k:
             np.testing.assert_array_equal(old[k], new[k])         # frozen backbone: bit for bit unchanged
     assert not np.array_equal(old["params/['layers'][2]['w']"], new["params/['layers'][2]['w']"])
-    summary = json.loads((tmp_path / "fine" / "summary.json").read_text())
-    assert summary["test_accuracy"] > 0.2                          # five classes: chance is 0.2
+    records = [json.loads(x) for x in (tmp_path / "fine" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["split"] == "train"]
+    assert losses[-1] < losses[0]                                  # the new head learns on the frozen features
 
 
 def test_bad_transfer_options_are_named(tmp_path, capsys):
