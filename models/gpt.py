@@ -400,7 +400,7 @@ PRESETS = {
 
 
 def build(info: DataInfo, *, n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False, fused=True,
-          compute_dtype="bfloat16", grad_chunks=2, preset=None):
+          compute_dtype="bfloat16", grad_chunks=2, preset=None, remat=False):
     """``preset`` (a name in ``PRESETS``) replaces the architecture options by the preset's."""
     if info.vocab_size is None:
         raise ValueError(f"gpt needs a language (token) data set; {info.name!r} has no vocabulary")
@@ -412,7 +412,7 @@ def build(info: DataInfo, *, n_layer=4, n_head=4, n_embd=128, block_size=64, dro
     if compute_dtype in ("none", "None", "float32", ""):
         compute_dtype = None
     return as_task(Config(vocab_size=info.vocab_size, bias=bias, fused=fused, compute_dtype=compute_dtype,
-                          grad_chunks=grad_chunks, **arch))
+                          grad_chunks=grad_chunks, remat=bool(remat), **arch))
 
 
 # nanoGPT decays the 2-D tensors only (dense weights and the embeddings), never norm scales or biases

@@ -41,6 +41,7 @@ class Config:
     block: str = "basic"              # or "bottleneck"
     stem_width: int | None = None     # default: widths[0]
     small_stem: bool | None = None    # default: True for images <= 64 pixels a side
+    remat: bool = False               # recompute each residual block's forward in the backward (jax.checkpoint)
 
     def __post_init__(self):
         if self.block not in ("basic", "bottleneck"):
@@ -139,11 +140,14 @@ def apply(params, state, x, config: Config, *, key=None, train: bool = False):
     if not config.use_small_stem:
         h = fd.max_pool2d(h, kernel=3, stride=2, padding=1)
     new_stages = []
+    block_apply = _block_apply
+    if config.remat:     # keep each block's input only; its activations are recomputed in the backward
+        block_apply = jax.checkpoint(_block_apply, static_argnums=(3, 4, 5))
     for stage, (bps, bss) in enumerate(zip(params["stages"], state["stages"], strict=True)):
         new = []
         for b, (bp, bs) in enumerate(zip(bps, bss, strict=True)):
             stride = 2 if (b == 0 and stage > 0) else 1
-            h, s = _block_apply(bp, bs, h, stride, config, train)
+            h, s = block_apply(bp, bs, h, stride, config, train)
             new.append(s)
         new_stages.append(new)
     h = fd.global_avg_pool(h)
@@ -156,8 +160,8 @@ def loss(params, state, batch, config: Config, *, key=None, train: bool = False)
     return classification_loss(logits, batch, state)
 
 
-def _layout_options(layout, widths, blocks, block):
-    opts = dict(layout)
+def _layout_options(layout, widths, blocks, block, remat=False):
+    opts = dict(layout, remat=bool(remat))
     if widths is not None:
         opts["widths"] = tuple(widths)
     if blocks is not None:
@@ -167,18 +171,18 @@ def _layout_options(layout, widths, blocks, block):
     return opts
 
 
-def build(info: DataInfo, *, widths=None, blocks=None, block=None):
+def build(info: DataInfo, *, widths=None, blocks=None, block=None, remat=False):
     """The small ResNet (``SMALL``), any of its layout options replaced."""
     need_classes("resnet", info)
     return as_task(Config(image=image_shape(info), num_classes=info.num_classes,
-                          **_layout_options(SMALL, widths, blocks, block)))
+                          **_layout_options(SMALL, widths, blocks, block, remat)))
 
 
-def build_resnet18(info: DataInfo, *, widths=None, blocks=None, block=None):
+def build_resnet18(info: DataInfo, *, widths=None, blocks=None, block=None, remat=False):
     """ResNet-18 (``RESNET18``), any of its layout options replaced."""
     need_classes("resnet18", info)
     return as_task(Config(image=image_shape(info), num_classes=info.num_classes,
-                          **_layout_options(RESNET18, widths, blocks, block)))
+                          **_layout_options(RESNET18, widths, blocks, block, remat)))
 
 
 _SMALL_DATA = DataInfo("fake-images", (8, 8, 1), num_classes=10)

@@ -92,6 +92,9 @@ def register(sub) -> None:
                    help="ZeRO: shard the optimizer state (optimizer) or the parameters too (params) over --devices")
     p.add_argument("--tensorboard", action="store_true", default=None,
                    help="also write TensorBoard event files into the run directory")
+    p.add_argument("--remat", action="store_true",
+                   help="recompute each block's activations in the backward (jax.checkpoint): less memory, more "
+                   "compute; for the models whose builder takes remat (gpt, resnet, resnet18)")
     p.add_argument("--no-compile-cache", action="store_true",
                    help="do not use JAX's persistent compilation cache (in the funcdl cache folder)")
     p.add_argument("--coordinator", metavar="HOST:PORT",
@@ -227,6 +230,8 @@ def resolve_options(entry, args) -> tuple[str, dict, dict]:
             if name == "steps":
                 merged.pop("epochs", None)
     sets = parse_sets(args.set)
+    if args.remat:
+        sets["remat"] = True
     for k, v in sets.items():            # "--set hidden=64" for a tuple-valued default means (64,)
         if isinstance(entry.defaults.get(k), tuple | list) and not isinstance(v, tuple | list) and v is not None:
             sets[k] = (v,)
