@@ -20,6 +20,7 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
 
 
+@pytest.mark.slow
 def test_train_writes_a_run(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["train", "mlp", "--data", "mnist1d", "--steps", "30", "--eval-every", "15", "--set", "hidden=16",
@@ -104,6 +105,7 @@ def test_parse_values():
         parse_sets(["hidden"])
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "FUNCDL_OFFLINE": "1", "MPLBACKEND": "Agg", "JAX_PLATFORMS": "cpu"}

@@ -29,6 +29,7 @@ def _both(q, k, v, g, kv_mask=None, causal=False, block_size=16):
     return (out_p, vjp_p(g)), (out_f, vjp_f(g))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("t, s, block, causal", [(50, 50, 16, True), (37, 53, 16, False), (64, 64, 64, True),
                                                  (20, 45, 7, True)])
 def test_flash_equals_plain_float32(t, s, block, causal):

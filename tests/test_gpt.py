@@ -26,6 +26,7 @@ def _params(config, key=0):
     return gpt.init(jax.random.PRNGKey(key), config)[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", [
     dataclasses.replace(SMALL, fused=False, bias=True),
     dataclasses.replace(SMALL, grad_chunks=3),
@@ -69,6 +70,7 @@ def test_weight_tying_and_param_count():
     assert gpt.count_params(baby, non_embedding=False) == 804096    # nanoGPT reports 0.80M for the baby GPT
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampling", [dict(temperature=1.0), dict(temperature=0.8, top_k=5),
                                       dict(temperature=1.2, top_p=0.9), dict(temperature=0.0)])
 def test_kv_cache_decoding_equals_recomputation(sampling):
@@ -82,6 +84,7 @@ def test_kv_cache_decoding_equals_recomputation(sampling):
     np.testing.assert_array_equal(cached[:, :3], prompt)
 
 
+@pytest.mark.slow
 def test_kv_cache_logits_match_full_forward():
     params, state = gpt.init(jax.random.PRNGKey(1), SMALL)
     tokens = _batch(jax.random.PRNGKey(5), b=2, t=9)["x"]

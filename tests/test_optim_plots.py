@@ -15,6 +15,7 @@ def test_plot_schedules(tmp_path, capsys):
     assert "schedules.png" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_plot_optimizers(tmp_path):
     assert main(["plot", "optimizers", "--out", str(tmp_path), "--steps", "20", "--optimizers", "sgd,adam"]) == 0
     assert _is_png(tmp_path / "optimizer_paths.png") and _is_png(tmp_path / "optimizer_losses.png")

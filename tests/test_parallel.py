@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow          # trains or compiles for tens of seconds (CI runs it)
+
 WORKER = Path(__file__).with_name("parallel_worker.py")
 
 

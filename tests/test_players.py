@@ -12,6 +12,8 @@ from funcdl.data import Dataset
 from funcdl.training.loop import TrainConfig, train
 from funcdl.training.task import Player, Task
 
+pytestmark = pytest.mark.slow          # trains or compiles for tens of seconds (CI runs it)
+
 MODES = 8
 CENTERS = 2.0 * np.stack([np.cos(2 * np.pi * np.arange(MODES) / MODES),
                           np.sin(2 * np.pi * np.arange(MODES) / MODES)], 1)
@@ -80,7 +82,6 @@ def config(**kw):
     return TrainConfig(**{**dict(steps=1500, batch_size=128, progress=False, plots=False), **kw})
 
 
-@pytest.mark.slow
 def test_gan_covers_every_mode():
     """Seeds 0-2 of this recipe put 89-91% of 4000 samples on a mode, each mode getting 2.7-17%."""
     r = train(gan_task(), ring(), config(steps=2500))

@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.mark.slow
 def test_readme_python_blocks_run():
     code = "\n".join(re.findall(r"```python\n(.*?)```", README.read_text(), re.S))
     assert "fd.primitive(" in code and "jax.grad" in code

@@ -100,6 +100,7 @@ def test_reverse_with_lengths_reads_each_sequence_backwards():
         np.testing.assert_allclose(ys[b, :n], ys_b[0, ::-1], rtol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,gates", [("rnn", 1), ("lstm", 4), ("gru", 3)])
 def test_hand_bptt_equals_autodiff_through_scan(kind, gates):
     B, T, I, H = 3, 7, 2, 5

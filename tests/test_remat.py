@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from funcdl.models import gpt, resnet
 
+pytestmark = pytest.mark.slow          # trains or compiles for tens of seconds (CI runs it)
+
 
 def _grad_and_temp_bytes(loss, params):
     grad = jax.jit(jax.grad(loss))

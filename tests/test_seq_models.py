@@ -32,6 +32,7 @@ def _f64(tree):
     return jax.tree.map(lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
+@pytest.mark.slow
 def test_masked_classifier_hand_equals_autodiff():
     config = R.Config(R.StackConfig("lstm", 2, 5, num_layers=2, bidirectional=True), 3)
     params, state = R.init(jax.random.PRNGKey(0), config)
@@ -53,6 +54,7 @@ def test_classifier_needs_classes():
         get_model("gru").build(DataInfo("text", (10,), vocab_size=5, kind="language"))
 
 
+@pytest.mark.slow
 def test_char_lstm_sampling_and_tbptt():
     config = char_lstm.Config(vocab_size=7, embed=4, hidden=6, layers=2, proj_size=3)
     ids = jax.random.randint(jax.random.PRNGKey(1), (2, 5), 0, 7)
@@ -105,6 +107,7 @@ def s2s():
     return cfg, ds
 
 
+@pytest.mark.slow
 def test_seq2seq_decoding(s2s):
     cfg, ds = s2s
     params, state = S.init(jax.random.PRNGKey(1), cfg)
@@ -154,6 +157,7 @@ def test_date_pairs_are_right_and_held_out():
     assert t == s[::-1]
 
 
+@pytest.mark.slow
 def test_vanishing_gradient_plot(tmp_path):
     pytest.importorskip("matplotlib")
     from funcdl.plots.sequence import clip_factor, plot_vanishing_gradients, state_gradient_norms

@@ -18,6 +18,7 @@ def _gpt_run(data, **kw):
     return train(task, data, config)
 
 
+@pytest.mark.slow
 def test_memory_mapped_char_gpt_has_the_in_memory_loss_curve(tmp_path, shared_data):
     text = (shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:200_000]
     (tmp_path / "small.txt").write_text(text, encoding="utf-8")

@@ -77,6 +77,7 @@ def examples(name):
 CONV = {"conv1d": (1, F.conv1d), "conv2d": (2, F.conv2d), "conv3d": (3, F.conv3d)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CONV))
 def test_conv_matches_torch(name):
     n, tconv = CONV[name]
@@ -106,6 +107,7 @@ def close_conv(y, g, yt, torch_inputs, ct):
             close(g[i], gt[i])
 
 
+@pytest.mark.slow
 def test_conv2d_same_padding_matches_torch_same():
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 8, 3), jnp.float64)
     for k, d in [((3, 3), 1), ((4, 2), 1), ((3, 2), 2)]:

@@ -86,6 +86,7 @@ def test_manual_and_autodiff_give_the_same_curve():
     assert a.summary["grad"] == "manual" and b.summary["grad"] == "autodiff"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan", [True, False])
 def test_resume_is_bit_for_bit(tmp_path, scan):
     data = blobs()

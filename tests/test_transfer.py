@@ -62,6 +62,7 @@ def test_subset_relabels_and_keeps_a_share_of_every_class():
         data.subset(label_fraction=1.5)
 
 
+@pytest.mark.slow
 def test_pretrain_then_new_head_on_a_frozen_backbone(tmp_path, capsys):
     base = ["train", "mlp", "--data", "mnist1d", "--set", "hidden=32,32", "--quiet"]
     assert main([*base, "--steps", "60", "--set", "classes=0-4", "--out", str(tmp_path / "pre")]) == 0
