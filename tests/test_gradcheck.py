@@ -11,14 +11,23 @@ import pytest
 import funcdl as fd
 from funcdl.core import gradcheck as gc
 
-FUZZ = 2    # configurations drawn from each primitive's space (fixed seed) on top of its hand-picked examples
+FUZZ = 1            # configurations drawn from each primitive's space (fixed seed) on top of its hand-picked examples
+SECOND_ORDER = 2    # the hvp check on the first two configurations here (funcdl gradcheck checks every one)
 
 
-@pytest.mark.parametrize("name", fd.registered())
+# the primitives whose checks compile for more than ~10 s: slow (the quick subset -m "not slow" skips them)
+HEAVY = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "dot_product_attention",
+         "flash_attention", "packed_causal_attention", "causal_self_attention", "max_pool1d", "max_pool2d",
+         "avg_pool2d", "adaptive_avg_pool2d", "rnn", "lstm", "gru", "lstm_cell", "gru_cell", "embedding",
+         "softmax_cross_entropy", "softmax_cross_entropy_with_probs", "multi_margin_loss", "group_norm", "layer_norm"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n
+                                  for n in fd.registered()])
 def test_primitive_gradients(name):
-    rows = gc.check_primitive(name, fuzz=FUZZ)
+    rows = gc.check_primitive(name, fuzz=FUZZ, second_order=SECOND_ORDER)
     checks = {r.check for r in rows}
-    assert {"vjp", "fd", "jit", "vmap"} <= checks, f"{name}: some checks did not run ({checks})"
+    assert {"vjp", "fd", "jit", "vmap", "hvp"} <= checks, f"{name}: some checks did not run ({checks})"
     assert {r.dtype for r in rows if r.check == "vjp"} == {"float64", "float32"}
     failed = [r for r in rows if not r.passed]
     assert not failed, "\n" + gc.format_table(failed)
