@@ -21,12 +21,12 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# name -> (data, data folder under --data-root or None, steps)
+# name -> (data, data folder under --data-root or None, steps, extra options)
 RUNS = {
-    "mlp": ("mnist1d", None, 3000),
-    "cnn": ("mnist1d", None, 3000),
-    "resnet": ("mnist", "mnist", 60),
-    "gpt": ("tinyshakespeare", "tinyshakespeare", 300),
+    "mlp": ("mnist1d", None, 3000, []),
+    "cnn": ("mnist1d", None, 3000, []),
+    "resnet": ("mnist", "mnist", 80, ["--warmup-steps", "10"]),
+    "gpt": ("tinyshakespeare", "tinyshakespeare", 300, []),
 }
 
 
@@ -39,10 +39,10 @@ def baseline_tree(rev: str) -> Path:
 
 
 def one_run(tree: Path, model: str, data_root: Path) -> float:
-    data, folder, steps = RUNS[model]
+    data, folder, steps, extra = RUNS[model]
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "funcdl", "train", model, "--data", data, "--steps", str(steps), "--seed", "0",
-               "--out", out, "--quiet"]
+               "--out", out, "--quiet", *extra]
         if folder:
             cmd += ["--data-dir", str(data_root / folder)]
         env = {**os.environ, "PYTHONPATH": str(tree), "MPLBACKEND": "Agg"}
