@@ -1,7 +1,7 @@
 """CNN pictures as PNG files: first-layer filters, feature maps of one input per layer, a confusion matrix.
 
-All three take plain arrays (kernels HWIO, maps (H, W, C) or (L, C), labels), so they work for any model:
-``models.cnn.lenet_feature_maps`` (or a few lines of your own apply) gives the maps.
+All three take plain arrays (kernels HWIO, maps (H, W, C) or (L, C), labels), so they work for any model: a few
+lines that apply its layers one by one give the maps (notebook 04 does it for the MNIST-1D CNN).
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ on data), so they are plain functions, not primitives.
   image; the targets mix by the box's actual area (Yun et al. 2019).
 
 The mixed targets are probabilities; ``mixed_cross_entropy(logits, y_probs)`` is the loss that takes them
-(the cross-entropy with soft targets, ``funcdl.nn.losses.softmax_cross_entropy_with_probs``). The classification
-Task of ``models.cnn`` uses it when a batch carries ``y_probs``.
+(the cross-entropy with soft targets, ``funcdl.nn.losses.softmax_cross_entropy_with_probs``). Every classification
+model's loss (``models.layers.classification_loss``) uses it when a batch carries ``y_probs``.
 """
 
 from __future__ import annotations
