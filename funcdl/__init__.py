@@ -66,14 +66,8 @@ from .nn.pool import (
 )
 from .nn.positional import rope
 from .nn.recurrent import gru_cell, lstm_cell, rnn_cell
-from .nn.spatial import (
-    concat_channels,
-    flatten,
-    spatial_dropout,
-    squeeze_excitation,
-    upsample_bilinear,
-    upsample_nearest,
-)
+from .nn.spatial import concat_channels, flatten, spatial_dropout, squeeze_excitation
+from .nn.upsample import upsample_bilinear, upsample_nearest
 
 __version__ = "0.1.0"
 

@@ -20,15 +20,18 @@ def stat_dtype(x):
     return jnp.promote_types(x.dtype, jnp.float32)
 
 
-def check_affine(name, x, scale, shift, labels=("scale", "bias")):
-    """scale and shift, when given, are (C,) for the last axis of x."""
+def check_affine(name, x, scale, shift, labels=("scale", "bias"), axes=1):
+    """scale and shift, when given, have the shape of the last ``axes`` axes of x ((C,) for one axis)."""
     if x.ndim < 1:
         raise ValueError(f"{name}: input must have at least one axis (normalised over the last), got a scalar")
-    c = x.shape[-1]
+    want = tuple(x.shape[x.ndim - axes:])
     for label, v in zip(labels, (scale, shift), strict=True):
-        if v is not None and v.shape != (c,):
-            raise ValueError(f"{name}: {label} shape {v.shape} must be ({c},), the size of the input's last axis "
-                             f"(input {x.shape}; channels last)")
+        if v is not None and v.shape != want:
+            if axes == 1:
+                raise ValueError(f"{name}: {label} shape {v.shape} must be ({want[0]},), the size of the input's "
+                                 f"last axis (input {x.shape}; channels last)")
+            raise ValueError(f"{name}: {label} shape {v.shape} must be {want}, the input's last {axes} axes "
+                             f"(input {x.shape}, axes={axes})")
 
 
 def affine(xhat, scale, shift, dtype):
@@ -39,9 +42,12 @@ def affine(xhat, scale, shift, dtype):
 
 
 def affine_grads(dy, xhat, scale, shift):
-    """dscale = sum of dy * xhat and dshift = sum of dy over every axis but the last; None where absent."""
-    dscale = None if scale is None else jnp.sum((dy * xhat).reshape(-1, dy.shape[-1]), axis=0).astype(scale.dtype)
-    dshift = None if shift is None else jnp.sum(dy.reshape(-1, dy.shape[-1]), axis=0).astype(shift.dtype)
+    """dscale = sum of dy * xhat and dshift = sum of dy over every leading axis (all but the trailing axes the
+    parameter covers: its own shape, (C,) for a per-channel one); None where absent."""
+    def lead_sum(v, p):
+        return jnp.sum(v.reshape(-1, *p.shape), axis=0).astype(p.dtype)
+    dscale = None if scale is None else lead_sum(dy * xhat, scale)
+    dshift = None if shift is None else lead_sum(dy, shift)
     return dscale, dshift
 
 

@@ -29,6 +29,12 @@ updates running statistics with torch's momentum convention and the *unbiased* b
     running_mean <- (1 - momentum) running_mean + momentum mu
     running_var  <- (1 - momentum) running_var  + momentum var_S(x) M/(M-1)
 
+``momentum=None`` is torch's cumulative moving average: with n the number of batches seen so far, this one
+included, the factor is 1/n (running <- running + (batch - running) / n, the plain mean of every batch
+statistic). The count n lives in the state as ``"count"`` (torch's ``num_batches_tracked``), which
+``batch_norm_init(C, momentum=None)`` adds; states made without it (every existing checkpoint) keep their
+two entries and their exponential average.
+
 Evaluation uses the running statistics (``batch_norm_eval``): an affine map of x, so
 dx = dy * gamma * rstd and the running statistics get no gradient. ``batch_norm_apply`` holds the two modes
 together with the state pytree in and out (DESIGN.md: nothing is mutated in place).
@@ -357,14 +363,28 @@ def norm_init(channels: int, dtype=jnp.float32) -> dict:
     return {"scale": jnp.ones((channels,), dtype), "bias": jnp.zeros((channels,), dtype)}
 
 
-def batch_norm_init(channels: int, dtype=jnp.float32) -> tuple[dict, dict]:
-    """``(params, state)``: affine parameters and running statistics (mean 0, var 1, as torch)."""
-    return norm_init(channels, dtype), {"mean": jnp.zeros((channels,), dtype), "var": jnp.ones((channels,), dtype)}
+def batch_norm_init(channels: int, dtype=jnp.float32, *, momentum: float | None = 0.1) -> tuple[dict, dict]:
+    """``(params, state)``: affine parameters and running statistics (mean 0, var 1, as torch). With
+    ``momentum=None`` (the cumulative average) the state also holds ``"count"``, the number of training batches
+    seen (torch's ``num_batches_tracked``, int32 0); otherwise the state is ``{"mean", "var"}`` as before."""
+    state = {"mean": jnp.zeros((channels,), dtype), "var": jnp.ones((channels,), dtype)}
+    if momentum is None:
+        state["count"] = jnp.zeros((), jnp.int32)
+    return norm_init(channels, dtype), state
 
 
-def batch_norm_apply(params, state, x, *, train: bool, momentum: float = 0.1, eps: float = 1e-5):
+def batch_norm_apply(params, state, x, *, train: bool, momentum: float | None = 0.1, eps: float = 1e-5):
     """``(y, new_state)``. Training: batch statistics, running statistics updated (torch's momentum, unbiased
-    variance); evaluation: running statistics, state returned unchanged. ``params`` may be None (no affine)."""
+    variance); evaluation: running statistics, state returned unchanged. ``params`` may be None (no affine).
+
+    ``momentum=None``: the cumulative average, factor 1/n with n = state["count"] + 1 (the state must hold
+    ``"count"``: ``batch_norm_init(C, momentum=None)``). A state that holds ``"count"`` has it incremented on
+    every training call whatever the momentum, as torch's ``num_batches_tracked``."""
+    if momentum is None and "count" not in state:
+        raise ValueError("batch_norm_apply: momentum=None (cumulative average) needs the batch count in the state; "
+                         "create it with batch_norm_init(channels, momentum=None)")
+    if momentum is not None and not 0 <= momentum <= 1:
+        raise ValueError(f"batch_norm_apply: momentum must be in [0, 1] or None, got {momentum}")
     gamma = None if params is None else params.get("scale")
     beta = None if params is None else params.get("bias")
     if not train:
@@ -373,8 +393,11 @@ def batch_norm_apply(params, state, x, *, train: bool, momentum: float = 0.1, ep
     mu, var = _batch_norm_stats(jax.lax.stop_gradient(x))   # the primitive's reductions: XLA computes them once
     m = x.size // x.shape[-1]
     var = var * (m / (m - 1))
-    new = {
-        "mean": ((1 - momentum) * state["mean"] + momentum * mu).astype(state["mean"].dtype),
-        "var": ((1 - momentum) * state["var"] + momentum * var).astype(state["var"].dtype),
-    }
+    new = {}
+    if "count" in state:
+        new["count"] = state["count"] + 1
+    # cumulative average: factor 1/n, so (1 - 1/n) running + batch/n is the mean of the n batch statistics
+    factor = momentum if momentum is not None else 1.0 / new["count"].astype(mu.dtype)
+    new["mean"] = ((1 - factor) * state["mean"] + factor * mu).astype(state["mean"].dtype)
+    new["var"] = ((1 - factor) * state["var"] + factor * var).astype(state["var"].dtype)
     return y, new

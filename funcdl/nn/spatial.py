@@ -1,6 +1,7 @@
-"""Spatial building blocks of CNNs, each a primitive with its backward: spatial dropout, flatten, nearest and
-bilinear upsampling, squeeze-and-excitation, channel concatenation. Inputs are channels-last (N, *spatial, C).
-Each reference function below states its formula and derives its gradient.
+"""Spatial building blocks of CNNs, each a primitive with its backward: spatial dropout, flatten,
+squeeze-and-excitation, channel concatenation (nearest and bilinear upsampling live in ``upsample``, re-exported
+here). Inputs are channels-last (N, *spatial, C). Each reference function below states its formula and derives
+its gradient.
 """
 
 from __future__ import annotations
@@ -9,13 +10,12 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ..core.examples import Example, keys, normal
 from ..core.primitive import primitive
 from ._dropout import check_rate, drop
-from ._space import arr, integer, key, num, per_axis, pick
-from ._windows import as_tuple
+from ._space import arr, integer, key, num, pick
+from .upsample import bilinear_matrix, upsample_bilinear, upsample_nearest
 
 __all__ = ["spatial_dropout", "flatten", "upsample_nearest", "upsample_bilinear", "squeeze_excitation",
            "concat_channels", "bilinear_matrix"]
@@ -107,142 +107,6 @@ flatten = primitive("flatten", _flatten, _flatten_fwd, _flatten_bwd, check=_flat
                     examples=_flatten_examples,
                     space=lambda rng, dtype: Example((arr(rng, tuple(integer(rng, 1, 4) for _ in range(
                         integer(rng, 1, 5))), dtype),), {}))
-
-
-# -- nearest upsampling ----------------------------------------------------------------------------------------------
-
-
-def _upsample_nearest_check(x, *, scale=2):
-    if x.ndim < 3:
-        raise ValueError(f"upsample_nearest: input must be (N, *spatial, C), got shape {x.shape}")
-    as_tuple("upsample_nearest", scale, x.ndim - 2, "scale", positive=True)
-
-
-def _upsample_nearest(x, *, scale=2):
-    """Nearest upsampling by integer factors s per axis: y[n, i, j, c] = x[n, i // s_h, j // s_w, c].
-
-    Each input feeds an s_h x s_w block of outputs, so dx[n, p, q, c] = the sum of dy over that block (a
-    reshape and a sum). Residual: x's shape.
-    """
-    s = as_tuple("upsample_nearest", scale, x.ndim - 2, "scale", positive=True)
-    for axis, f in enumerate(s, start=1):
-        x = jnp.repeat(x, f, axis=axis)
-    return x
-
-
-def _upsample_nearest_fwd(x, *, scale=2):
-    return _upsample_nearest(x, scale=scale), (x.shape,)
-
-
-def _upsample_nearest_bwd(res, dy, *, scale=2):
-    (shape,) = res
-    n = len(shape) - 2
-    s = as_tuple("upsample_nearest", scale, n, "scale", positive=True)
-    blocks = [shape[0]]
-    for length, f in zip(shape[1:-1], s, strict=True):
-        blocks += [length, f]
-    g = dy.reshape(*blocks, shape[-1])
-    return (jnp.sum(g, axis=tuple(2 + 2 * i for i in range(n))),)
-
-
-def _upsample_nearest_examples(key, dtype):
-    return [Example((normal(key, (2, 3, 4, 2), dtype),), {"scale": 2}, "2x"),
-            Example((normal(jax.random.fold_in(key, 1), (2, 3, 2, 2), dtype),), {"scale": (3, 2)}, "(3, 2)")]
-
-
-def _upsample_nearest_space(rng, dtype):
-    """1-3 spatial axes, scale 1-3 shared or per axis."""
-    x = _channels_last(rng, dtype)
-    return Example((x,), {"scale": per_axis(rng, x.ndim - 2, 1, 3)})
-
-
-upsample_nearest = primitive("upsample_nearest", _upsample_nearest, _upsample_nearest_fwd, _upsample_nearest_bwd,
-                             check=_upsample_nearest_check, examples=_upsample_nearest_examples,
-                             space=_upsample_nearest_space)
-
-
-# -- bilinear upsampling ---------------------------------------------------------------------------------------------
-
-
-def bilinear_matrix(length, out, align_corners=False, dtype=jnp.float32):
-    """The P x L interpolation matrix of one axis (torch's coordinate convention)."""
-    a = np.zeros((out, length))
-    for o in range(out):
-        if align_corners:
-            u = o * (length - 1) / (out - 1) if out > 1 else 0.0
-        else:
-            u = max((o + 0.5) * length / out - 0.5, 0.0)
-        lo = min(int(np.floor(u)), length - 1)
-        hi = min(lo + 1, length - 1)
-        frac = u - lo
-        a[o, lo] += 1.0 - frac
-        a[o, hi] += frac
-    return jnp.asarray(a, dtype)
-
-
-def _upsample_bilinear_check(x, *, size, align_corners=False):
-    if x.ndim != 4:
-        raise ValueError(f"upsample_bilinear: input must be (N, H, W, C), got shape {x.shape}")
-    as_tuple("upsample_bilinear", size, x.ndim - 2, "size", positive=True)
-
-
-def _upsample_bilinear(x, *, size, align_corners=False):
-    """Bilinear upsampling (torch's ``interpolate(mode="bilinear")``), x (N, H, W, C) -> (N, P_h, P_w, C).
-
-    Per axis, output o reads the source coordinate u = (o + 1/2) L/P - 1/2 (clamped at 0; ``align_corners``:
-    u = o (L-1)/(P-1)) and mixes x[floor u] and x[floor u + 1] with weights 1 - frac, frac. Per axis that is a
-    fixed P x L matrix A with two entries per row, so y = A_h x A_w^T (per example and channel) and, the map
-    being linear, dx = A_h^T dy A_w. Written here as the gather of the two neighbours; the hand path uses the
-    matrices. Residual: x's shape.
-    """
-    out = as_tuple("upsample_bilinear", size, x.ndim - 2, "size", positive=True)
-    for axis, (length, p) in enumerate(zip(x.shape[1:3], out, strict=True), start=1):
-        o = np.arange(p, dtype=np.float64)                     # static coordinates: shapes are static
-        if align_corners:
-            u = o * ((length - 1) / (p - 1)) if p > 1 else np.zeros_like(o)
-        else:
-            u = np.maximum((o + 0.5) * (length / p) - 0.5, 0.0)
-        lo = np.minimum(np.floor(u).astype(np.int64), length - 1)
-        hi = np.minimum(lo + 1, length - 1)
-        frac = jnp.asarray((u - lo).reshape([-1 if i == axis else 1 for i in range(4)]), x.dtype)
-        x = jnp.take(x, lo, axis=axis) * (1 - frac) + jnp.take(x, hi, axis=axis) * frac
-    return x
-
-
-def _upsample_bilinear_fwd(x, *, size, align_corners=False):
-    # the primal as the product with the interpolation matrices the backward transposes
-    out = as_tuple("upsample_bilinear", size, x.ndim - 2, "size", positive=True)
-    ah = bilinear_matrix(x.shape[1], out[0], align_corners, x.dtype)
-    aw = bilinear_matrix(x.shape[2], out[1], align_corners, x.dtype)
-    return jnp.einsum("ph,qw,nhwc->npqc", ah, aw, x), (x.shape,)
-
-
-def _upsample_bilinear_bwd(res, dy, *, size, align_corners=False):
-    (shape,) = res
-    out = dy.shape[1:3]
-    ah = bilinear_matrix(shape[1], out[0], align_corners, dy.dtype)
-    aw = bilinear_matrix(shape[2], out[1], align_corners, dy.dtype)
-    return (jnp.einsum("ph,qw,npqc->nhwc", ah, aw, dy),)
-
-
-def _upsample_bilinear_examples(key, dtype):
-    return [
-        Example((normal(key, (2, 3, 4, 2), dtype),), {"size": (6, 8)}, "2x"),
-        Example((normal(jax.random.fold_in(key, 1), (2, 3, 5, 2), dtype),), {"size": (7, 9), "align_corners": True},
-                "align_corners"),
-        Example((normal(jax.random.fold_in(key, 2), (1, 4, 3, 2), dtype),), {"size": (5, 7)}, "non-integer"),
-    ]
-
-
-def _upsample_bilinear_space(rng, dtype):
-    """Input sides 1-5, output sizes 1-9 (up, down, non-integer factors, single rows), align_corners or not."""
-    return Example((_channels_last(rng, dtype, 2),), {"size": per_axis(rng, 2, 1, 9),
-                                                       "align_corners": pick(rng, [False, True])})
-
-
-upsample_bilinear = primitive("upsample_bilinear", _upsample_bilinear, _upsample_bilinear_fwd,
-                              _upsample_bilinear_bwd, check=_upsample_bilinear_check, space=_upsample_bilinear_space,
-                              examples=_upsample_bilinear_examples)
 
 
 # -- squeeze and excitation ------------------------------------------------------------------------------------------
