@@ -31,7 +31,7 @@ from .nn.activations import (
 from .nn.attention import dot_product_attention, multi_head_attention
 from .nn.bptt import gru, lengths_to_mask, lstm, rnn
 from .nn.conv import conv1d, conv2d, conv3d
-from .nn.conv_transpose import conv_transpose1d, conv_transpose2d
+from .nn.conv_transpose import conv_transpose1d, conv_transpose2d, conv_transpose3d
 from .nn.dropout import dropout
 from .nn.embedding import embedding
 from .nn.feedforward import gelu_mlp, swiglu, tied_softmax_cross_entropy
@@ -76,7 +76,7 @@ __all__ = [
     "batch_norm", "batch_norm_apply", "batch_norm_eval", "batch_norm_init", "group_norm", "instance_norm",
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "avg_pool1d", "avg_pool2d", "global_avg_pool", "global_max_pool",
     "max_pool1d", "max_pool2d",
-    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
     "REGISTRY", "Example", "Primitive", "autodiff", "get", "primitive", "registered", "use_reference",
     "activations", "init", "linear", "losses", "xla", "dense", "dropout", "cross_entropy", "softmax_cross_entropy",
     "softmax_cross_entropy_with_probs", "nll_loss", "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss",

@@ -52,6 +52,9 @@ its own convolution (``python benchmarks/bench_conv.py`` measures each): the han
   (N*positions, C) views, dx = dy @ w^T (the col2im rule with one tap) and dw = x^T @ dy with x read at the
   strided positions (1.6-1.8x faster than the two convolutions).
 
+Padding modes (torch's ``padding_mode``): 'reflect', 'replicate', 'circular' pad x with the mode (xp = P(x),
+``funcdl.nn._padding``), then convolve VALID: dw is the kernel gradient with xp as the input, dx = P^T(dxp).
+
 The transposed convolutions are in ``funcdl.nn.conv_transpose``; the window geometry (padding forms,
 output sizes, kernel taps) is shared with pooling in ``funcdl.nn._windows``.
 """
@@ -64,6 +67,7 @@ from jax import lax
 
 from ..core.examples import Example, keys, normal
 from ..core.primitive import primitive
+from ._padding import draw_padding_mode, pad_with_mode, pad_with_mode_adjoint, reference_pad, split_padding
 from ._space import arr, integer, padding, per_axis
 from ._windows import as_tuple, conv_output_shape, ndindex, normalize_padding, pad_spatial, patches, scatter_taps
 
@@ -164,7 +168,6 @@ def kernel_grad(x, dy, kernel, stride, pads, dilation, groups):
     return jnp.moveaxis(jnp.concatenate(dws, axis=-1) if groups > 1 else dws[0], 0, n)
 
 
-
 def depthwise_fwd(x, w, stride, pads, dilation):
     """y[n, o, c*m + j] = sum_k xp[n, o*s + k*d, c] w[k, 0, c*m + j]: one strided slice and one fused
     multiply-add per tap (XLA's grouped convolution with one channel per group is slow on CPU)."""
@@ -179,7 +182,6 @@ def depthwise_fwd(x, w, stride, pads, dilation):
         term = patch[..., None] * wr[idx]                                                      # (N, *O, C, m)
         y = term if y is None else y + term
     return y.reshape(*y.shape[:-2], cout)
-
 
 
 def depthwise_input_grad(dy, w, in_spatial, stride, pads, dilation, cin):
@@ -246,8 +248,6 @@ def depthwise_kernel_grad(x, dy, kernel, stride, kpads, dilation):
     return jnp.stack(taps).reshape(*kernel, 1, cout)
 
 
-
-
 # -- convolution --------------------------------------------------------------------------------------------------
 
 
@@ -263,11 +263,13 @@ def bias_grad(dy, b):
     return None if b is None else jnp.sum(dy, axis=tuple(range(dy.ndim - 1))).astype(b.dtype)
 
 
-def _settings(name, n, x, w, stride, padding, dilation):
+def _settings(name, n, x, w, stride, padding, dilation, padding_mode="zeros"):
+    """(stride, the convolution's zero padding, dilation, the padding applied with ``padding_mode`` or None)."""
     stride = as_tuple(name, stride, n, "stride")
     dilation = as_tuple(name, dilation, n, "dilation")
     pads = normalize_padding(name, padding, n, x.shape[1:1 + n], w.shape[:n], stride, dilation)
-    return stride, pads, dilation
+    mode_pads, pads = split_padding(name, padding_mode, pads, x.shape[1:1 + n])
+    return stride, pads, dilation, mode_pads
 
 
 def _check_groups(name, x, w, groups):
@@ -291,7 +293,7 @@ def _check_groups(name, x, w, groups):
 def _make_conv(name, n):
     """reference, fwd, bwd and check of the n-D convolution ``name``."""
 
-    def _conv_check(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1):
+    def _conv_check(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1, padding_mode="zeros"):
         if w.ndim != n + 2:
             raise ValueError(f"{name}: kernel must be {n + 2}-D {_KLAYOUT[n]}, got shape {w.shape}")
         if x.ndim != n + 2:
@@ -300,16 +302,16 @@ def _make_conv(name, n):
         _check_groups(name, x, w, groups)
         if b is not None and b.shape != (w.shape[-1],):
             raise ValueError(f"{name}: bias shape {b.shape} must be ({w.shape[-1]},) for kernel shape {w.shape}")
-        st, pads, dil = _settings(name, n, x, w, stride, padding, dilation)
+        st, pads, dil, mode_pads = _settings(name, n, x, w, stride, padding, dilation, padding_mode)
         if any(s < 1 for s in st) or any(d < 1 for d in dil):
             raise ValueError(f"{name}: stride {st} and dilation {dil} must be >= 1")
-        for length, k, d, (lo, hi) in zip(x.shape[1:1 + n], w.shape[:n], dil, pads, strict=True):
+        for length, k, d, (lo, hi) in zip(x.shape[1:1 + n], w.shape[:n], dil, mode_pads or pads, strict=True):
             if (k - 1) * d + 1 > length + lo + hi:
                 raise ValueError(f"{name}: kernel {w.shape} (size {k}, dilation {d}, span {(k - 1) * d + 1}) is "
                                  f"larger than the padded input: input {x.shape} padded by {(lo, hi)} gives "
                                  f"{length + lo + hi}; use a smaller kernel or more padding")
 
-    def _conv(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1):
+    def _conv(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1, padding_mode="zeros"):
         """Convolution (cross-correlation), channels last: x (N, *L, C_in), w (*K, C_in/G, C_out), b (C_out,).
 
         Per spatial axis, with stride s, dilation d, padding (lo, hi) and xp the zero-padded input:
@@ -319,27 +321,42 @@ def _make_conv(name, n):
                            (a transposed convolution: dy dilated by s, the kernel flipped and regrouped)
             dw[k, i, co] = sum_n sum_o xp[n, o*s + k*d, g*C_in/G + i] dy[n, o, co]   (x correlated with dy)
             db[co] = sum over n and o of dy[n, o, co]
-        Residuals: x, w and b. The module docstring derives the padding of each rule and the faster orders.
+        padding_mode 'reflect' / 'replicate' / 'circular' (torch's): xp = P(x) is x padded with the mode and the
+        convolution is VALID on xp; then dw is the same sum over xp, and dx = P^T(dxp), dxp the VALID input
+        gradient above and P^T the padding's adjoint (each border gradient added back onto the element it
+        copied: the mirrored interior for reflect, the edge for replicate, the other side for circular).
+        Residuals: x, w and b (xp is recomputed). The module docstring derives the padding of each rule and the
+        faster orders.
         """
-        st, pads, dil = _settings(name, n, x, w, stride, padding, dilation)
+        st, pads, dil, mode_pads = _settings(name, n, x, w, stride, padding, dilation, padding_mode)
         xc, wc = promote(x, w)
+        if mode_pads is not None:
+            xc = reference_pad(xc, mode_pads, padding_mode)
         y = conv_nd(xc, wc, st, pads, dil, groups)
         return y if b is None else y + b
 
-    def _conv_fwd(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1):
-        # the primal by the fast path (tap by tap for depthwise kernels and few input channels), not conv_nd
-        st, pads, dil = _settings(name, n, x, w, stride, padding, dilation)
-        y = conv_fast(*promote(x, w), st, pads, dil, groups)
+    def _conv_fwd(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1, padding_mode="zeros"):
+        # the primal by the fast path (tap by tap for depthwise kernels and few input channels), not conv_nd;
+        # the mode padding by the hand-written gathers whose adjoint the backward applies, not jnp.pad
+        st, pads, dil, mode_pads = _settings(name, n, x, w, stride, padding, dilation, padding_mode)
+        xc, wc = promote(x, w)
+        if mode_pads is not None:
+            xc = pad_with_mode(xc, mode_pads, padding_mode)
+        y = conv_fast(xc, wc, st, pads, dil, groups)
         return (y if b is None else y + b), (x, w, b)
 
-    def _conv_bwd(res, dy, *, stride=1, padding="VALID", dilation=1, groups=1):
+    def _conv_bwd(res, dy, *, stride=1, padding="VALID", dilation=1, groups=1, padding_mode="zeros"):
         x, w, b = res
-        st, pads, dil = _settings(name, n, x, w, stride, padding, dilation)
+        st, pads, dil, mode_pads = _settings(name, n, x, w, stride, padding, dilation, padding_mode)
         xc, wc = promote(x, w)
+        if mode_pads is not None:
+            xc = pad_with_mode(xc, mode_pads, padding_mode)                  # xp, the VALID convolution's input
         dy = dy.astype(xc.dtype)
-        dx = input_grad(dy, wc, x.shape[1:1 + n], st, pads, dil, groups).astype(x.dtype)
+        dx = input_grad(dy, wc, xc.shape[1:1 + n], st, pads, dil, groups)
+        if mode_pads is not None:
+            dx = pad_with_mode_adjoint(dx, mode_pads, padding_mode)          # dx = P^T(dxp)
         dw = kernel_grad(xc, dy, w.shape[:n], st, pads, dil, groups).astype(w.dtype)
-        return dx, dw, bias_grad(dy, b)
+        return dx.astype(x.dtype), dw, bias_grad(dy, b)
 
     _conv.__name__ = _conv.__qualname__ = f"_{name}"
     return _conv, _conv_fwd, _conv_bwd, _conv_check
@@ -384,7 +401,17 @@ def _conv2d_examples(key, dtype):
         w = normal(k[1], (1, 1, 4 // g, 6), dtype, scale=0.5)
         exs.append(Example((x, w, normal(k[2], (6,), dtype) if j % 2 else None),
                            {"stride": s, "dilation": 1, "groups": g, "padding": p}, f"1x1 s={s} g={g} pad={p}"))
+    k = keys(jax.random.fold_in(key, 300), 3)     # a padding mode (small: the other modes are in conv1d's examples)
+    exs.append(_mode_example(k, (1, 5, 6, 4), (3, 2, 2, 4), dtype, (2, 1), 1, 2, ((2, 1), (1, 0)), "reflect"))
     return exs
+
+
+def _mode_example(k, x_shape, w_shape, dtype, s, d, g, p, mode):
+    """One configuration with a padding_mode other than zeros."""
+    x, w = normal(k[0], x_shape, dtype), normal(k[1], w_shape, dtype, scale=0.5)
+    return Example((x, w, normal(k[2], (w_shape[-1],), dtype)),
+                   {"stride": s, "dilation": d, "groups": g, "padding": p, "padding_mode": mode},
+                   f"s={s} d={d} g={g} pad={p} {mode}")
 
 
 # 1x1 kernels: (stride, padding, groups); without groups they take the matrix-product rules
@@ -414,7 +441,16 @@ def _conv1d_examples(key, dtype):
     k = keys(jax.random.fold_in(key, 100), 2)     # one input channel (the MNIST-1D CNN's stem): few-channels path
     exs.append(Example((normal(k[0], (2, 13, 1), dtype), normal(k[1], (3, 1, 4), dtype, scale=0.5), None),
                        {"stride": 2, "padding": "CAUSAL", "dilation": 2, "groups": 1}, "s=2 d=2 pad=CAUSAL C_in=1"))
+    for j, (s, d, g, p, mode) in enumerate(_CONV1D_MODES):
+        k = keys(jax.random.fold_in(key, 300 + j), 3)
+        exs.append(_mode_example(k, (2, 6, 4), (3, 4 // g, 4), dtype, s, d, g, p, mode))
     return exs
+
+
+# padding modes on a (2, 6, 4) input, kernel 3: (stride, dilation, groups, padding, mode); the circular pad 6
+# wraps a whole period, the reflect pad 5 is the largest torch allows
+_CONV1D_MODES = [(1, 1, 1, "SAME", "reflect"), (2, 2, 2, ((5, 1),), "reflect"), (1, 1, 4, 2, "replicate"),
+                 (3, 1, 1, "CAUSAL", "replicate"), (1, 2, 1, ((6, 2),), "circular"), (2, 1, 2, 1, "circular")]
 
 
 def _conv3d_examples(key, dtype):
@@ -428,6 +464,8 @@ def _conv3d_examples(key, dtype):
         b = normal(k[2], (4,), dtype)
         exs.append(Example((x, w, b), {"stride": s, "dilation": d, "groups": g, "padding": p},
                            f"s={s} d={d} g={g} pad={p}"))
+    k = keys(jax.random.fold_in(key, 300), 3)
+    exs.append(_mode_example(k, (1, 3, 4, 3, 2), (2, 2, 3, 1, 2), dtype, (1, 2, 1), 1, 2, "SAME", "circular"))
     return exs
 
 
@@ -438,7 +476,9 @@ _PAD_FORMS = {False: ("VALID", "SAME", "int", "ints", "pairs"), True: ("VALID", 
 def _conv_space(n):
     """Space of the n-D convolution: groups 1-4 with C_in, C_out multiples of them, kernels 1-4 (1-3 in 3-D),
     stride and dilation per axis or shared, every padding form, bias or none; the input at least as long as
-    the dilated kernel span (so any padding is valid)."""
+    the dilated kernel span (so any padding is valid); padding_mode zeros half the time, else any mode
+    (replicate where the padding is too wide for reflect or circular). Drawn last, so the rest of a draw is
+    the same as without it."""
     kmax, dmax = (4, 3) if n < 3 else (3, 2)
 
     def space(rng, dtype):
@@ -453,6 +493,9 @@ def _conv_space(n):
         b = arr(rng, (cout,), dtype) if rng.random() < 0.7 else None
         settings = {"stride": stride, "padding": padding(rng, n, _PAD_FORMS[n == 1]), "dilation": dilation,
                     "groups": groups}
+        pads = normalize_padding("space", settings["padding"], n, spatial, kernel,
+                                 as_tuple("space", stride, n, "stride"), dil)
+        settings["padding_mode"] = draw_padding_mode(rng, pads, spatial)
         return Example((x, w, b), settings)
 
     return space

@@ -1,4 +1,4 @@
-"""Transposed convolutions (1-D, 2-D): the input gradient of a convolution, as a layer of its own.
+"""Transposed convolutions (1-D, 2-D, 3-D): the input gradient of a convolution, as a layer of its own.
 
 Transposed convolution ``conv_transpose`` is, by definition (torch's), the input gradient of a convolution:
 with the kernel stored ``(*k, C_in, C_out/G)`` (torch's (C_in, C_out/G, *k) moved to channels-last), it is the
@@ -20,7 +20,7 @@ from ._space import arr, integer, per_axis, pick
 from ._windows import as_tuple, normalize_padding
 from .conv import _LAYOUT, bias_grad, conv_fast, conv_nd, input_grad, kernel_grad, promote, register_family
 
-__all__ = ["conv_transpose1d", "conv_transpose2d"]
+__all__ = ["conv_transpose1d", "conv_transpose2d", "conv_transpose3d"]
 
 
 def _t_settings(name, n, w, stride, padding, output_padding, dilation):
@@ -160,18 +160,35 @@ def _conv_transpose1d_examples(key, dtype):
     return exs
 
 
+def _conv_transpose3d_examples(key, dtype):
+    """Tiny (sides <= 4, channels <= 2): every 3-D configuration compiles its own set of convolutions."""
+    configs = [(1, 0, 0, 1, 1, (2, 2, 2)), (2, 1, 1, 1, 2, (3, 2, 2)),          # (stride, padding, op, d, g, kernel)
+               ((1, 2, 2), ((1, 0), (0, 1), (1, 1)), (0, 1, 0), (2, 1, 1), 1, (2, 2, 3))]
+    exs = []
+    for j, (s, p, op, d, g, ks) in enumerate(configs):
+        k = keys(jax.random.fold_in(key, j), 3)
+        x = normal(k[0], (1, 2, 3, 2, 2), dtype)
+        w = normal(k[1], (*ks, 2, 2 // g), dtype, scale=0.5)
+        b = normal(k[2], (2,), dtype) if j % 2 == 0 else None
+        exs.append(Example((x, w, b), {"stride": s, "padding": p, "output_padding": op, "dilation": d, "groups": g},
+                           f"s={s} p={p} op={op} d={d} g={g}"))
+    return exs
+
+
 def _conv_transpose_space(n):
-    """Space of the n-D transposed convolution: groups 1-4, kernels 1-4, stride 1-3 and dilation 1-2 (shared or
-    per axis), padding VALID / an int / ints / (lo, hi) pairs, output_padding below max(stride, dilation) per
-    axis, bias or none; padding is drawn so that the output is not empty."""
+    """Space of the n-D transposed convolution: groups 1-4 (1-2 in 3-D), kernels 1-4 (1-3), stride 1-3 and
+    dilation 1-2 (shared or per axis), padding VALID / an int / ints / (lo, hi) pairs, output_padding below
+    max(stride, dilation) per axis, bias or none; padding is drawn so that the output is not empty. 3-D draws
+    are smaller (sides 1-3, channels up to 2 per group) to keep their compilation short."""
+    gmax, cmax, kmax, lmax = (4, 3, 4, 5) if n < 3 else (2, 2, 3, 3)
 
     def space(rng, dtype):
-        groups = integer(rng, 1, 4)
-        cin, cout = groups * integer(rng, 1, 3), groups * integer(rng, 1, 3)
-        kernel = tuple(integer(rng, 1, 4) for _ in range(n))
+        groups = integer(rng, 1, gmax)
+        cin, cout = groups * integer(rng, 1, cmax), groups * integer(rng, 1, cmax)
+        kernel = tuple(integer(rng, 1, kmax) for _ in range(n))
         stride, dilation = per_axis(rng, n, 1, 3), per_axis(rng, n, 1, 2)
         st, dil = as_tuple("space", stride, n, "stride"), as_tuple("space", dilation, n, "dilation")
-        spatial = tuple(integer(rng, 1, 5) for _ in range(n))
+        spatial = tuple(integer(rng, 1, lmax) for _ in range(n))
         opad = tuple(integer(rng, 0, max(s, d) - 1) for s, d in zip(st, dil, strict=True))
         # the output (L-1)s - lo - hi + (K-1)d + 1 + op must keep at least one position: lo + hi <= room
         room = min((length - 1) * s + (k - 1) * d + op for length, s, k, d, op in zip(spatial, st, kernel, dil, opad,
@@ -200,3 +217,5 @@ conv_transpose1d = register_family(_make_conv_transpose, "conv_transpose1d", 1, 
                                    _conv_transpose_space(1))
 conv_transpose2d = register_family(_make_conv_transpose, "conv_transpose2d", 2, _conv_transpose2d_examples,
                                    _conv_transpose_space(2))
+conv_transpose3d = register_family(_make_conv_transpose, "conv_transpose3d", 3, _conv_transpose3d_examples,
+                                   _conv_transpose_space(3))
