@@ -94,7 +94,10 @@ def test_conv_matches_torch(name):
         tx, tw = to_torch(x), to_torch(w)
         tb = None if b is None else to_torch(b)
         w_oihw = tw.permute(n + 1, n, *range(n))
-        yt = nhwc(tconv(torch_pad(nchw(tx, n), pads), w_oihw, tb, stride=st, dilation=dl, groups=s["groups"]), n)
+        mode = s.get("padding_mode", "zeros")           # torch.nn.Conv*d: F.pad with the mode, then VALID
+        xp = torch_pad(nchw(tx, n), pads) if mode == "zeros" else F.pad(nchw(tx, n), [p for pair in reversed(pads)
+                                                                                      for p in pair], mode=mode)
+        yt = nhwc(tconv(xp, w_oihw, tb, stride=st, dilation=dl, groups=s["groups"]), n)
         close_conv(y, g, yt, (tx, tw, tb), ct)
 
 

@@ -43,6 +43,10 @@ Every primitive in ``funcdl/nn`` follows these; arithmetic shared by several fil
 * ``bwd(residuals, cotangent, **settings)`` returns one cotangent per positional input, each in its input's
   dtype. ``None`` stands for "no gradient" and is what PRNG keys, integer inputs (labels, indices) and absent
   optional inputs get.
+* Discrete inputs are named for what they hold: ``DISCRETE_INPUTS`` (labels, targets, ids, positions, a PRNG
+  ``key``, a boolean ``mask``/``kv_mask``) may be integers or booleans; every other array input must be a
+  floating array, and a primitive refuses an integer array or a Python list there with a one-line
+  ``TypeError`` that names it (the checker runs every example through that check).
 * ``nondiff=("weight",)`` names float inputs that get no gradient by definition (class weights, fixed
   masks); their cotangent is ``None`` and the checker leaves them out.
 * ``space(rng, dtype)``, when given, draws one random configuration from everything the primitive accepts
@@ -76,6 +80,7 @@ import jax.numpy as jnp
 
 __all__ = [
     "Example",
+    "DISCRETE_INPUTS",
     "Primitive",
     "REGISTRY",
     "autodiff",
@@ -96,6 +101,28 @@ class Example(NamedTuple):
     args: tuple
     settings: dict = {}
     label: str = ""
+
+
+# the input names that may hold integers or booleans (see Conventions); every other array input is floating
+DISCRETE_INPUTS = frozenset({"labels", "targets", "ids", "positions", "key", "mask", "kv_mask"})
+
+
+def _check_input_kind(name: str, input_name: str, value: Any) -> None:
+    """Refuse a Python list or tuple anywhere, and an integer or boolean array where a float is expected."""
+    if isinstance(value, list | tuple):
+        raise TypeError(f"{name}: input {input_name!r} is a Python {type(value).__name__}; pass an array, e.g. "
+                        f"jnp.asarray({input_name}, jnp.float32)")
+    if input_name in DISCRETE_INPUTS or value is None:
+        return
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        if isinstance(value, bool | int):
+            raise TypeError(f"{name}: input {input_name!r} is the Python {type(value).__name__} {value!r}; "
+                            f"pass a float ({float(value)!r}) or a float array")
+        return
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        raise TypeError(f"{name}: input {input_name!r} has dtype {dtype}; it must be floating (gradients are "
+                        f"defined for real values): pass {input_name}.astype(jnp.float32)")
 
 
 # name -> Primitive; every check reads this one dictionary.
@@ -232,6 +259,8 @@ class Primitive:
                 ordered.append(self._input_defaults[k])
             else:
                 raise TypeError(f"{self.name}() missing required input {k!r}")
+        for k, v in zip(self.inputs, ordered, strict=True):
+            _check_input_kind(self.name, k, v)
         for k, d in self._settings_defaults.items():
             if k not in settings:
                 if d is inspect.Parameter.empty:
