@@ -47,6 +47,7 @@ from jax import lax
 
 from ..core.examples import Example, keys, normal
 from ..core.primitive import primitive
+from ._space import arr, integer, pick
 from .recurrent import (
     affine,
     check_recurrent,
@@ -383,6 +384,40 @@ def _gru_examples(key, dtype):
     ]
 
 
-rnn = primitive("rnn", _rnn, _rnn_fwd, _rnn_bwd, examples=_rnn_examples, check=_rnn_check, nondiff=("mask",))
-lstm = primitive("lstm", _lstm, _lstm_fwd, _lstm_bwd, examples=_lstm_examples, check=_lstm_check, nondiff=("mask",))
-gru = primitive("gru", _gru, _gru_fwd, _gru_bwd, examples=_gru_examples, check=_gru_check, nondiff=("mask",))
+def _sequence_space(kind):
+    """Batch 1-3, steps 1-5, input and hidden sizes 1-4, each bias present or absent, no mask, lengths (a
+    prefix mask) or a mask with gaps, forward or reversed; the RNN also draws its nonlinearity and the LSTM a
+    projection (proj_size 1-3) or none."""
+    gates = {"rnn": 1, "lstm": 4, "gru": 3}[kind]
+
+    def space(rng, dtype):
+        b, t, n_in, hidden = integer(rng, 1, 3), integer(rng, 1, 5), integer(rng, 1, 4), integer(rng, 1, 4)
+        proj = kind == "lstm" and rng.random() < 0.4
+        out = integer(rng, 1, 3) if proj else hidden
+        x = arr(rng, (b, t, n_in), dtype)
+        h0 = arr(rng, (b, out), dtype, 0.5)
+        w_ih, w_hh = arr(rng, (n_in, gates * hidden), dtype, 0.6), arr(rng, (out, gates * hidden), dtype, 0.6)
+        b_ih, b_hh = (arr(rng, (gates * hidden,), dtype, 0.3) if rng.random() < 0.7 else None for _ in range(2))
+        form = pick(rng, ["none", "lengths", "gaps"])
+        mask = None if form == "none" else (
+            _mask([integer(rng, 1, t) for _ in range(b)], t) if form == "lengths"
+            else jnp.asarray(rng.random((b, t)) < 0.7))
+        settings = {"reverse": bool(rng.random() < 0.5)}
+        if kind == "rnn":
+            settings["nonlinearity"] = pick(rng, ["tanh", "relu"])
+            return Example((x, h0, w_ih, w_hh, b_ih, b_hh, mask), settings)
+        if kind == "gru":
+            return Example((x, h0, w_ih, w_hh, b_ih, b_hh, mask), settings)
+        c0 = arr(rng, (b, hidden), dtype, 0.5)
+        w_hr = arr(rng, (hidden, out), dtype, 0.6) if proj else None
+        return Example((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mask), settings)
+
+    return space
+
+
+rnn = primitive("rnn", _rnn, _rnn_fwd, _rnn_bwd, examples=_rnn_examples, space=_sequence_space("rnn"),
+                check=_rnn_check, nondiff=("mask",))
+lstm = primitive("lstm", _lstm, _lstm_fwd, _lstm_bwd, examples=_lstm_examples, space=_sequence_space("lstm"),
+                 check=_lstm_check, nondiff=("mask",))
+gru = primitive("gru", _gru, _gru_fwd, _gru_bwd, examples=_gru_examples, space=_sequence_space("gru"),
+                check=_gru_check, nondiff=("mask",))
