@@ -14,6 +14,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import funcdl as fd  # noqa: E402
+from funcdl.data.base import Dataset  # noqa: E402
+from funcdl.models import get_model  # noqa: E402
 from funcdl.training.loop import TrainConfig, train  # noqa: E402
 from funcdl.training.parallel import make_parallel, per_device_bytes  # noqa: E402
 from funcdl.training.task import Task  # noqa: E402
@@ -42,10 +44,31 @@ def bn_task(d=6, hidden=16, classes=3):
     return Task(init, loss, "classification")
 
 
+def model_task(name, info):
+    """A registered model at its registered ``small`` size (the ResNet: batch norm in every block)."""
+    entry = get_model(name)
+    return entry.build(info, **entry.small)
+
+
+def images(n=160, side=8, classes=10, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n).astype(np.int32)
+    x = rng.normal(size=(n, side, side, 1)).astype(np.float32) + y[:, None, None, None] * 0.1
+    return Dataset("images", {"train": {"x": x, "y": y}}, "classification", num_classes=classes)
+
+
+def tokens(n=2000, vocab=11, seed=0):
+    text = np.random.default_rng(seed).integers(0, vocab, n).astype(np.int32)
+    return Dataset("tokens", {"train": {"tokens": text}}, "language", vocab_size=vocab)
+
+
 # (devices, shard) per task: every device count and every shard choice, without the full product (each run
 # compiles its own step: the product would cost a minute more for no new path)
 RUNS = {"mlp": [(2, "none"), (4, "optimizer"), (8, "params"), (8, "none"), (2, "params")],
-        "batchnorm": [(2, "none"), (4, "none"), (8, "optimizer"), (4, "params")]}
+        "batchnorm": [(2, "none"), (4, "none"), (8, "optimizer"), (4, "params")],
+        "resnet": [(2, "none"), (4, "optimizer"), (8, "params")],
+        "gpt": [(2, "none"), (4, "params"), (8, "optimizer")]}
+STEPS = {"mlp": 60, "batchnorm": 60, "resnet": 50, "gpt": 50}
 
 
 def max_diff(a, b):
@@ -56,10 +79,18 @@ def max_diff(a, b):
 def main():
     data = blobs(n=400)        # 12 steps per epoch at batch 32
     # SGD for batch norm: the bias before it has a zero gradient, which Adam would divide by its own rounding noise
-    tasks = {"mlp": (lambda: mlp_task(hidden=(16,)), "adam", {}), "batchnorm": (bn_task, "sgd", {"momentum": 0.9})}
-    for name, (make, optimizer, options) in tasks.items():
-        config = dict(epochs=5, batch_size=32, optimizer=optimizer, optimizer_options=options, lr=1e-2,
-                      progress=False, plots=False)
+    pictures, text = images(), tokens()
+    tasks = {"mlp": (lambda: mlp_task(hidden=(16,)), "adam", {}, data, dict(epochs=5, batch_size=32)),
+             "batchnorm": (bn_task, "sgd", {"momentum": 0.9}, data, dict(epochs=5, batch_size=32)),
+             # the models themselves: ResNet's batch norm synchronised over the devices, GPT's windows sharded
+             "resnet": (lambda: model_task("resnet", pictures.info()), "sgd", {"momentum": 0.9}, pictures,
+                        dict(epochs=5, batch_size=16)),
+             # SGD again: at initialisation some of GPT's query/key weights get gradients at the rounding level,
+             # which Adam divides by their own size (8 devices after 50 AdamW steps: 5e-4 apart, SGD: 1e-8)
+             "gpt": (lambda: model_task("gpt", text.info(8)), "sgd", {"momentum": 0.9}, text,
+                     dict(steps=50, batch_size=8, seq_len=8))}
+    for name, (make, optimizer, options, data, size) in tasks.items():
+        config = dict(**size, optimizer=optimizer, optimizer_options=options, lr=1e-2, progress=False, plots=False)
         base = train(make(), data, TrainConfig(**config, devices=1))
         for n, shard in RUNS[name]:
             r = train(make(), data, TrainConfig(**config, devices=n, shard=shard))

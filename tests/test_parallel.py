@@ -27,11 +27,14 @@ def test_every_device_count_and_shard_choice_ran(runs):
 
     assert [(r["task"], r["devices"], r["shard"]) for r in runs] == [(t, n, s) for t in RUNS for n, s in RUNS[t]]
     assert {r["devices"] for r in runs} == {2, 4, 8} and {r["shard"] for r in runs} == {"none", "optimizer", "params"}
-    assert all(r["steps"] == 60 for r in runs)
+    from parallel_worker import STEPS
+
+    assert all(r["steps"] == STEPS[r["task"]] for r in runs)
 
 
 def test_data_parallel_equals_the_single_device_step(runs):
-    """After 60 steps the parameters (and batch-norm running statistics: synchronised) agree to float32 rounding."""
+    """After 50-60 steps the parameters (and batch-norm running statistics: synchronised) agree to float32
+    rounding, for the MLP, a batch-norm net, the ResNet and the GPT."""
     for r in runs:
         assert r["params_diff"] < 2e-6, r
         assert r["state_diff"] < 2e-6, r
