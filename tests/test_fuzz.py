@@ -72,7 +72,7 @@ WITH_SPACE = [n for n in fd.registered() if fd.get(n).space is not None]
 
 # Registered primitives that have no space yet: a new primitive must bring one (or be listed here, on purpose).
 NO_SPACE = set("""
-    causal_self_attention concat_channels flash_attention packed_causal_attention squeeze_excitation
+    concat_channels squeeze_excitation
 """.split())
 
 

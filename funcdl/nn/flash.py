@@ -37,6 +37,7 @@ import jax.numpy as jnp
 
 from ..core.examples import Example, keys, normal
 from ..core.primitive import primitive
+from ._space import arr, integer, num, pick
 from ._scores import broadcasts_to, score_scale
 from .attention import _dot_product_attention
 
@@ -174,5 +175,17 @@ def _flash_attention_examples(key, dtype):
     ]
 
 
+def _flash_attention_space(rng, dtype):
+    """Leading axes () to (2, 2), T and S 1-6, d and dv 1-3, causal or not, block 1-5 (so several blocks and
+    ragged last ones), default or drawn scale, no mask or a random key mask (rows that see nothing included)."""
+    lead = tuple(integer(rng, 1, 2) for _ in range(integer(rng, 0, 2)))
+    t, s, d, dv = integer(rng, 1, 6), integer(rng, 1, 6), integer(rng, 1, 3), integer(rng, 1, 3)
+    mask = jnp.asarray(rng.random((*lead, s)) < 0.7) if rng.random() < 0.5 else None
+    settings = {"causal": bool(rng.random() < 0.5), "block_size": integer(rng, 1, 5),
+                "scale": pick(rng, [None, num(rng, 0.2, 1.5)])}
+    return Example((arr(rng, (*lead, t, d), dtype), arr(rng, (*lead, s, d), dtype), arr(rng, (*lead, s, dv), dtype),
+                    mask), settings)
+
+
 flash_attention = primitive("flash_attention", _flash_attention, _flash_attention_fwd, _flash_attention_bwd,
-                            examples=_flash_attention_examples, check=_check)
+                            examples=_flash_attention_examples, space=_flash_attention_space, check=_check)

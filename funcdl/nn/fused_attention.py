@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from ..core.examples import Example, keys, normal
 from ..core.primitive import primitive
+from ._space import arr, integer, key, num, pick
 from ._dropout import check_rate, drop
 from ._matmul import check_compute_dtype, contract, mat, sum_rows, t_mat
 from ._scores import causal_mask, score_scale
@@ -102,9 +103,27 @@ def _packed_causal_attention_examples(key, dtype):
     ]
 
 
+def _fused_settings(rng, width_choices):
+    """Heads 1-3 (the width a multiple of them), dropout off or in (0, 0.5) with a key, a default or drawn score
+    scale; compute_dtype stays None (a reduced-precision matmul cannot meet float64 tolerances)."""
+    n_heads = integer(rng, 1, 3)
+    width = n_heads * pick(rng, width_choices)
+    rate = pick(rng, [0.0, num(rng, 0.05, 0.5)])
+    settings = {"n_heads": n_heads, "dropout_rate": rate, "scale": pick(rng, [None, num(rng, 0.2, 1.5)]),
+                "compute_dtype": None}
+    return width, settings, (key(rng) if rate > 0 else None)
+
+
+def _packed_causal_attention_space(rng, dtype):
+    """Batch 1-2, time 1-5, head size 1-3, see ``_fused_settings``."""
+    width, settings, k = _fused_settings(rng, [1, 2, 3])
+    return Example((arr(rng, (integer(rng, 1, 2), integer(rng, 1, 5), 3 * width), dtype), k), settings)
+
+
 packed_causal_attention = primitive(
     "packed_causal_attention", _packed_causal_attention, _packed_causal_attention_fwd, _packed_causal_attention_bwd,
-    examples=_packed_causal_attention_examples, check=_packed_causal_attention_check,
+    examples=_packed_causal_attention_examples, space=_packed_causal_attention_space,
+    check=_packed_causal_attention_check,
 )
 
 
@@ -183,7 +202,16 @@ def _causal_self_attention_examples(key, dtype):
     ]
 
 
+def _causal_self_attention_space(rng, dtype):
+    """Batch 1-2, time 1-4, width = heads x (1-2), each bias present or not, see ``_fused_settings``."""
+    d, settings, k = _fused_settings(rng, [1, 2])
+    x = arr(rng, (integer(rng, 1, 2), integer(rng, 1, 4), d), dtype)
+    b_qkv = arr(rng, (3 * d,), dtype) if rng.random() < 0.5 else None
+    b_o = arr(rng, (d,), dtype) if rng.random() < 0.5 else None
+    return Example((x, arr(rng, (d, 3 * d), dtype, 0.5), b_qkv, arr(rng, (d, d), dtype, 0.5), b_o, k), settings)
+
+
 causal_self_attention = primitive(
     "causal_self_attention", _causal_self_attention, _causal_self_attention_fwd, _causal_self_attention_bwd,
-    examples=_causal_self_attention_examples, check=_causal_self_attention_check,
+    examples=_causal_self_attention_examples, space=_causal_self_attention_space, check=_causal_self_attention_check,
 )
