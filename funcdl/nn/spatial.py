@@ -183,9 +183,17 @@ def _squeeze_excitation_examples(key, dtype):
     return out
 
 
+def _squeeze_excitation_space(rng, dtype):
+    """Batch 1-2, 1-2 spatial axes of 1-4, channels 1-5, bottleneck r 1-3 (no settings: the shapes are the space)."""
+    c, r = integer(rng, 1, 5), integer(rng, 1, 3)
+    x = arr(rng, (integer(rng, 1, 2), *(integer(rng, 1, 4) for _ in range(integer(rng, 1, 2))), c), dtype)
+    return Example((x, arr(rng, (c, r), dtype), arr(rng, (r,), dtype, 0.5),
+                    arr(rng, (r, c), dtype), arr(rng, (c,), dtype)))
+
+
 squeeze_excitation = primitive("squeeze_excitation", _squeeze_excitation, _squeeze_excitation_fwd,
                                _squeeze_excitation_bwd, examples=_squeeze_excitation_examples,
-                               check=_squeeze_excitation_check)
+                               space=_squeeze_excitation_space, check=_squeeze_excitation_check)
 
 
 # -- channel concatenation ------------------------------------------------------------------------------------------
@@ -219,5 +227,12 @@ def _concat_channels_examples(key, dtype):
                     {}, "4 + 2")]
 
 
+def _concat_channels_space(rng, dtype):
+    """Any leading shape of rank 1-4 (sides 1-3), channel counts 1-4 on each side."""
+    lead = tuple(integer(rng, 1, 3) for _ in range(integer(rng, 0, 3)))
+    return Example((arr(rng, (*lead, integer(rng, 1, 4)), dtype), arr(rng, (*lead, integer(rng, 1, 4)), dtype)))
+
+
 concat_channels = primitive("concat_channels", _concat_channels, _concat_channels_fwd, _concat_channels_bwd,
-                            check=_concat_channels_check, examples=_concat_channels_examples)
+                            check=_concat_channels_check, examples=_concat_channels_examples,
+                            space=_concat_channels_space)
