@@ -59,3 +59,17 @@ def test_low_precision_trains_like_float32(precision):
     assert jax.tree.leaves(low.params)[0].dtype == jnp.float32
     assert abs(low.summary["test_accuracy"] - full.summary["test_accuracy"]) <= 0.05
     assert low.summary["train_loss"] == pytest.approx(full.summary["train_loss"], abs=0.05)
+
+
+def test_cross_entropy_of_low_precision_logits_is_computed_in_float32():
+    """The softmax of a mixed-precision step runs in float32 (bf16 training of the MNIST-1D CNN: 93.9/94.0/94.5%
+    for seeds 0-2 with a bf16 softmax, 95.5/95.9/95.5% with this; fp32: 95.5/95.4/95.0%)."""
+    import funcdl as fd
+
+    z = jnp.linspace(-3, 3, 15).reshape(3, 5)
+    y = jnp.array([0, 3, 4])
+    for dtype in (jnp.bfloat16, jnp.float16):
+        loss, grad = jax.value_and_grad(lambda v: fd.softmax_cross_entropy(v, y))(z.astype(dtype))
+        assert loss.dtype == jnp.float32 and grad.dtype == dtype
+        exact = jax.grad(lambda v: fd.softmax_cross_entropy(v, y))(z.astype(dtype).astype(jnp.float32))
+        np.testing.assert_allclose(np.asarray(grad, np.float32), exact, atol=4e-3)

@@ -9,6 +9,7 @@ import numpy as np
 
 from ...core.examples import Example, keys, normal, uniform
 from ...core.primitive import primitive
+from .._norm import stat_dtype
 from .._space import arr, integer, num, pick, unif
 from ._common import (
     REDUCTIONS,
@@ -102,7 +103,9 @@ def _softmax_cross_entropy_check(logits, labels, weight=None, *, reduction="mean
 
 def _softmax_cross_entropy_parts(logits, labels, weight, label_smoothing, ignore_index):
     """log-probabilities, target distribution q (with smoothing), class weights w, each example's own-class
-    weight w_y (the denominator of torch's weighted mean), the valid and the bad (out of range) masks."""
+    weight w_y (the denominator of torch's weighted mean), the valid and the bad (out of range) masks. A
+    bfloat16/float16 input is computed in float32 (the softmax of a mixed-precision step, as torch's autocast)."""
+    logits = logits.astype(stat_dtype(logits))
     n_classes = logits.shape[-1]
     valid, bad, _ = _labelled(labels, n_classes, ignore_index)
     lab = jnp.where(valid, labels, 0)      # an out-of-range label: a zero one-hot row and a NaN weight
@@ -141,18 +144,19 @@ def _softmax_cross_entropy_fwd(logits, labels, weight=None, *, reduction="mean",
     # keeps log p, q and the denominator, so the parts are computed here rather than inside the reference
     logp, q, w, w_y, valid, bad = _softmax_cross_entropy_parts(logits, labels, weight, label_smoothing, ignore_index)
     denom = jnp.sum(w_y)
+    like = jnp.zeros((0,), logits.dtype)          # the gradient goes back in the input's dtype
     return reduce_loss(_softmax_cross_entropy_terms(logp, q, w, valid, bad), reduction, denom), (logp, q, w, valid,
-                                                                                                  denom)
+                                                                                                  denom, like)
 
 
 def _softmax_cross_entropy_bwd(res, g, *, reduction="mean", label_smoothing=0.0, ignore_index=-100):
-    logp, q, w, valid, denom = res
+    logp, q, w, valid, denom, like = res
     wq = w * q
     dz = jnp.exp(logp) * jnp.sum(wq, axis=-1, keepdims=True) - wq        # p * sum(w q) - w q
     scale = reduce_grad(g, reduction, logp.shape[:-1], denom)
     if reduction == "none":
         scale = scale[..., None]
-    return jnp.where(valid[..., None], dz * scale, 0).astype(logp.dtype), None, None
+    return jnp.where(valid[..., None], dz * scale, 0).astype(like.dtype), None, None
 
 
 def _softmax_cross_entropy_examples(key, dtype):
