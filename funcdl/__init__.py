@@ -28,6 +28,14 @@ from .nn.activations import (
     swish,
     tanh,
 )
+from .nn.adaptive_pool import (
+    adaptive_avg_pool1d,
+    adaptive_avg_pool2d,
+    adaptive_avg_pool3d,
+    adaptive_max_pool1d,
+    adaptive_max_pool2d,
+    adaptive_max_pool3d,
+)
 from .nn.attention import dot_product_attention, multi_head_attention
 from .nn.bptt import gru, lengths_to_mask, lstm, rnn
 from .nn.conv import conv1d, conv2d, conv3d
@@ -55,14 +63,14 @@ from .nn.losses import (
 )
 from .nn.norm import batch_norm, batch_norm_apply, batch_norm_eval, batch_norm_init, group_norm, instance_norm
 from .nn.pool import (
-    adaptive_avg_pool1d,
-    adaptive_avg_pool2d,
     avg_pool1d,
     avg_pool2d,
+    avg_pool3d,
     global_avg_pool,
     global_max_pool,
     max_pool1d,
     max_pool2d,
+    max_pool3d,
 )
 from .nn.positional import rope
 from .nn.recurrent import gru_cell, lstm_cell, rnn_cell
@@ -74,8 +82,9 @@ __version__ = "0.1.0"
 __all__ = [
     "concat_channels", "flatten", "spatial_dropout", "squeeze_excitation", "upsample_bilinear", "upsample_nearest",
     "batch_norm", "batch_norm_apply", "batch_norm_eval", "batch_norm_init", "group_norm", "instance_norm",
-    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "avg_pool1d", "avg_pool2d", "global_avg_pool", "global_max_pool",
-    "max_pool1d", "max_pool2d",
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
+    "adaptive_max_pool2d", "adaptive_max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "global_avg_pool",
+    "global_max_pool", "max_pool1d", "max_pool2d", "max_pool3d",
     "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
     "REGISTRY", "Example", "Primitive", "autodiff", "get", "primitive", "registered", "use_reference",
     "activations", "init", "linear", "losses", "xla", "dense", "dropout", "cross_entropy", "softmax_cross_entropy",

@@ -19,7 +19,8 @@ SECOND_ORDER = 1    # the hvp check on the first configuration here (funcdl grad
 HEAVY = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
          "dot_product_attention", "flash_attention", "packed_causal_attention", "causal_self_attention", "max_pool1d",
          "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "rnn", "lstm", "gru", "lstm_cell", "gru_cell", "embedding",
-         "softmax_cross_entropy", "softmax_cross_entropy_with_probs", "multi_margin_loss", "group_norm", "layer_norm"}
+         "softmax_cross_entropy", "softmax_cross_entropy_with_probs", "multi_margin_loss", "group_norm", "layer_norm",
+         "max_pool3d", "adaptive_max_pool3d"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n
