@@ -13,6 +13,8 @@ from funcdl.core import gradcheck as gc
 
 FUZZ = 1            # configurations drawn from each primitive's space (fixed seed) on top of its hand-picked examples
 SECOND_ORDER = 1    # the hvp check on the first configuration here (funcdl gradcheck checks every one)
+EXTRAS = 2          # the float32 VJP and vmap on the first two configurations here (funcdl gradcheck: every one);
+                    # the float64 VJP, finite differences and jit run on every configuration and every draw
 
 
 # the primitives whose checks compile for more than ~10 s: slow (the quick subset -m "not slow" skips them)
@@ -26,7 +28,7 @@ HEAVY = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n
                                   for n in fd.registered()])
 def test_primitive_gradients(name):
-    rows = gc.check_primitive(name, fuzz=FUZZ, second_order=SECOND_ORDER)
+    rows = gc.check_primitive(name, fuzz=FUZZ, second_order=SECOND_ORDER, extras=EXTRAS)
     checks = {r.check for r in rows}
     assert {"vjp", "fd", "jit", "vmap", "hvp"} <= checks, f"{name}: some checks did not run ({checks})"
     assert {r.dtype for r in rows if r.check == "vjp"} == {"float64", "float32"}

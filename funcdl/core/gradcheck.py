@@ -370,10 +370,12 @@ def fuzz_examples(prim: Primitive, n: int, *, seed: int = 0, dtype=jnp.float64) 
 
 
 def check_primitive(name: str | Primitive, *, seed: int = 0, fuzz: int = 0, second_order: int | None = None,
-                    **kw) -> list[Row]:
+                    extras: int | None = None, **kw) -> list[Row]:
     """All checks for every example configuration of one primitive, plus ``fuzz`` configurations drawn from
     its ``space`` (when it declares one). ``second_order=k`` runs the (costly) hvp check on the first k
-    configurations only (the test suite's budget); None runs it on all of them."""
+    configurations only, ``extras=k`` the float32 VJP and the vmap check on the first k (each is one more
+    compiled program per configuration: the test suite's budget); None runs them on all. The float64 VJP,
+    finite differences and jit run on every configuration whatever these say."""
     prim = name if isinstance(name, Primitive) else REGISTRY[name]
     key = jax.random.PRNGKey(seed)
     k1, k2, k3 = jax.random.split(key, 3)
@@ -388,7 +390,12 @@ def check_primitive(name: str | Primitive, *, seed: int = 0, fuzz: int = 0, seco
         checks = kw.pop("checks", CHECKS)
         for j, (ex, ex2) in enumerate(zip(exs, exs2, strict=True)):
             these = checks if second_order is None or j < second_order else tuple(c for c in checks if c != "hvp")
-            rows += check_example(prim, ex, jax.random.fold_in(k3, j), ex2=ex2, checks=these, **kw)
+            if extras is not None and j >= extras:
+                these = tuple(c for c in these if c != "vmap")
+                kw_j = {**kw, "dtypes": ("float64",)}
+            else:
+                kw_j = kw
+            rows += check_example(prim, ex, jax.random.fold_in(k3, j), ex2=ex2, checks=these, **kw_j)
     return rows
 
 
