@@ -12,8 +12,10 @@ import funcdl as fd
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: fd.sigmoid(jnp.arange(3, dtype=jnp.int32)), "sigmoid: input 'x' has dtype int32; it must be floating"),
-    (lambda: fd.max_pool2d(jnp.ones((1, 4, 4, 1), jnp.int32), kernel=2), "max_pool2d: input 'x' has dtype int32"),
+    (lambda: fd.sigmoid(jnp.arange(3, dtype=jnp.int32)),
+     "sigmoid: input 'x' must be a floating-point array, got dtype int32"),
+    (lambda: fd.max_pool2d(jnp.ones((1, 4, 4, 1), jnp.int32), kernel=2),
+     "max_pool2d: input 'x' must be a floating-point array, got dtype int32"),
     (lambda: fd.dense([[1.0, 2.0]], jnp.ones((2, 3))), "dense: input 'x' is a Python list; pass an array"),
     (lambda: fd.relu(True), "relu: input 'x' is the Python bool True"),
 ])

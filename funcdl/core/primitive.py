@@ -121,8 +121,8 @@ def _check_input_kind(name: str, input_name: str, value: Any) -> None:
                             f"pass a float ({float(value)!r}) or a float array")
         return
     if not jnp.issubdtype(dtype, jnp.inexact):
-        raise TypeError(f"{name}: input {input_name!r} has dtype {dtype}; it must be floating (gradients are "
-                        f"defined for real values): pass {input_name}.astype(jnp.float32)")
+        raise TypeError(f"{name}: input {input_name!r} must be a floating-point array, got dtype {dtype} "
+                        f"(gradients are defined for real values); pass {input_name}.astype(jnp.float32)")
 
 
 # name -> Primitive; every check reads this one dictionary.
