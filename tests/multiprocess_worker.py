@@ -1,6 +1,8 @@
 """One process of a two-process data-parallel run on 127.0.0.1 (tests/test_multiprocess.py starts two of these,
 or one with --single for the reference): ``python multiprocess_worker.py PORT PROCESS_ID OUT_DIR [STOP_AFTER]``,
-``--resume`` to continue the run in OUT_DIR. Trains the MLP of tests/test_train.py on the blobs data."""
+``--resume`` to continue the run in OUT_DIR, ``--stream DIR`` to read the blobs from the memory maps that
+``funcdl.data.stream.prepare`` wrote in DIR (each process then reads only its devices' rows of every batch).
+Trains the MLP of tests/test_train.py on the blobs data."""
 
 import os
 import sys
@@ -22,7 +24,15 @@ def main(argv):
 
     config = TrainConfig(steps=24, batch_size=32, optimizer="adam", lr=1e-2, progress=False, plots=False,
                          stop_after=stop_after, shard="optimizer" if pid >= 0 else "none")
-    r = train(mlp_task(hidden=(16,)), blobs(n=400), config, out, resume=resume)
+    data = blobs(n=400)
+    if "--stream" in argv:
+        from funcdl.data.stream import load_prepared
+        from funcdl.training.parallel import make_parallel
+
+        data = load_prepared(argv[argv.index("--stream") + 1])
+        rows = make_parallel(None, config.shard).local_rows(config.batch_size)
+        print("rows", rows.start, rows.stop, flush=True)
+    r = train(mlp_task(hidden=(16,)), data, config, out, resume=resume)
     print("steps", r.summary["steps"], flush=True)
 
 

@@ -32,6 +32,7 @@ evaluation), ``summary.json``, ``checkpoint.npz`` (``best.npz`` with early stopp
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any
 
@@ -173,7 +174,8 @@ def make_runner(train_step, geo: Geometry, config: TrainConfig, data_key, step_k
         return train_step(params, opt_state, state, batch, jax.random.fold_in(step_key, s))
 
     if stream is not None:
-        batch_shape = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), stream.batches(0, 1))
+        # (the global batch: in several processes the plan reads this process's rows only)
+        batch_shape = jax.tree.map(lambda x: jax.ShapeDtypeStruct((B, *x.shape[2:]), x.dtype), stream.batches(0, 1))
     elif geo.windowed:
         batch_shape = jax.eval_shape(lambda a: window_batch(a["tokens"], 0), probe[-1])
     else:
@@ -273,10 +275,13 @@ def _train(task, data, config, rundir, resume, run_info) -> TrainResult:
         if is_writer():
             _report_layout(parallel, params, opt_state, layouts)
     if data.streaming:      # the data stay on disk: chunks read on the host (training.streaming)
-        dev_train, batch_put = data.splits["train"], put if parallel is None else parallel.put_batches
+        dev_train, rows, batch_put = data.splits["train"], None, put
+        if parallel is not None:    # each process reads only its devices' rows of every batch
+            rows = parallel.local_rows(geo.batch_size)
+            batch_put = functools.partial(parallel.put_local_batches, batch_size=geo.batch_size)
         runner, use_scan, options = make_runner(train_step, geo, config, data_key, step_key, data.size("train"),
                                                 (params, opt_state, state, None), config.scan,
-                                                StreamPlan(geo, config, data_key, dev_train), batch_put)
+                                                StreamPlan(geo, config, data_key, dev_train, rows), batch_put)
     else:
         dev_train = put(data.splits["train"])
         runner, use_scan, options = make_runner(train_step, geo, config, data_key, step_key, data.size("train"),

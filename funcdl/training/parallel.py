@@ -83,6 +83,29 @@ class Parallel:
         return jax.tree.map(lambda x: jax.make_array_from_callback(x.shape, sharding, lambda idx, x=x: x[idx]),
                             tree)
 
+    def local_rows(self, batch_size: int) -> slice:
+        """The rows of a global batch that this process's devices hold (all of them in one process): a streamed
+        data set reads only these from disk. The mesh lists each process's devices together, so they are one
+        contiguous range."""
+        if jax.process_count() == 1:
+            return slice(0, batch_size)
+        index = NamedSharding(self.mesh, P("data")).addressable_devices_indices_map((batch_size,))
+        starts = sorted({(i[0].start or 0, i[0].stop or batch_size) for i in index.values()})
+        lo, hi = starts[0][0], starts[-1][1]
+        if sum(b - a for a, b in starts) != hi - lo:
+            raise ValueError(f"process {jax.process_index()}: its devices hold rows {starts} of the batch, not one "
+                             "contiguous range; build the mesh with each process's devices together")
+        return slice(lo, hi)
+
+    def put_local_batches(self, tree, batch_size: int):
+        """Stacked batches (steps, rows, ...) holding only this process's rows (``local_rows``) onto the mesh as
+        global arrays of ``batch_size`` rows: no process reads or sends the others' rows."""
+        sharding = NamedSharding(self.mesh, P(None, "data"))
+        if jax.process_count() == 1:
+            return jax.device_put(tree, sharding)
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+            sharding, np.asarray(x), (x.shape[0], batch_size, *x.shape[2:])), tree)
+
     def put(self, tree, shardings):
         """Place host or device arrays on the mesh (in several processes, each gives the whole value)."""
         def one(x, s):

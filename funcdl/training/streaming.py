@@ -30,8 +30,10 @@ def _host(x):
 class StreamPlan:
     """The host side: which rows each step reads, and reading them."""
 
-    def __init__(self, geo, config, data_key, arrays: dict):
+    def __init__(self, geo, config, data_key, arrays: dict, rows: slice | None = None):
+        # rows: the part of each global batch this process reads (``Parallel.local_rows``; all of it by default)
         self.geo, self.config, self.arrays = geo, config, arrays
+        self.rows = slice(None) if rows is None else rows
         B, T = geo.batch_size, config.seq_len
         if geo.windowed:
             n = arrays["tokens"].shape[0]
@@ -53,13 +55,13 @@ class StreamPlan:
                 starts = np.arange(geo.batch_size)[None] * self.per_stream + (steps[:, None] % windows) * T
             else:
                 starts = np.asarray(self._starts(jnp.asarray(steps)))
-            idx = starts[..., None] + np.arange(T)
+            idx = starts[:, self.rows, None] + np.arange(T)
             tokens = self.arrays["tokens"]
             return {"x": _host(tokens[idx]), "y": _host(tokens[idx + 1])}
         epoch = a // geo.steps_per_epoch
         if self._epoch[0] != epoch:
             self._epoch = (epoch, np.asarray(self._order(epoch)))
-        rows = self._epoch[1][steps - epoch * geo.epoch_len]                # (b - a, B)
+        rows = self._epoch[1][steps - epoch * geo.epoch_len][:, self.rows]  # (b - a, this process's rows)
         return {k: _host(v[rows.reshape(-1)]).reshape(*rows.shape, *v.shape[1:]) for k, v in self.arrays.items()}
 
 
