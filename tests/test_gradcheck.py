@@ -13,8 +13,9 @@ from funcdl.core import gradcheck as gc
 
 FUZZ = 1            # configurations drawn from each primitive's space (fixed seed) on top of its hand-picked examples
 SECOND_ORDER = 1    # the hvp check on the first configuration here (funcdl gradcheck checks every one)
-EXTRAS = 2          # the float32 VJP and vmap on the first two configurations here (funcdl gradcheck: every one);
-                    # the float64 VJP, finite differences and jit run on every configuration and every draw
+EXTRAS = 2          # the float32 VJP, vmap and jit (against an eager run) on the first two configurations here
+                    # (funcdl gradcheck: every one); the float64 VJP and finite differences run on every
+                    # configuration and every draw
 
 
 # the primitives whose checks compile for more than ~10 s: slow (the quick subset -m "not slow" skips them)

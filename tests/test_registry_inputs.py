@@ -4,7 +4,6 @@ The registry keeps to ``DISCRETE_INPUTS`` by construction: the checker calls eve
 drawn configurations through the same input check, so an example with an integer where a float belongs fails
 ``tests/test_gradcheck.py``."""
 
-import jax
 import jax.numpy as jnp
 import pytest
 

@@ -373,9 +373,10 @@ def check_primitive(name: str | Primitive, *, seed: int = 0, fuzz: int = 0, seco
                     extras: int | None = None, **kw) -> list[Row]:
     """All checks for every example configuration of one primitive, plus ``fuzz`` configurations drawn from
     its ``space`` (when it declares one). ``second_order=k`` runs the (costly) hvp check on the first k
-    configurations only, ``extras=k`` the float32 VJP and the vmap check on the first k (each is one more
-    compiled program per configuration: the test suite's budget); None runs them on all. The float64 VJP,
-    finite differences and jit run on every configuration whatever these say."""
+    configurations only, ``extras=k`` the float32 VJP, the vmap and the jit check on the first k (two more
+    compiled programs per configuration, and the jit check's eager run compiles every operation on its own:
+    the test suite's budget); None runs them on all. The float64 VJP and finite differences run on every
+    configuration whatever these say."""
     prim = name if isinstance(name, Primitive) else REGISTRY[name]
     key = jax.random.PRNGKey(seed)
     k1, k2, k3 = jax.random.split(key, 3)
@@ -391,7 +392,7 @@ def check_primitive(name: str | Primitive, *, seed: int = 0, fuzz: int = 0, seco
         for j, (ex, ex2) in enumerate(zip(exs, exs2, strict=True)):
             these = checks if second_order is None or j < second_order else tuple(c for c in checks if c != "hvp")
             if extras is not None and j >= extras:
-                these = tuple(c for c in these if c != "vmap")
+                these = tuple(c for c in these if c not in ("vmap", "jit"))
                 kw_j = {**kw, "dtypes": ("float64",)}
             else:
                 kw_j = kw

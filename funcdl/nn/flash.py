@@ -37,8 +37,8 @@ import jax.numpy as jnp
 
 from ..core.examples import Example, keys, normal
 from ..core.primitive import primitive
-from ._space import arr, integer, num, pick
 from ._scores import broadcasts_to, score_scale
+from ._space import arr, integer, num, pick
 from .attention import _dot_product_attention
 
 __all__ = ["flash_attention"]

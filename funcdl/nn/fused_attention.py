@@ -15,10 +15,10 @@ import jax.numpy as jnp
 
 from ..core.examples import Example, keys, normal
 from ..core.primitive import primitive
-from ._space import arr, integer, key, num, pick
 from ._dropout import check_rate, drop
 from ._matmul import check_compute_dtype, contract, mat, sum_rows, t_mat
 from ._scores import causal_mask, score_scale
+from ._space import arr, integer, key, num, pick
 
 __all__ = ["packed_causal_attention", "causal_self_attention"]
 
