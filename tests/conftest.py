@@ -40,3 +40,15 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"no local data folder at {SHARED_DATA}")
     return SHARED_DATA
+
+
+# The longest tests first: pytest-xdist hands tests out in collection order, so a long test collected last would
+# run alone at the end while the other worker idles. Within each group the order is unchanged.
+FIRST = ("test_parallel.py", "test_multiprocess.py", "test_notebooks.py::test_notebook_runs")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        return next((i for i, prefix in enumerate(FIRST) if item.nodeid.split("/")[-1].startswith(prefix)),
+                    len(FIRST) + (0 if item.get_closest_marker("slow") else 1))
+    items.sort(key=rank)
