@@ -10,7 +10,7 @@ import pytest
 import funcdl as fd
 from funcdl.core import gradcheck as gc
 
-DRAWS = 40      # draws per space in the coverage test (host-side only: nothing is compiled)
+DRAWS = 25      # draws per space in the coverage test (host-side only: nothing is compiled)
 
 
 def _elu_by_output(x, *, alpha=1.0):

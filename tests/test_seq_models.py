@@ -168,7 +168,7 @@ def test_vanishing_gradient_plot(tmp_path):
     assert lstm_fb[0] > 1e3 * tanh[0]                 # the open forget gate keeps a path
     big, w_norm = state_gradient_norms("rnn_relu", steps=30, hidden=16, batch=4, w_hh_scale=2.0)
     assert big[0] > big[-1] and w_norm > 1.0 and clip_factor(w_norm, 1.0) == pytest.approx(1.0 / w_norm)
-    out = plot_vanishing_gradients(tmp_path / "v.png", steps=20, hidden=8)
+    out = plot_vanishing_gradients(tmp_path / "v.png", steps=8, hidden=4)
     assert out["path"].stat().st_size > 10_000
 
 
