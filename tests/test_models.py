@@ -20,6 +20,8 @@ from funcdl.models import MODELS, get_model
 import funcdl as fd
 from funcdl.training.task import DataInfo
 
+pytestmark = pytest.mark.slow          # compiles every configuration (CI runs it; the quick subset skips it)
+
 BATCH = 4
 STEPS = 8
 TOL = 1e-8          # float64: the rules are exact formulas, so hand and autodiff agree to rounding

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from funcdl.models import rnn as R
 
+pytestmark = pytest.mark.slow          # compiles every configuration (CI runs it; the quick subset skips it)
+
 torch = pytest.importorskip("torch")
 
 TOL = dict(rtol=1e-9, atol=1e-11)
