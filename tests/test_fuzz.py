@@ -78,6 +78,7 @@ def test_which_primitives_have_no_space():
     assert set(fd.registered()) - set(WITH_SPACE) == NO_SPACE
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", WITH_SPACE)
 def test_space_covers_every_setting(name):
     """Each keyword setting the primitive takes appears in some draw, with more than one value when it can

@@ -18,6 +18,8 @@ from funcdl.data import synthetic
 from funcdl.data.base import sequential_windows
 from funcdl.training.task import DataInfo
 
+pytestmark = pytest.mark.slow          # compiles many configurations (CI runs it; the quick subset skips it)
+
 
 def _hand_vs_autodiff(loss, params, *args):
     """Whole-model gradient with the hand-derived rules vs pure autodiff, each jitted (two functions, two

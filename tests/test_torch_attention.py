@@ -10,6 +10,8 @@ import pytest
 import funcdl as fd
 from funcdl.nn import attention as A
 
+pytestmark = pytest.mark.slow          # compiles many configurations (CI runs it; the quick subset skips it)
+
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 

@@ -10,6 +10,8 @@ import funcdl as fd
 from funcdl.core import gradcheck as gc
 from funcdl.nn.conv import normalize_padding
 
+pytestmark = pytest.mark.slow          # compiles many configurations (CI runs it; the quick subset skips it)
+
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 

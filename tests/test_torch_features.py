@@ -13,6 +13,8 @@ import funcdl as fd
 from funcdl.core import gradcheck as gc
 from funcdl.nn.embedding import renormalized_table
 
+pytestmark = pytest.mark.slow          # compiles many configurations (CI runs it; the quick subset skips it)
+
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 

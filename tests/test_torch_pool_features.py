@@ -9,6 +9,8 @@ import pytest
 
 import funcdl as fd
 
+pytestmark = pytest.mark.slow          # compiles many configurations (CI runs it; the quick subset skips it)
+
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
