@@ -96,6 +96,19 @@ def _cases(n):
 # -- adaptive average pooling ------------------------------------------------------------------------------------
 
 
+def _separable_windows(x, size, reduce):
+    """Reduce torch's adaptive windows one spatial axis at a time (a box mean or max is separable):
+    ``reduce(gathered, inside, axis)`` over the window axis, ``inside`` marking the real (not padded) taps."""
+    n = len(size)
+    y = x
+    for a in range(n):
+        pos, real = _window_table(x.shape[1 + a], size[a])
+        g = _gather_windows(y, 1 + a, pos)
+        inside = jnp.asarray(real).reshape(*real.shape, *([1] * (n - a)))
+        y = reduce(g, inside, 2 + a).astype(x.dtype)
+    return y
+
+
 def _make_adaptive_avg_pool(name, n):
     letters = "hwd"[:n]
     outs = "pqr"[:n]          # not n or c: those are the batch and channel axes of the einsum
@@ -109,14 +122,8 @@ def _make_adaptive_avg_pool(name, n):
         linear, dx = A_1^T dy A_2: the transposes of the same matrices. Residual: x's shape.
         (The reference takes the window means one axis at a time, a box mean being separable.)
         """
-        size = as_tuple(name, output_size, n, "output_size", positive=True)
-        y = x
-        for a in range(n):
-            pos, real = _window_table(x.shape[1 + a], size[a])
-            g = _gather_windows(y, 1 + a, pos)
-            inside = jnp.asarray(real).reshape(*real.shape, *([1] * (n - a)))
-            y = jnp.sum(jnp.where(inside, g, 0), axis=2 + a) / jnp.sum(inside, axis=1).astype(x.dtype)
-        return y
+        mean = lambda g, inside, axis: jnp.sum(jnp.where(inside, g, 0), axis=axis) / jnp.sum(inside, axis=1)  # noqa: E731
+        return _separable_windows(x, as_tuple(name, output_size, n, "output_size", positive=True), mean)
 
     def matrices(spatial, size, dtype):
         return [adaptive_matrix(length, p, dtype) for length, p in zip(spatial, size, strict=True)]
@@ -183,14 +190,8 @@ def _make_adaptive_max_pool(name, n):
         row-major order (torch's CPU tie rule); windows overlap when P > L, so one p may collect several dy[o].
         Residual: argmax(o) per output, a flat index into the spatial positions (a small integer array), not x.
         """
-        size = as_tuple(name, output_size, n, "output_size", positive=True)
-        y = x
-        for a in range(n):
-            pos, real = _window_table(x.shape[1 + a], size[a])
-            g = _gather_windows(y, 1 + a, pos)
-            inside = jnp.asarray(real).reshape(*real.shape, *([1] * (n - a)))
-            y = jnp.max(jnp.where(inside, g, -jnp.inf), axis=2 + a)
-        return y
+        top = lambda g, inside, axis: jnp.max(jnp.where(inside, g, -jnp.inf), axis=axis)  # noqa: E731
+        return _separable_windows(x, as_tuple(name, output_size, n, "output_size", positive=True), top)
 
     def _adaptive_max_pool_fwd(x, *, output_size):
         # the primal with its argmax (the tie rule), which the backward scatters dy to; the windows are one
