@@ -321,6 +321,10 @@ def _train(task, data, config, rundir, resume, run_info) -> TrainResult:
             summary |= {f"test_{k}": round(v, 6) for k, v in test.items()}
     if run.history:
         summary["train_loss"] = round([r for r in run.history if r["split"] == "train"][-1]["loss"], 6)
+    report = (task.extras or {}).get("report")
+    if report is not None and run.stop_reason != "diverged" and is_writer():
+        # the model's own end-of-run figures and pictures (a generative model's sample metrics)
+        summary |= report(final_params, run.state, run.opt_state, data, rundir.path)
     rundir.finish(summary, config.plots and bool(run.history))
     if run.error:
         print(run.error)

@@ -20,6 +20,13 @@ optimizer (None: the one the training options build) and an optional EMA of its 
 with ``optim.ema_of``). One training step updates the players in order; ``Task.loss`` is still what evaluation
 reports. One checkpoint holds every group and every optimizer state.
 
+``Task.extras`` may name entry points the commands use: ``generate`` (a language model's sampler);
+``sample_images(params, key, n, *, labels=None)`` (an image model's samples, NHWC floats in [0, 1]; ``labels``
+for a class-conditional one), which ``funcdl sample RUN --grid 8x8`` draws; ``sampling_params(params,
+opt_state)`` (the weights to sample with, e.g. a generator's EMA copy); and ``report(params, state, opt_state,
+data, out_dir) -> dict``, called once at the end of a run: its figures (a VAE's test negative ELBO, a GAN's
+Fréchet distance) go into ``summary.json`` and its pictures into the run directory (``out_dir`` may be None).
+
 ``DataInfo`` is what a data set tells a model builder: the shape of one input, the number of classes or
 the vocabulary size.
 """
