@@ -44,6 +44,7 @@ from .nn.dropout import dropout
 from .nn.embedding import embedding
 from .nn.feedforward import gelu_mlp, swiglu, tied_softmax_cross_entropy
 from .nn.flash import flash_attention
+from .nn.latent import bernoulli_log_likelihood, gaussian_nll_loss, kl_normal, kl_normal_normal, reparameterize
 from .nn.layernorm import layer_norm, rms_norm
 from .nn.linear import dense
 from .nn.lora import lora_dense, lora_weight
@@ -95,5 +96,6 @@ __all__ = [
     "gelu_mlp", "swiglu", "tied_softmax_cross_entropy", "flash_attention", "rope", "lora_dense", "lora_weight",
     "elu", "gelu", "get_activation", "hard_sigmoid", "hard_tanh", "identity", "leaky_relu", "log_softmax",
     "mish", "relu", "selu", "sigmoid", "silu", "softmax", "softplus", "swish", "tanh",
+    "reparameterize", "kl_normal", "kl_normal_normal", "gaussian_nll_loss", "bernoulli_log_likelihood",
 ]
 del _dropout_module
