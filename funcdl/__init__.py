@@ -52,6 +52,9 @@ from .nn.losses import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
     cross_entropy,
+    gan_d_loss,
+    gan_g_loss,
+    gradient_penalty,
     huber_loss,
     kl_div,
     l1_loss,
@@ -97,5 +100,6 @@ __all__ = [
     "elu", "gelu", "get_activation", "hard_sigmoid", "hard_tanh", "identity", "leaky_relu", "log_softmax",
     "mish", "relu", "selu", "sigmoid", "silu", "softmax", "softplus", "swish", "tanh",
     "reparameterize", "kl_normal", "kl_normal_normal", "gaussian_nll_loss", "bernoulli_log_likelihood",
+    "gan_d_loss", "gan_g_loss", "gradient_penalty",
 ]
 del _dropout_module

@@ -1,7 +1,8 @@
 """Loss functions with hand-derived gradients, following ``torch.nn.functional``'s definitions.
 
 The package holds ``classification`` (cross-entropy against labels or probabilities, NLL, multiclass hinge),
-``regression`` (MSE, L1, Huber, smooth L1) and ``probabilistic`` (binary cross-entropies, KL divergence), with
+``regression`` (MSE, L1, Huber, smooth L1), ``probabilistic`` (binary cross-entropies, KL divergence) and ``gan``
+(the discriminator's and generator's losses of five GAN formulations, the WGAN-GP gradient penalty), with
 the reductions, checks and log-softmax they share in ``_common``; every name is re-exported here.
 
 Reductions follow torch: ``"mean"`` (default), ``"sum"`` or ``"none"`` (one value per element or example);
@@ -29,11 +30,13 @@ from .classification import (
     softmax_cross_entropy,
     softmax_cross_entropy_with_probs,
 )
+from .gan import GAN_KINDS, gan_d_loss, gan_g_loss, gradient_penalty
 from .probabilistic import binary_cross_entropy, binary_cross_entropy_with_logits, kl_div
 from .regression import huber_loss, l1_loss, mse_loss, smooth_l1_loss
 
 __all__ = [
     "softmax_cross_entropy", "cross_entropy", "softmax_cross_entropy_with_probs", "nll_loss", "mse_loss",
     "l1_loss", "huber_loss", "smooth_l1_loss", "binary_cross_entropy_with_logits", "binary_cross_entropy",
-    "kl_div", "multi_margin_loss", "REDUCTIONS", "KL_REDUCTIONS",
+    "kl_div", "multi_margin_loss", "REDUCTIONS", "KL_REDUCTIONS", "gan_d_loss", "gan_g_loss", "gradient_penalty",
+    "GAN_KINDS",
 ]
