@@ -79,6 +79,7 @@ from .nn.pool import (
 from .nn.positional import rope
 from .nn.recurrent import gru_cell, lstm_cell, rnn_cell
 from .nn.spatial import concat_channels, flatten, spatial_dropout, squeeze_excitation
+from .nn.spectral import spectral_norm
 from .nn.style import minibatch_stddev, modulated_conv2d
 from .nn.upsample import upsample_bilinear, upsample_nearest
 
@@ -102,5 +103,6 @@ __all__ = [
     "mish", "relu", "selu", "sigmoid", "silu", "softmax", "softplus", "swish", "tanh",
     "reparameterize", "kl_normal", "kl_normal_normal", "gaussian_nll_loss", "bernoulli_log_likelihood",
     "gan_d_loss", "gan_g_loss", "gradient_penalty", "modulated_conv2d", "minibatch_stddev",
+    "spectral_norm",
 ]
 del _dropout_module
