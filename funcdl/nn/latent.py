@@ -48,6 +48,10 @@ def _reparameterize_check(mu, logvar, eps):
         need_float(name, what, v)
     same_shape(name, mu, logvar, ("mu", "logvar"))
     same_shape(name, mu, eps, ("mu", "eps (the standard normal noise)"))
+    dtypes = [jnp.result_type(v) for v in (mu, logvar, eps)]
+    if len(set(dtypes)) > 1:
+        raise ValueError(f"{name}: mu, logvar and eps must share a dtype, got {', '.join(map(str, dtypes))}; "
+                         "draw the noise as jax.random.normal(key, mu.shape, mu.dtype)")
 
 
 def _reparameterize(mu, logvar, eps):
