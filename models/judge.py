@@ -199,6 +199,8 @@ def _mnist01(data_dir=None, data: Dataset | None = None) -> Dataset:
     whole = data is not None and data.name == "mnist" and sum(len(p["y"]) for p in parts) == 60000 \
         and data.num_classes == 10 and len(data.splits.get("test", {}).get("y", ())) == 10000
     if not whole:           # no data given, or another data set, or a subset of MNIST's classes or labels
+        if data_dir is None and data is not None:       # the MNIST files the run's data came from
+            data_dir = (data.extras or {}).get("data_dir")
         data = fdata.load("mnist", data_dir=data_dir, val_fraction=0.0)
         parts = [data.splits["train"]]
     train_x = np.concatenate([pixels01(p["x"], data) for p in parts])

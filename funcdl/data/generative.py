@@ -55,7 +55,7 @@ def load_binarized_mnist(data_dir=None, val_fraction: float = 1 / 12, seed: int 
     splits = {"train": train, "test": arrays["test"]} | ({"val": val} if val is not None else {})
     return Dataset("binarized_mnist", splits, "classification", num_classes=10,
                    extras={"normalization": {"mean": 0.0, "std": 1.0}, "classes": tuple(map(str, range(10))),
-                           "binarize_seed": seed})
+                           "binarize_seed": seed, "data_dir": data_dir})
 
 
 def _register() -> None:

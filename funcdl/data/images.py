@@ -93,7 +93,7 @@ def _idx_set(name, files, url, decompressed, data_dir, val_fraction, classes):
             raise ValueError(f"{name}: {split} has {len(x)} images but {len(y)} labels")
     splits, stats = _image_splits(x_train, y_train, x_test, y_test, val_fraction)
     return Dataset(name, splits, "classification", num_classes=10,
-                   extras={"normalization": stats, "classes": classes})
+                   extras={"normalization": stats, "classes": classes, "data_dir": data_dir})
 
 
 def load_mnist(data_dir=None, val_fraction: float = 1 / 12, **_) -> Dataset:
