@@ -97,8 +97,8 @@ def test_grid_of_an_unconditional_model(painter, tmp_path, capsys):
     arrays, _ = checkpoint.load_arrays(run / "checkpoint.npz")
     raw = arrays["params/['gen']['w']"]
     assert SEEN[-1].shape == raw.shape and not np.allclose(SEEN[-1], raw)
-    # the default output is samples.png in the run directory, 8x8
-    assert main(["sample", str(run)]) == 0 and (run / "samples.png").is_file()
+    # the default output is grid.png in the run directory (the run's samples.png is kept), 8x8
+    assert main(["sample", str(run)]) == 0 and (run / "grid.png").is_file()
 
     assert main(["sample", str(run), "--class", "3", "--out", str(png)]) == 2
     assert "is unconditional" in capsys.readouterr().err

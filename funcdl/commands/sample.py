@@ -29,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context per token (no KV cache)")
     p.add_argument("--data-dir", help="folder with the data set's files (default: the one the run used)")
     p.add_argument("--grid", help="image models: ROWSxCOLS samples in one PNG (default 8x8)")
-    p.add_argument("--out", help="image models: the PNG to write (default: samples.png in the run directory)")
+    p.add_argument("--out", help="image models: the PNG to write (default: grid.png in the run directory)")
     p.add_argument("--class", dest="class_", metavar="K", help="image models: the class a class-conditional model "
                    "draws (0-9 on MNIST)")
     p.set_defaults(func=run)
@@ -227,7 +227,7 @@ def _run_images(args, loaded: dict) -> int:
     n = rows * cols
     labels = None if label is None else jnp.full((n,), label, jnp.int32)
     images = np.asarray(sample(params, jax.random.PRNGKey(args.seed), n, labels=labels))
-    out = Path(args.out) if args.out else _locate(args.checkpoint)[0].parent / "samples.png"
+    out = Path(args.out) if args.out else _locate(args.checkpoint)[0].parent / "grid.png"
     title = f"{model}: {n} samples, seed {args.seed}" + ("" if label is None else f", class {label}")
     path = image_grid(images, rows, cols, out, title=title)
     print(f"wrote {path} ({rows}x{cols} samples{'' if label is None else f' of class {label}'})")
