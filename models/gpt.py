@@ -46,10 +46,11 @@ from funcdl.training.task import DataInfo
 from .layers import sample_logits
 from .registry import as_task, register, split_options
 
-__all__ = ["Config", "KIND", "init", "apply", "loss", "hidden", "extras", "generate", "generate_recompute",
-           "init_cache", "sample_logits", "count_params", "PRESETS"]
+__all__ = ["Config", "KIND", "ACTIVATIONS", "init", "apply", "loss", "hidden", "hidden_states", "extras", "generate",
+           "generate_recompute", "init_cache", "sample_logits", "count_params", "PRESETS"]
 
 KIND = "language"
+ACTIVATIONS = ("gelu", "gelu_tanh")     # the GELU of the MLP: exact (erf) or torch's approximate="tanh"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,9 @@ class Config:
     n_embd: int = 128
     dropout: float = 0.0           # on the embeddings, the attention weights and each residual branch
     bias: bool = False             # biases in dense layers and layer norms (nanoGPT's bias=False drops both)
+    activation: str = "gelu"       # the MLP's GELU: "gelu" (erf, exact) or "gelu_tanh" (GPT-2's tanh form)
+    norm_eps: float = 1e-5         # the layer norms' epsilon
+    d_ff: int | None = None        # the MLP's hidden width (None: 4 n_embd)
     fused: bool = True             # use the fused transformer primitives (fast path); False: one primitive per op
     compute_dtype: str | None = None   # "bfloat16": matrix products on bf16 operands, f32 accumulation (fused path)
     remat: bool = False            # recompute each block's forward in the backward (jax.checkpoint)
@@ -70,6 +74,12 @@ class Config:
                                    # the other in a lax.scan (28.4 ms)
 
     def __post_init__(self):
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"gpt.Config: activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"gpt.Config: norm_eps must be positive, got {self.norm_eps}")
+        if self.d_ff is not None and self.d_ff <= 0:
+            raise ValueError(f"gpt.Config: d_ff must be positive (or None for 4 n_embd), got {self.d_ff}")
         if self.chunk_mode not in ("unrolled", "scan"):
             raise ValueError(f"gpt.Config: chunk_mode must be 'unrolled' or 'scan', got {self.chunk_mode!r}")
         if self.n_embd % self.n_head:
@@ -83,6 +93,7 @@ class Config:
 
 def init(key, config: Config):
     d, v, L = config.n_embd, config.vocab_size, config.n_layer
+    f = config.d_ff or 4 * d
     std, proj_std = 0.02, 0.02 / math.sqrt(2 * L)
     keys = jax.random.split(key, 2 + 4 * L)
 
@@ -105,7 +116,7 @@ def init(key, config: Config):
             "ln_1": norm(),
             "attn": {"qkv": lin(k[0], d, 3 * d, std), "proj": lin(k[1], d, d, proj_std)},
             "ln_2": norm(),
-            "mlp": {"fc": lin(k[2], d, 4 * d, std), "proj": lin(k[3], 4 * d, d, proj_std)},
+            "mlp": {"fc": lin(k[2], d, f, std), "proj": lin(k[3], f, d, proj_std)},
         })
     return {
         "wte": std * jax.random.normal(keys[0], (v, d)),
@@ -132,8 +143,8 @@ def _check_tokens(tokens, config: Config, start: int = 0):
         )
 
 
-def _ln(p, x):
-    return fd.layer_norm(x, p["w"], p.get("b"))
+def _ln(p, x, config: Config):
+    return fd.layer_norm(x, p["w"], p.get("b"), eps=config.norm_eps)
 
 
 def _dense(p, x):
@@ -180,11 +191,12 @@ def _attention(p, x, config: Config, key, train, cache=None, start=0):
 
 
 def _mlp(p, x, config, key, train):
+    tanh = config.activation == "gelu_tanh"
     if config.fused:
-        y = ff.gelu_mlp(x, p["fc"]["w"], p["fc"].get("b"), p["proj"]["w"], p["proj"].get("b"),
+        y = ff.gelu_mlp(x, p["fc"]["w"], p["fc"].get("b"), p["proj"]["w"], p["proj"].get("b"), approximate=tanh,
                         compute_dtype=config.compute_dtype)
     else:
-        y = _dense(p["proj"], fd.gelu(_dense(p["fc"], x)))
+        y = _dense(p["proj"], fd.gelu(_dense(p["fc"], x), approximate=tanh))
     return _drop(y, key, config.dropout, train)
 
 
@@ -197,17 +209,34 @@ def hidden(params, tokens, config: Config, *, key=None, train: bool = False, cac
     new_cache = []
 
     def block(blk, x, k_attn, k_mlp, c):
-        a, c = _attention(blk["attn"], _ln(blk["ln_1"], x), config, k_attn, train, c, start)
-        x = x + a
-        return x + _mlp(blk["mlp"], _ln(blk["ln_2"], x), config, k_mlp, train), c
+        return _block(blk, x, config, k_attn, k_mlp, train, c, start)
 
     if config.remat and cache is None:
         block = jax.checkpoint(block)
     for i, blk in enumerate(params["blocks"]):
         x, c = block(blk, x, keys[1 + 3 * i], keys[2 + 3 * i], None if cache is None else cache[i])
         new_cache.append(c)
-    h = _ln(params["ln_f"], x)
+    h = _ln(params["ln_f"], x, config)
     return (h, new_cache) if cache is not None else h
+
+
+def _block(blk, x, config: Config, k_attn, k_mlp, train, cache, start):
+    a, cache = _attention(blk["attn"], _ln(blk["ln_1"], x, config), config, k_attn, train, cache, start)
+    x = x + a
+    return x + _mlp(blk["mlp"], _ln(blk["ln_2"], x, config), config, k_mlp, train), cache
+
+
+def hidden_states(params, tokens, config: Config) -> list:
+    """Every hidden state of an evaluation forward, as Hugging Face's ``output_hidden_states`` lists them: the
+    embeddings, the residual stream after each block but the last, then the final normalised states (L + 1)."""
+    _check_tokens(tokens, config)
+    x = _embed(params, tokens, config)
+    states = [x]
+    for blk in params["blocks"]:
+        x, _ = _block(blk, x, config, None, None, False, None, 0)
+        states.append(x)
+    states[-1] = _ln(params["ln_f"], x, config)
+    return states
 
 
 def apply(params, state, x, config: Config, *, key=None, train: bool = False):
@@ -400,8 +429,11 @@ PRESETS = {
 
 
 def build(info: DataInfo, *, n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False, fused=True,
-          compute_dtype="bfloat16", grad_chunks=2, preset=None, remat=False):
-    """``preset`` (a name in ``PRESETS``) replaces the architecture options by the preset's."""
+          compute_dtype="bfloat16", grad_chunks=2, preset=None, remat=False, activation="gelu", norm_eps=1e-5,
+          d_ff=None):
+    """``preset`` (a name in ``PRESETS``) replaces the architecture options by the preset's. ``activation``,
+    ``norm_eps`` and ``d_ff`` are GPT-2's options for a model imported from Hugging Face (``funcdl import hf``):
+    ``bias=true activation=gelu_tanh`` is GPT-2's layout."""
     if info.vocab_size is None:
         raise ValueError(f"gpt needs a language (token) data set; {info.name!r} has no vocabulary")
     arch = {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "block_size": block_size, "dropout": dropout}
@@ -412,7 +444,8 @@ def build(info: DataInfo, *, n_layer=4, n_head=4, n_embd=128, block_size=64, dro
     if compute_dtype in ("none", "None", "float32", ""):
         compute_dtype = None
     return as_task(Config(vocab_size=info.vocab_size, bias=bias, fused=fused, compute_dtype=compute_dtype,
-                          grad_chunks=grad_chunks, remat=bool(remat), **arch))
+                          grad_chunks=grad_chunks, remat=bool(remat), activation=activation,
+                          norm_eps=float(norm_eps), d_ff=d_ff, **arch))
 
 
 # nanoGPT decays the 2-D tensors only (dense weights and the embeddings), never norm scales or biases
