@@ -11,7 +11,7 @@ import os
 import sys
 
 # module names under funcdl.commands, in the order ``funcdl --help`` lists them
-COMMANDS = ["gradcheck", "train", "catalog", "plot", "sample"]
+COMMANDS = ["gradcheck", "train", "catalog", "plot", "sample", "hf"]
 
 
 def build_parser() -> argparse.ArgumentParser:

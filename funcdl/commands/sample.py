@@ -25,6 +25,7 @@ def register(sub) -> None:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--samples", type=int, default=1, help="independent samples (a batch)")
+    p.add_argument("--ids", help="an imported run (funcdl import hf): the prompt as token ids, e.g. 464,3290")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context per token (no KV cache)")
     p.add_argument("--data-dir", help="folder with the data set's files (default: the one the run used)")
@@ -72,6 +73,10 @@ def load_model(path: str, data_dir: str | None = None):
 
 
 def run(args) -> int:
+    from .hf import is_imported, sample_imported
+
+    if is_imported(args.checkpoint):            # a Hugging Face checkpoint: token ids in and out, no vocabulary
+        return sample_imported(args)
     images = args.grid is not None or args.out is not None or args.class_ is not None
     if args.grid is not None:
         parse_grid(args.grid)           # a malformed grid fails before anything is loaded
