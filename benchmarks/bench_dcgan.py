@@ -1,0 +1,135 @@
+"""One DCGAN training step (a discriminator update, then a generator update, with the generator's EMA) in funcdl
+(jitted, as ``funcdl train dcgan`` runs it) and the same network and step in PyTorch on the CPU.
+
+    python benchmarks/bench_dcgan.py [--batch 64] [--width 32] [--latent 64] [--reps 20] [--rounds 3]
+                                     [--grad manual|autodiff] [--model dcgan|cdcgan]
+
+funcdl: ``funcdl.training.step.make_players_step`` of the registered model, compiled with the options a training
+step gets (``funcdl.core.xla.compiler_options``). PyTorch: the same layers (Linear, BatchNorm2d, ConvTranspose2d
+4x4/2, Conv2d 4x4/2, LeakyReLU 0.2), the same losses (non-saturating), Adam(2e-4, betas (0.5, 0.999)) and an EMA
+of the generator, with ``torch.set_num_threads`` = the CPU count. Times are medians over --rounds interleaved
+rounds of the median of --reps steps after warm-up; torch is skipped with a line when it is not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from funcdl.models import get_model
+
+import funcdl as fd
+from funcdl.training.config import TrainConfig
+from funcdl.training.step import make_players_step, players_optimizer
+
+INFO_EXTRAS = {"normalization": {"mean": 0.1307, "std": 0.3081}}
+
+
+def funcdl_step(args, x, y):
+    """A zero-argument function that runs one jitted players step (blocking)."""
+    from funcdl.training.task import DataInfo
+
+    info = DataInfo("mnist", (28, 28, 1), num_classes=10, extras=INFO_EXTRAS)
+    task = get_model(args.model).build(info, latent=args.latent, width=args.width, judge=False)
+    config = TrainConfig(batch_size=args.batch, lr=2e-4, optimizer_options={"b1": 0.5, "b2": 0.999},
+                         grad=args.grad, steps=1)
+    opt, opts, _ = players_optimizer(task, config, 1)
+    params, state = task.init(jax.random.PRNGKey(0))
+    opt_state = opt.init(params)
+    step = make_players_step(task, opts, config)
+    batch = {"x": jnp.asarray(x), "y": jnp.asarray(y)}
+    carry = [params, opt_state, state, jax.random.PRNGKey(1)]
+    compiled = jax.jit(step, compiler_options=fd.xla.compiler_options(step, params, opt_state, state, batch,
+                                                                          carry[3]))
+
+    def run():
+        carry[3], key = jax.random.split(carry[3])
+        carry[0], carry[1], carry[2], metrics = compiled(carry[0], carry[1], carry[2], batch, key)
+        jax.block_until_ready(metrics)
+    return run
+
+
+def torch_step(args, x, y):
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    w, h = args.width, 7
+    gen = nn.Sequential(nn.Linear(args.latent, h * h * 4 * w), nn.Unflatten(1, (4 * w, h, h)), nn.BatchNorm2d(4 * w),
+                        nn.ReLU(), nn.ConvTranspose2d(4 * w, 2 * w, 4, 2, 1), nn.BatchNorm2d(2 * w), nn.ReLU(),
+                        nn.ConvTranspose2d(2 * w, 1, 4, 2, 1), nn.Tanh())
+    disc = nn.Sequential(nn.Conv2d(1, w, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(w, 2 * w, 4, 2, 1), nn.LeakyReLU(0.2),
+                         nn.Flatten(), nn.Linear(h * h * 2 * w, 1))
+    ema = [p.detach().clone() for p in gen.parameters()]
+    opt_g = torch.optim.Adam(gen.parameters(), 2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(disc.parameters(), 2e-4, betas=(0.5, 0.999))
+    real = torch.from_numpy(np.moveaxis(x, -1, 1).copy())
+    bce = nn.functional.binary_cross_entropy_with_logits
+    ones, zeros = torch.ones(args.batch), torch.zeros(args.batch)
+
+    def run():
+        opt_d.zero_grad()
+        fake = gen(torch.randn(args.batch, args.latent)).detach()
+        (bce(disc(real)[:, 0], ones) + bce(disc(fake)[:, 0], zeros)).backward()
+        opt_d.step()
+        opt_g.zero_grad()
+        bce(disc(gen(torch.randn(args.batch, args.latent)))[:, 0], ones).backward()
+        opt_g.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in gen.parameters()], 0.001)
+    return run
+
+
+def timeit(fn, reps):
+    fn()
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--latent", type=int, default=64)
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--grad", choices=("manual", "autodiff"), default="manual")
+    parser.add_argument("--model", choices=("dcgan", "cdcgan"), default="dcgan")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(args.batch, 28, 28, 1)).astype(np.float32)
+    y = rng.integers(0, 10, args.batch).astype(np.int32)
+    fns = {"funcdl": funcdl_step(args, x, y)}
+    try:
+        import torch  # noqa: F401
+        if args.model == "dcgan":
+            fns["torch"] = torch_step(args, x, y)
+        else:
+            print("torch: the conditional step is not written in torch here; timing funcdl only")
+    except ImportError:
+        print("torch is not installed: timing funcdl only")
+    times = {name: [] for name in fns}
+    for _ in range(args.rounds):
+        for name, fn in fns.items():
+            times[name].append(timeit(fn, args.reps))
+    ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    print(f"{args.model} step (D then G, batch {args.batch}, width {args.width}, latent {args.latent}, "
+          f"{os.cpu_count()} CPUs, grad {args.grad})")
+    for name, value in ms.items():
+        print(f"  {name:7s} {value:8.2f} ms/step")
+    if "torch" in ms:
+        print(f"  funcdl / torch = {ms['funcdl'] / ms['torch']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

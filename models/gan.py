@@ -1,0 +1,481 @@
+"""Generative adversarial networks on images: a dense GAN (Goodfellow et al. 2014), DCGAN (Radford et al. 2016)
+and a class-conditional DCGAN, trained as two players (funcdl.training.task.Player): the discriminator, then the
+generator, each with its own Adam state, in one training step.
+
+    dcgan generator:      z (latent) [+ one-hot class] -> dense -> (H/4, W/4, 4 width) -> BN -> ReLU
+                          -> conv_transpose 4x4 stride 2 -> (H/2, W/2, 2 width) -> BN -> ReLU
+                          -> conv_transpose 4x4 stride 2 -> (H, W, C) -> tanh
+    dcgan discriminator:  x -> conv 4x4 stride 2 (width) -> LeakyReLU(0.2) -> conv 4x4 stride 2 (2 width)
+                          -> LeakyReLU(0.2) -> flatten -> dense -> one logit [+ <embed(class), features>]
+
+The conditional discriminator is a projection discriminator (Miyato & Koyama 2018): the class enters as the inner
+product of a learned class embedding with the features. The data's standardised images are mapped to [-1, 1]
+(the generator's tanh range) through ``extras["normalization"]``.
+
+Losses: ``fd.gan_d_loss`` / ``fd.gan_g_loss`` of kind ``loss``; ``gp > 0`` adds a gradient penalty to the
+discriminator: WGAN-GP (Gulrajani et al. 2017: (||grad D(x_hat)|| - 1)^2 at interpolates, weight gp) with
+``loss="wasserstein"``, R1 (Mescheder et al. 2018: ||grad D(x)||^2 at real images, weight gp/2) otherwise.
+
+Batch norm and sampling: the generator normalises with batch statistics while training. Samples use *standing*
+statistics: the batch statistics of a fixed reference batch of 256 latents (BigGAN's "standing stats") through
+the weights being sampled, so the EMA copy of the generator (``ema``) is normalised with statistics of its own
+and a sample does not depend on how many are drawn with it. The model therefore keeps no running statistics:
+``state`` is ``{}``.
+
+``models.stylegan`` adds its networks to :data:`ARCHS` and reuses everything else here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+import funcdl as fd
+from funcdl import optim
+from funcdl.training.task import DataInfo, Player
+
+from .layers import image_shape
+from .registry import as_task, register
+
+__all__ = ["Config", "KIND", "ARCHS", "init", "apply", "loss", "extras", "generate", "discriminate",
+           "players", "gan_task"]
+
+KIND = "regression"
+LOSSES = ("minimax", "non_saturating", "least_squares", "hinge", "wasserstein")
+REFERENCE = 256            # latents of the fixed reference batch that gives the sampling batch-norm statistics
+SLOPE = 0.2                # LeakyReLU slope of the discriminators
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    arch: str = "dcgan"                 # a key of ARCHS: "dense", "dcgan" (models.stylegan adds "stylegan")
+    image: tuple = (28, 28, 1)
+    latent: int = 64
+    width: int = 32
+    num_classes: int = 0                # > 0: class-conditional
+    loss: str = "non_saturating"
+    n_critic: int = 1
+    ema: float | None = 0.999
+    gp: float = 0.0
+    mean: float = 0.0                   # the data's normalization: pixel = x * std + mean, in [0, 1]
+    std: float = 1.0
+    judge: bool = True                  # report: score the samples with models.judge
+    report_samples: int = 10000
+    name: str = "dcgan"                 # the registered name (messages)
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"{self.name}: unknown arch {self.arch!r}; use one of {', '.join(ARCHS)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"{self.name}: loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        for what in ("latent", "width", "n_critic", "report_samples"):
+            if not (isinstance(getattr(self, what), int) and getattr(self, what) >= 1):
+                raise ValueError(f"{self.name}: {what} must be an integer >= 1, got {getattr(self, what)!r}")
+        if self.ema is not None and not 0.0 < self.ema < 1.0:
+            raise ValueError(f"{self.name}: ema must be a decay in (0, 1) or None, got {self.ema!r}")
+        if not self.gp >= 0:
+            raise ValueError(f"{self.name}: gp must be >= 0, got {self.gp!r}")
+        ARCHS[self.arch].check(self)
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+
+class Arch:
+    """A generator and a discriminator: ``gen_init(key, config)``; ``gen(p, z, onehot, config, ref, key)`` ->
+    images in [-1, 1] (``ref``: None for batch statistics, else the number of leading reference rows whose
+    statistics normalise every row; ``key``: noise inputs, may be ignored); ``disc_init(key, config)``;
+    ``disc(p, x, onehot, config)`` -> logits (N,); ``check(config)`` raises for an image the generator cannot
+    make."""
+
+    def __init__(self, gen_init, gen, disc_init, disc, check):
+        self.gen_init, self.gen, self.disc_init, self.disc, self.check = gen_init, gen, disc_init, disc, check
+
+
+# -- layers ----------------------------------------------------------------------------------------------------
+
+
+def normal(key, shape, std=0.02):
+    """DCGAN's initialisation: N(0, 0.02^2)."""
+    return std * jax.random.normal(key, shape, jnp.float32)
+
+
+def dense_p(key, n_in, n_out, std=0.02):
+    return {"w": normal(key, (n_in, n_out), std), "b": jnp.zeros((n_out,), jnp.float32)}
+
+
+def conv_p(key, k, cin, cout, std=0.02):
+    return {"w": normal(key, (k, k, cin, cout), std), "b": jnp.zeros((cout,), jnp.float32)}
+
+
+def bn_p(channels):
+    return {"scale": jnp.ones((channels,), jnp.float32), "bias": jnp.zeros((channels,), jnp.float32)}
+
+
+def norm(p, x, ref):
+    """Batch norm over every axis but the last: batch statistics (``ref`` None), or those of the first ``ref``
+    rows applied to all rows (the sampling path)."""
+    if ref is None:
+        return fd.batch_norm(x, p["scale"], p["bias"])
+    rows = jax.lax.stop_gradient(x[:ref]).reshape(-1, x.shape[-1])
+    return fd.batch_norm_eval(x, rows.mean(0), rows.var(0), p["scale"], p["bias"])
+
+
+def lrelu(x):
+    return fd.leaky_relu(x, negative_slope=SLOPE)
+
+
+def project(p, h, onehot):
+    """The discriminator's logit: dense(h), plus <embed(class), h> for a conditional model."""
+    out = fd.dense(h, p["out"]["w"], p["out"]["b"])[:, 0]
+    if onehot is not None:
+        out = out + jnp.sum(fd.dense(onehot, p["embed"]) * h, axis=-1)
+    return out
+
+
+def project_p(key, features, config, std=0.02):
+    ko, ke = jax.random.split(key)
+    p = {"out": dense_p(ko, features, 1, std)}
+    if config.conditional:
+        p["embed"] = normal(ke, (config.num_classes, features), std)
+    return p
+
+
+def with_labels(z, onehot):
+    return z if onehot is None else jnp.concatenate([z, onehot], axis=-1)
+
+
+# -- the dense GAN ---------------------------------------------------------------------------------------------
+
+
+def _dense_sizes(config):
+    return (4 * config.width, 8 * config.width)
+
+
+def _dense_gen_init(key, config):
+    h1, h2 = _dense_sizes(config)
+    k = jax.random.split(key, 3)
+    n_in = config.latent + config.num_classes
+    return {"fc1": dense_p(k[0], n_in, h1), "bn1": bn_p(h1), "fc2": dense_p(k[1], h1, h2), "bn2": bn_p(h2),
+            "out": dense_p(k[2], h2, math.prod(config.image))}
+
+
+def _dense_gen(p, z, onehot, config, ref, key):
+    h = with_labels(z, onehot)
+    h = fd.relu(norm(p["bn1"], fd.dense(h, p["fc1"]["w"], p["fc1"]["b"]), ref))
+    h = fd.relu(norm(p["bn2"], fd.dense(h, p["fc2"]["w"], p["fc2"]["b"]), ref))
+    return fd.tanh(fd.dense(h, p["out"]["w"], p["out"]["b"])).reshape(z.shape[0], *config.image)
+
+
+def _dense_disc_init(key, config):
+    h1, h2 = _dense_sizes(config)
+    k = jax.random.split(key, 3)
+    return {"fc1": dense_p(k[0], math.prod(config.image), h2), "fc2": dense_p(k[1], h2, h1),
+            **project_p(k[2], h1, config)}
+
+
+def _dense_disc(p, x, onehot, config):
+    h = lrelu(fd.dense(x.reshape(x.shape[0], -1), p["fc1"]["w"], p["fc1"]["b"]))
+    h = lrelu(fd.dense(h, p["fc2"]["w"], p["fc2"]["b"]))
+    return project(p, h, onehot)
+
+
+# -- DCGAN -----------------------------------------------------------------------------------------------------
+
+
+def quarter(config):
+    h, w, _ = config.image
+    return h // 4, w // 4
+
+
+def check_quarter(config):
+    h, w, _ = config.image
+    if h % 4 or w % 4 or h < 8 or w < 8:
+        raise ValueError(f"{config.name}: the generator upsamples twice by 2 from (H/4, W/4), so it makes images "
+                         f"whose height and width are multiples of 4 (at least 8); the data's images are "
+                         f"{h}x{w}")
+
+
+def _dcgan_gen_init(key, config):
+    (h, w), c, wd = quarter(config), config.image[2], config.width
+    k = jax.random.split(key, 3)
+    return {"fc": dense_p(k[0], config.latent + config.num_classes, h * w * 4 * wd), "bn0": bn_p(4 * wd),
+            "up1": conv_p(k[1], 4, 4 * wd, 2 * wd), "bn1": bn_p(2 * wd), "up2": conv_p(k[2], 4, 2 * wd, c)}
+
+
+def _dcgan_gen(p, z, onehot, config, ref, key):
+    (h, w), wd = quarter(config), config.width
+    x = fd.dense(with_labels(z, onehot), p["fc"]["w"], p["fc"]["b"]).reshape(z.shape[0], h, w, 4 * wd)
+    x = fd.relu(norm(p["bn0"], x, ref))
+    x = fd.conv_transpose2d(x, p["up1"]["w"], p["up1"]["b"], stride=2, padding=1)
+    x = fd.relu(norm(p["bn1"], x, ref))
+    return fd.tanh(fd.conv_transpose2d(x, p["up2"]["w"], p["up2"]["b"], stride=2, padding=1))
+
+
+def _dcgan_disc_init(key, config):
+    (h, w), c, wd = quarter(config), config.image[2], config.width
+    k = jax.random.split(key, 3)
+    return {"conv1": conv_p(k[0], 4, c, wd), "conv2": conv_p(k[1], 4, wd, 2 * wd),
+            **project_p(k[2], h * w * 2 * wd, config)}
+
+
+def _dcgan_disc(p, x, onehot, config):
+    h = lrelu(fd.conv2d(x, p["conv1"]["w"], p["conv1"]["b"], stride=2, padding=1))
+    h = lrelu(fd.conv2d(h, p["conv2"]["w"], p["conv2"]["b"], stride=2, padding=1))
+    return project(p, h.reshape(h.shape[0], -1), onehot)
+
+
+ARCHS = {"dense": Arch(_dense_gen_init, _dense_gen, _dense_disc_init, _dense_disc, lambda config: None),
+         "dcgan": Arch(_dcgan_gen_init, _dcgan_gen, _dcgan_disc_init, _dcgan_disc, check_quarter)}
+
+
+# -- the model contract ----------------------------------------------------------------------------------------
+
+
+def init(key, config: Config):
+    arch = ARCHS[config.arch]
+    kg, kd = jax.random.split(key)
+    return {"gen": arch.gen_init(kg, config), "disc": arch.disc_init(kd, config)}, {}
+
+
+def one_hot(labels, config):
+    return None if not config.conditional else jax.nn.one_hot(labels, config.num_classes, dtype=jnp.float32)
+
+
+def generate(gen_params, z, labels, config: Config, ref=None, key=None):
+    """Images in [-1, 1] of latents ``z`` (N, latent) (and class ``labels`` (N,) for a conditional model);
+    ``ref`` as in :class:`Arch`, ``key`` for a generator's noise inputs."""
+    return ARCHS[config.arch].gen(gen_params, z, one_hot(labels, config), config, ref, key)
+
+
+def discriminate(disc_params, x, labels, config: Config):
+    """The discriminator's logits (N,) of images ``x`` in [-1, 1]."""
+    return ARCHS[config.arch].disc(disc_params, x, one_hot(labels, config), config)
+
+
+def to_signed(x, config):
+    """The data's standardised images -> [-1, 1]."""
+    return 2.0 * (x * config.std + config.mean) - 1.0
+
+
+def _fakes(params, batch, key, config):
+    kz, kn = jax.random.split(key)
+    z = jax.random.normal(kz, (batch["x"].shape[0], config.latent), jnp.float32)
+    return generate(params["gen"], z, batch.get("y"), config, key=kn)
+
+
+def _penalty(disc_params, real, fake, labels, key, config):
+    """WGAN-GP at random interpolates (loss wasserstein), else R1 at the real images (weight gp / 2)."""
+    if config.loss == "wasserstein":
+        eps = jax.random.uniform(key, (real.shape[0], 1, 1, 1), real.dtype)
+        at, target, weight = eps * real + (1 - eps) * fake, 1.0, config.gp
+    else:
+        at, target, weight = real, 0.0, config.gp / 2
+    grads = jax.grad(lambda x: jnp.sum(discriminate(disc_params, x, labels, config)))(at)
+    return weight * fd.gradient_penalty(grads, target=target)
+
+
+def disc_loss(params, state, batch, key, config):
+    kz, kp = jax.random.split(key)
+    fake = jax.lax.stop_gradient(_fakes(params, batch, kz, config))
+    real = to_signed(batch["x"], config)
+    labels = batch.get("y") if config.conditional else None
+    real_logits = discriminate(params["disc"], real, labels, config)
+    fake_logits = discriminate(params["disc"], fake, labels, config)
+    value = fd.gan_d_loss(real_logits, fake_logits, kind=config.loss)
+    metrics = {"real_logit": jnp.mean(real_logits), "fake_logit": jnp.mean(fake_logits)}
+    if config.gp > 0:
+        penalty = _penalty(params["disc"], real, fake, labels, kp, config)
+        value, metrics = value + penalty, {**metrics, "penalty": penalty}
+    return value, (state, {**metrics, "loss": value})
+
+
+def gen_loss(params, state, batch, key, config):
+    labels = batch.get("y") if config.conditional else None
+    fake_logits = discriminate(params["disc"], _fakes(params, batch, key, config), labels, config)
+    value = fd.gan_g_loss(fake_logits, kind=config.loss)
+    return value, (state, {"loss": value})
+
+
+def apply(params, state, x, config: Config, *, key=None, train: bool = False):
+    """The discriminator's logits of a batch of (standardised) images, unconditional (class embedding unused)."""
+    x = x if x.ndim == 4 else x[..., None]
+    return ARCHS[config.arch].disc(params["disc"], to_signed(x, config), None, config), state
+
+
+def loss(params, state, batch, config: Config, *, key=None, train: bool = False):
+    """What evaluation reports: the generator's loss (``loss``) and the discriminator's (``disc_loss``) on the
+    batch, against fixed latents when no key is given."""
+    key = jax.random.PRNGKey(0) if key is None else key
+    kd, kg = jax.random.split(key)
+    d, _ = disc_loss(params, state, batch, kd, config)
+    g, _ = gen_loss(params, state, batch, kg, config)
+    return g, (state, {"loss": g, "disc_loss": d})
+
+
+def players(config: Config) -> tuple:
+    """The discriminator (``n_critic`` updates per step), then the generator (with its EMA when asked)."""
+    return (Player("disc", lambda p, s, b, k, t: disc_loss(p, s, b, k, config), steps=config.n_critic),
+            Player("gen", lambda p, s, b, k, t: gen_loss(p, s, b, k, config), ema=config.ema))
+
+
+def gan_task(config: Config):
+    """The training Task of ``config``: as_task's, with the two players."""
+    return as_task(config)._replace(players=players(config))
+
+
+# -- sampling and the end-of-run report ------------------------------------------------------------------------
+
+CHUNK = 500                # samples per compiled sampling call
+
+
+def sample_from(gen_params, z, labels, key, config: Config):
+    """Images in [0, 1] of latents ``z`` (and ``labels`` (n,), ignored by an unconditional model), normalised with
+    the statistics of the fixed reference batch (see the module docstring); ``key`` for the noise inputs."""
+    z_ref = jax.random.normal(jax.random.PRNGKey(1234), (REFERENCE, config.latent), jnp.float32)
+    ref_labels = jnp.arange(REFERENCE) % max(config.num_classes, 1)
+    x = generate(gen_params, jnp.concatenate([z_ref, z]), jnp.concatenate([ref_labels, labels]), config,
+                 ref=REFERENCE, key=key)
+    return jnp.clip((x[REFERENCE:] + 1.0) / 2.0, 0.0, 1.0)
+
+
+def _draw_fn(config: Config):
+    """``draw(gen_params, key, labels) -> n images in [0, 1]``, jitted (n = labels.shape[0])."""
+    def draw(gen_params, key, labels):
+        kz, kn = jax.random.split(key)
+        z = jax.random.normal(kz, (labels.shape[0], config.latent), jnp.float32)
+        return sample_from(gen_params, z, labels, kn, config)
+    return jax.jit(draw)
+
+
+def extras(config: Config) -> dict:
+    """``sample_images``, ``sampling_params`` and ``report`` (see funcdl.training.task)."""
+    draw = _draw_fn(config)
+
+    def sample_images(params, key, n, *, labels=None):
+        if config.conditional and labels is None:
+            raise ValueError(f"{config.name} is class-conditional; pass --class K / labels (an int array of n "
+                             f"classes in 0..{config.num_classes - 1})")
+        labels = jnp.zeros((n,), jnp.int32) if labels is None else jnp.asarray(labels, jnp.int32).reshape(-1)
+        if labels.shape[0] != n:
+            raise ValueError(f"{config.name}: {labels.shape[0]} labels for {n} samples; give one class per sample")
+        if config.conditional and not bool(jnp.all((labels >= 0) & (labels < config.num_classes))):
+            raise ValueError(f"{config.name}: labels must lie in 0..{config.num_classes - 1}")
+        parts = []
+        for i, start in enumerate(range(0, n, CHUNK)):     # fixed-size chunks: one compilation
+            chunk = labels[start:start + CHUNK]
+            padded = jnp.pad(chunk, (0, CHUNK - chunk.shape[0])) if n > CHUNK else chunk
+            parts.append(draw(params["gen"], jax.random.fold_in(key, i), padded)[:chunk.shape[0]])
+        return jnp.concatenate(parts)
+
+    def sampling_params(params, opt_state):
+        if config.ema is None:
+            return params
+        return {**params, "gen": optim.ema_of(opt_state["gen"])}
+
+    def report(params, state, opt_state, data, out_dir):
+        return sample_report(config, sample_images, sampling_params(params, opt_state), data, out_dir)
+
+    return {"sample_images": sample_images, "sampling_params": sampling_params, "report": report}
+
+
+def sample_report(config: Config, sample_images, params, data, out_dir) -> dict:
+    """Draw ``report_samples`` samples (classes in turn when conditional), score them with the judge (MNIST-sized
+    images, ``judge=True``), write samples.png and interpolation.png into ``out_dir`` (when not None)."""
+    n = config.report_samples
+    labels = jnp.arange(n) % config.num_classes if config.conditional else None
+    images = sample_images(params, jax.random.PRNGKey(2024), n, labels=labels)
+    out = {"report_samples": n, "sample_pixel_mean": round(float(jnp.mean(images)), 6),
+           "sample_pixel_std": round(float(jnp.std(images)), 6)}
+    if config.judge and tuple(config.image) == (28, 28, 1):
+        from .judge import judge_report
+
+        try:
+            out |= judge_report(images, data, labels=None if labels is None else jax.device_get(labels))
+        except (OSError, ValueError) as err:   # a judge it cannot load or train must not lose the run's summary
+            print(f"{config.name}: the judge could not score the samples: {err}", flush=True)
+            out["judge_error"] = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if out_dir is not None:
+        _pictures(config, sample_images, params, images, out_dir)
+    return out
+
+
+def _pictures(config, sample_images, params, images, out_dir):
+    from pathlib import Path
+
+    from funcdl.plots.generative import image_grid, interpolation
+
+    rows = config.num_classes if config.conditional else 8
+    grid = images[:64] if not config.conditional else \
+        sample_images(params, jax.random.PRNGKey(5), rows * 8, labels=jnp.repeat(jnp.arange(rows), 8))
+    image_grid(jax.device_get(grid), rows, 8, Path(out_dir) / "samples.png",
+               title=f"{config.name} samples" + (" (one class per row)" if config.conditional else ""))
+    ends = jax.random.normal(jax.random.PRNGKey(7), (2, 8, config.latent), jnp.float32)
+    t = jnp.linspace(0.0, 1.0, 10)[:, None, None]
+    z = ((1 - t) * ends[0][None] + t * ends[1][None]).swapaxes(0, 1).reshape(-1, config.latent)  # (8 rows x 10)
+    labels = jnp.repeat(jnp.arange(8) % max(config.num_classes, 1), 10)
+    x = sample_from(params["gen"], z, labels, jax.random.PRNGKey(3), config)
+    x = x.reshape(8, 10, *x.shape[1:])
+    interpolation(jax.device_get(x), Path(out_dir) / "interpolation.png")
+
+
+# -- building and registering ----------------------------------------------------------------------------------
+
+
+def config_from(info: DataInfo, name: str, arch: str, *, conditional=False, **options) -> Config:
+    """The Config of a registered GAN for the data ``info`` (its image shape, classes and normalization)."""
+    shape = image_shape(info)
+    stats = (info.extras or {}).get("normalization") or {"mean": 0.0, "std": 1.0}
+    classes = 0
+    if conditional:
+        if not info.num_classes:
+            raise ValueError(f"{name}: a class-conditional GAN needs a classification data set; {info.name!r} "
+                             "has no classes")
+        classes = int(info.num_classes)
+    loss_kind = options.get("loss", "non_saturating")
+    if options.get("gp", 0.0) > 0 and loss_kind not in ("wasserstein", "non_saturating", "minimax"):
+        raise ValueError(f"{name}: gp adds WGAN-GP to loss='wasserstein' or R1 to the logistic losses, not to "
+                         f"loss={loss_kind!r}")
+    return Config(arch=arch, image=shape, num_classes=classes, mean=float(stats["mean"]),
+                  std=float(stats["std"]), name=name, **options)
+
+
+def build_gan(info: DataInfo, *, latent=64, width=64, loss="non_saturating", n_critic=1, ema=0.999, gp=0.0,
+              conditional=False, judge=True):
+    return gan_task(config_from(info, "gan", "dense", conditional=conditional, latent=latent, width=width,
+                                loss=loss, n_critic=n_critic, ema=ema, gp=gp, judge=judge))
+
+
+def build_dcgan(info: DataInfo, *, latent=64, width=32, loss="non_saturating", n_critic=1, ema=0.999, gp=0.0,
+                conditional=False, judge=True):
+    return gan_task(config_from(info, "dcgan", "dcgan", conditional=conditional, latent=latent, width=width,
+                                loss=loss, n_critic=n_critic, ema=ema, gp=gp, judge=judge))
+
+
+def build_cdcgan(info: DataInfo, *, latent=64, width=32, loss="non_saturating", n_critic=1, ema=0.999, gp=0.0,
+                 judge=True):
+    return gan_task(config_from(info, "cdcgan", "dcgan", conditional=True, latent=latent, width=width,
+                                loss=loss, n_critic=n_critic, ema=ema, gp=gp, judge=judge))
+
+
+SMALL_DATA = DataInfo("fake-images", (8, 8, 1), num_classes=10, extras={"normalization": {"mean": 0.5, "std": 0.5}})
+ADAM = {"optimizer": "adam", "lr": 2e-4, "optimizer_options": {"b1": 0.5, "b2": 0.999}}
+
+register("gan", build_gan, data=("mnist", "fashion_mnist"),
+         defaults={"data": "mnist", "epochs": 20, "batch_size": 64, **ADAM},
+         description="dense GAN: generator z-256-512-image (BN, ReLU, tanh), discriminator image-512-256-1 "
+                     "(LeakyReLU 0.2), non-saturating loss, generator EMA",
+         small={"latent": 4, "width": 2, "judge": False}, small_data=SMALL_DATA)
+register("dcgan", build_dcgan, data=("mnist", "fashion_mnist"),
+         defaults={"data": "mnist", "steps": 5000, "batch_size": 64, **ADAM},
+         description="DCGAN: generator z-dense-(H/4,W/4,4w)-convT-convT-tanh with BN+ReLU, discriminator "
+                     "strided convs + LeakyReLU 0.2, non-saturating loss, generator EMA",
+         small={"latent": 4, "width": 2, "judge": False}, small_data=SMALL_DATA)
+register("cdcgan", build_cdcgan, data=("mnist", "fashion_mnist"),
+         defaults={"data": "mnist", "steps": 5000, "batch_size": 64, **ADAM},
+         description="class-conditional DCGAN: one-hot class into the generator, projection discriminator",
+         small={"latent": 4, "width": 2, "judge": False}, small_data=SMALL_DATA)

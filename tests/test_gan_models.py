@@ -1,0 +1,133 @@
+"""The GAN models (models/gan.py, models/stylegan.py) at small sizes: a few players steps on a tiny fake image set
+move both players and stay finite; the penalties (WGAN-GP, R1) run; sampling is normalised by the reference
+batch (a sample does not depend on what is drawn with it); conditional sampling needs labels; an image size the
+generator cannot make is refused at build time; the end-of-run report without the judge returns its figures.
+(tests/test_models.py checks each registered GAN's whole-model gradient against autodiff.)"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from funcdl.models import MODELS, gan, get_model
+
+from funcdl.data import Dataset
+from funcdl.training.config import TrainConfig
+from funcdl.training.step import make_players_step, players_optimizer
+from funcdl.training.task import DataInfo
+
+NORM = {"normalization": {"mean": 0.5, "std": 0.5}}
+INFO = DataInfo("fake-images", (8, 8, 1), num_classes=10, extras=NORM)
+SMALL = {"latent": 4, "width": 2, "judge": False}
+NAMES = [n for n in ("gan", "dcgan", "cdcgan", "stylegan") if n in MODELS]
+# the style generator's step compiles for ~15 s on the 2-core machine: CI runs it, the quick subset skips it
+STEPPED = [pytest.param(n, marks=pytest.mark.slow) if n == "stylegan" else n for n in NAMES]
+
+
+def fake_images(n=16, size=8, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, size, size, 1)).astype(np.float32)
+    return {"x": jnp.asarray(x), "y": jnp.asarray(rng.integers(0, 10, n), jnp.int32)}
+
+
+def run_steps(task, batch, steps=3):
+    config = TrainConfig(batch_size=batch["x"].shape[0], lr=1e-3, steps=steps)
+    opt, opts, _ = players_optimizer(task, config, steps)
+    params, state = task.init(jax.random.PRNGKey(0))
+    opt_state = opt.init(params)
+    step = jax.jit(make_players_step(task, opts, config))
+    new, new_opt, new_state = params, opt_state, state
+    for i in range(steps):
+        new, new_opt, new_state, metrics = step(new, new_opt, new_state, batch, jax.random.PRNGKey(i))
+    return params, (new, new_opt, new_state, metrics)
+
+
+def moved(a, b):
+    return any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a),
+                                                                               jax.tree.leaves(b), strict=True))
+
+
+def finite(tree):
+    return all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("name", STEPPED)
+def test_players_steps_move_both_players_and_stay_finite(name):
+    task = get_model(name).build(INFO, **SMALL)
+    params, (new, opt_state, state, metrics) = run_steps(task, fake_images())
+    assert moved(params["gen"], new["gen"]) and moved(params["disc"], new["disc"])
+    assert finite(new) and finite(state) and finite(metrics)
+    assert {"disc/loss", "gen/loss", "loss"} <= set(metrics)
+    ema = task.extras["sampling_params"](new, opt_state)["gen"]       # the EMA copy, not the trained weights
+    assert jax.tree.structure(ema) == jax.tree.structure(new["gen"]) and moved(ema, new["gen"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [{"loss": "wasserstein", "gp": 10.0, "n_critic": 2}, {"gp": 1.0},
+                                     {"loss": "hinge", "ema": None}])
+def test_losses_and_penalties_train(options):
+    task = get_model("dcgan").build(INFO, **SMALL, **options)
+    params, (new, _, _, metrics) = run_steps(task, fake_images(), steps=2)
+    assert finite(new) and finite(metrics) and moved(params["disc"], new["disc"])
+    if options.get("gp"):
+        assert float(metrics["disc/penalty"]) >= 0
+
+
+def test_gp_needs_a_loss_it_fits():
+    with pytest.raises(ValueError, match="gp adds WGAN-GP") as err:
+        get_model("dcgan").build(INFO, **SMALL, loss="hinge", gp=1.0)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_sample_does_not_depend_on_the_others_drawn_with_it(name):
+    task = get_model(name).build(INFO, **SMALL)
+    config = task.extras["config"]
+    params, _ = task.init(jax.random.PRNGKey(0))
+    z = jax.random.normal(jax.random.PRNGKey(1), (5, config.latent), jnp.float32)
+    labels = jnp.arange(5) % 10
+    key = jax.random.PRNGKey(2)
+    many = gan.sample_from(params["gen"], z, labels, key, config)
+    assert many.shape == (5, 8, 8, 1) and float(many.min()) >= 0 and float(many.max()) <= 1
+    if name != "stylegan":       # the noise inputs of a style generator are drawn per batch
+        one = gan.sample_from(params["gen"], z[:1], labels[:1], key, config)
+        np.testing.assert_allclose(np.asarray(one[0]), np.asarray(many[0]), atol=1e-5)
+
+
+def test_conditional_sampling_needs_labels():
+    task = get_model("cdcgan").build(INFO, **SMALL)
+    params, _ = task.init(jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="cdcgan is class-conditional; pass --class K / labels") as err:
+        task.extras["sample_images"](params, jax.random.PRNGKey(0), 4)
+    assert "\n" not in str(err.value)
+    images = task.extras["sample_images"](params, jax.random.PRNGKey(0), 4, labels=np.array([0, 1, 2, 3]))
+    assert images.shape == (4, 8, 8, 1)
+    with pytest.raises(ValueError, match="labels must lie in 0..9"):
+        task.extras["sample_images"](params, jax.random.PRNGKey(0), 2, labels=np.array([0, 10]))
+
+
+def test_conditional_option_needs_classes():
+    with pytest.raises(ValueError, match="needs a classification data set"):
+        get_model("dcgan").build(DataInfo("plain", (8, 8, 1), extras=NORM), **SMALL, conditional=True)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "gan"])
+def test_an_image_the_generator_cannot_make_is_refused_at_build(name):
+    with pytest.raises(ValueError, match="30x30") as err:
+        get_model(name).build(DataInfo("odd", (30, 30, 1), num_classes=10, extras=NORM), **SMALL)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["dcgan", "cdcgan"])
+def test_report_without_the_judge(name, tmp_path):
+    task = get_model(name).build(INFO, **SMALL)
+    config = task.extras["config"]
+    extras = gan.extras(gan.Config(**{**config.__dict__, "report_samples": 30}))
+    params, state = task.init(jax.random.PRNGKey(0))
+    opt, opts, _ = players_optimizer(task, TrainConfig(steps=1), 1)
+    data = Dataset("fake", {"train": {k: np.asarray(v) for k, v in fake_images().items()}}, "classification",
+                   num_classes=10, extras=NORM)
+    out = extras["report"](params, state, opt.init(params), data, None)
+    assert out["report_samples"] == 30 and 0 <= out["sample_pixel_mean"] <= 1 and out["sample_pixel_std"] >= 0
+    assert "classifier_score" not in out
+    assert extras["report"](params, state, opt.init(params), data, tmp_path) == out      # same samples, pictures
+    assert (tmp_path / "samples.png").is_file() and (tmp_path / "interpolation.png").is_file()
