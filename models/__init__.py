@@ -34,20 +34,26 @@ module is the one that defines ``type(config)``::
 Modules: ``mlp`` (mlp, logreg), ``cnn`` (the MNIST-1D paper's 1-D CNN), ``lenet``, ``dilated``, ``resnet``
 (resnet, resnet18), ``densenet``, ``mbconv``, ``tcn``, ``rnn`` (rnn, lstm, gru classifiers; the recurrent layer
 stack), ``char_lstm`` (char-lstm), ``forecast`` (lstm-forecast), ``seq2seq`` (GRU with attention), ``gpt``,
-``bert`` (bert_mlm), ``transformer_seq2seq``, ``vit``; ``layers`` holds the building blocks they share.
+``bert`` (bert_mlm), ``transformer_seq2seq``, ``vit``, ``autoencoder`` (autoencoder, conv_autoencoder),
+``vae`` (vae, conv_vae), ``gan`` (gan, dcgan, cdcgan), ``stylegan``; ``judge`` is the MNIST classifier that scores
+generated images and ``hf`` maps Hugging Face GPT-2/BERT checkpoints in and out (neither is a registered model);
+``layers`` holds the building blocks they share.
 Adding a model is one new module with a ``register(...)`` call, plus its name in the import line below: the
 registry test (tests/test_models.py) then builds it at its ``small`` size, checks its whole-model gradient
 against pure autodiff and trains it a few steps, with no test edit.
 """
 
 from . import (
+    autoencoder,
     bert,
     char_lstm,
     cnn,
     densenet,
     dilated,
     forecast,
+    gan,
     gpt,
+    judge,
     layers,
     lenet,
     mbconv,
@@ -55,12 +61,14 @@ from . import (
     resnet,
     rnn,
     seq2seq,
+    stylegan,
     tcn,
     transformer_seq2seq,
+    vae,
     vit,
 )
 from .registry import MODELS, ModelEntry, as_task, get_model, register
 
 __all__ = ["MODELS", "ModelEntry", "as_task", "get_model", "register", "layers", "mlp", "cnn", "lenet", "dilated",
            "resnet", "densenet", "mbconv", "tcn", "rnn", "char_lstm", "forecast", "seq2seq", "gpt", "bert",
-           "transformer_seq2seq", "vit"]
+           "transformer_seq2seq", "vit", "autoencoder", "vae", "gan", "stylegan", "judge"]
