@@ -429,8 +429,12 @@ _DATA = ("binarized_mnist", "mnist", "fashion_mnist")
 
 register(
     "vae", build, data=_DATA,
-    # Kingma & Welling's MNIST model; the bar of issue 16: test negative ELBO <= 100 nats after 30 epochs
-    defaults={"data": "binarized_mnist", "epochs": 30, "batch_size": 128, "optimizer": "adam", "lr": 1e-3},
+    # Kingma & Welling's MNIST model; the bar of issue 16: test negative ELBO <= 100 nats after 30 epochs. Adam
+    # 1e-3 decayed to 0 by a cosine over the 30 epochs, on all 60000 training images (the usual protocol for
+    # test likelihoods). With a constant rate and a 5000-image validation split, seed 0 gave 99.73 nats; with the
+    # cosine and the split, seeds 0/1 gave 99.24/99.55.
+    defaults={"data": "binarized_mnist", "epochs": 30, "batch_size": 128, "optimizer": "adam", "lr": 1e-3,
+              "schedule": "cosine", "val_fraction": 0.0},
     description="VAE 784-500-z20 (Kingma & Welling), Bernoulli decoder; --set beta=4 / conditional=True / latent=2",
     small={"hidden": (8,), "latent": 2}, small_data=_SMALL_DATA,
 )
