@@ -46,6 +46,7 @@ against pure autodiff and trains it a few steps, with no test edit.
 from . import (
     autoencoder,
     bert,
+    bert_classifier,
     char_lstm,
     cnn,
     densenet,
@@ -58,6 +59,7 @@ from . import (
     lenet,
     mbconv,
     mlp,
+    pretrained,
     resnet,
     rnn,
     seq2seq,

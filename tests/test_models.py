@@ -57,6 +57,9 @@ def fake_batch(info: DataInfo, batch: int = BATCH, seed: int = 0) -> dict:
         shape = (batch, *info.input_shape)
         return {"x": jnp.asarray(rng.integers(0, info.vocab_size, shape), jnp.int32),
                 "y": jnp.asarray(rng.integers(0, info.vocab_size, shape), jnp.int32)}
+    if info.vocab_size is not None:                      # a token classifier: ids in, one class per row out
+        return {"x": jnp.asarray(rng.integers(0, info.vocab_size, (batch, *info.input_shape)), jnp.int32),
+                "y": jnp.asarray(rng.integers(0, info.num_classes, batch), jnp.int32)}
     x = jnp.asarray(rng.normal(size=(batch, *info.input_shape)), jnp.float32)
     if info.kind == "regression":
         return {"x": x, "y": jnp.asarray(rng.normal(size=(batch, int(extras["horizon"]))), jnp.float32)}
