@@ -36,7 +36,8 @@ Modules: ``mlp`` (mlp, logreg), ``cnn`` (the MNIST-1D paper's 1-D CNN), ``lenet`
 stack), ``char_lstm`` (char-lstm), ``forecast`` (lstm-forecast), ``seq2seq`` (GRU with attention), ``gpt``,
 ``bert`` (bert_mlm), ``transformer_seq2seq``, ``vit``, ``autoencoder`` (autoencoder, conv_autoencoder),
 ``vae`` (vae, conv_vae), ``gan`` (gan, dcgan, cdcgan), ``stylegan``; ``judge`` is the MNIST classifier that scores
-generated images and ``hf`` maps Hugging Face GPT-2/BERT checkpoints in and out (neither is a registered model);
+generated images, ``hf`` maps Hugging Face GPT-2/BERT checkpoints in and out and ``pretrained`` loads MiniLM
+(none of the three is a registered model); ``bert_classifier`` fine-tunes a pretrained encoder;
 ``layers`` holds the building blocks they share.
 Adding a model is one new module with a ``register(...)`` call, plus its name in the import line below: the
 registry test (tests/test_models.py) then builds it at its ``small`` size, checks its whole-model gradient
@@ -73,4 +74,5 @@ from .registry import MODELS, ModelEntry, as_task, get_model, register
 
 __all__ = ["MODELS", "ModelEntry", "as_task", "get_model", "register", "layers", "mlp", "cnn", "lenet", "dilated",
            "resnet", "densenet", "mbconv", "tcn", "rnn", "char_lstm", "forecast", "seq2seq", "gpt", "bert",
-           "transformer_seq2seq", "vit", "autoencoder", "vae", "gan", "stylegan", "judge"]
+           "transformer_seq2seq", "vit", "autoencoder", "vae", "gan", "stylegan", "judge", "bert_classifier",
+           "pretrained"]
