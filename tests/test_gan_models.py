@@ -19,8 +19,9 @@ NORM = {"normalization": {"mean": 0.5, "std": 0.5}}
 INFO = DataInfo("fake-images", (8, 8, 1), num_classes=10, extras=NORM)
 SMALL = {"latent": 4, "width": 2, "judge": False}
 NAMES = [n for n in ("gan", "dcgan", "cdcgan", "stylegan") if n in MODELS]
-# the style generator's step compiles for ~15 s on the 2-core machine: CI runs it, the quick subset skips it
-STEPPED = [pytest.param(n, marks=pytest.mark.slow) if n == "stylegan" else n for n in NAMES]
+# the style generator's players step compiles for ~15 s on the 2-core machine; its whole-model gradient and a few
+# training steps are tests/test_models.py's (the suite's time budget)
+STEPPED = [n for n in NAMES if n != "stylegan"]
 
 
 def fake_images(n=16, size=8, seed=0):
@@ -62,8 +63,7 @@ def test_players_steps_move_both_players_and_stay_finite(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options", [{"loss": "wasserstein", "gp": 10.0, "n_critic": 2}, {"gp": 1.0},
-                                     {"loss": "hinge", "ema": None}])
+@pytest.mark.parametrize("options", [{"loss": "wasserstein", "gp": 10.0, "n_critic": 2}, {"gp": 1.0}])
 def test_losses_and_penalties_train(options):
     task = get_model("dcgan").build(INFO, **SMALL, **options)
     params, (new, _, _, metrics) = run_steps(task, fake_images(), steps=2)
