@@ -78,7 +78,7 @@ def test_gp_needs_a_loss_it_fits():
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n != "stylegan"])   # its noise inputs are drawn per batch
+@pytest.mark.parametrize("name", ["dcgan", "cdcgan"])   # batch norm is what could couple samples
 def test_a_sample_does_not_depend_on_the_others_drawn_with_it(name):
     task = get_model(name).build(INFO, **SMALL)
     config = task.extras["config"]

@@ -213,7 +213,7 @@ def test_training_the_tiny_vae_lowers_its_loss_and_reports_bounds(tmp_path):
 def test_a_denoising_autoencoder_raises_the_psnr_of_noisy_images(tmp_path):
     data = toy_data(flip=0.0)                   # clean images are the 10 templates: a denoiser can recover them
     # (the convolutional one learns these 8x8 random templates slowly; tests/test_models.py trains it)
-    for kind in ("gaussian", "masking"):
+    for kind in ("gaussian",):          # masking noise: tests/test_models.py trains the small conv denoiser with it
         task = get_model("autoencoder").build(data.info(), hidden=(32,), latent=8, noise=0.3, noise_kind=kind)
         result = _train(task, data, 150, lr=1e-2)
         out = task.extras["report"](result.params, result.state, result.opt_state, data, tmp_path)
