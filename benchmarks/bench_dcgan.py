@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from bench_conv import timeit  # noqa: E402  (median of reps after a warm-up; this folder is on sys.path when run)
 from funcdl.models import get_model
 
 import funcdl as fd
@@ -83,17 +83,6 @@ def torch_step(args, x, y):
         with torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach() for p in gen.parameters()], 0.001)
     return run
-
-
-def timeit(fn, reps):
-    fn()
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main():

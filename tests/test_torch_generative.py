@@ -20,14 +20,7 @@ F = torch.nn.functional
 D = torch.distributions
 
 
-def close(a, b, tol=1e-10):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    np.testing.assert_allclose(a, b, rtol=tol, atol=tol * max(1.0, float(np.abs(b).max(initial=0))))
-
-
-def tt(a):
-    return torch.tensor(np.asarray(a), dtype=torch.float64, requires_grad=True)
+from test_torch_features import close, tt  # noqa: E402  (float64 comparison helpers shared by the torch tests)
 
 
 def against_torch(fn, torch_fn, args, seed=0):
