@@ -93,26 +93,33 @@ def skip_not_finite(inner: GradientTransformation) -> GradientTransformation:
 class EMAState(NamedTuple):
     ema: Any                  # the averaged parameters (read with optim.ema_of(state))
     inner: Any
+    count: Any = None         # updates so far (int32 scalar): the warm-up's t
 
 
-def ema_params(inner: GradientTransformation, decay=0.999) -> GradientTransformation:
+def ema_params(inner: GradientTransformation, decay=0.999, *, warmup: bool = False) -> GradientTransformation:
     """Keep an exponential moving average of the parameters next to the optimizer (Polyak averaging):
 
-        p_t = p_{t-1} + inner_update_t,      e_t = decay * e_{t-1} + (1 - decay) * p_t,   e_0 = p_0
+        p_t = p_{t-1} + inner_update_t,      e_t = d_t * e_{t-1} + (1 - d_t) * p_t,   e_0 = p_0
 
-    The average is read with ``optim.ema_of(state)``; the training itself follows ``p``. Starting at
-    ``p_0`` (not 0) needs no bias correction.
+    with d_t = ``decay``, or with ``warmup`` d_t = min(decay, (1 + t) / (10 + t)) (the schedule of TensorFlow's
+    ExponentialMovingAverage with ``num_updates``): early averages forget the initial weights quickly, so a short
+    run's average is not dominated by p_0 (0.999^1000 = 37% of it after 1000 steps without warm-up). The average
+    is read with ``optim.ema_of(state)``; the training itself follows ``p``. Starting at ``p_0`` (not 0) needs
+    no bias correction.
     """
     check_range("ema_params", "decay", decay, 0.0, 1.0, hi_open=False)
 
     def init(params):
-        return EMAState(tree_map(jnp.copy, params), inner.init(params))
+        return EMAState(tree_map(jnp.copy, params), inner.init(params), jnp.zeros((), jnp.int32))
 
     def update(grads, state, params=None):
         need_params("ema_params", params)
         u, s = inner.update(grads, state.inner, params)
-        ema = tree_map(lambda e, p, du: e + (1 - decay) * ((p + du).astype(e.dtype) - e), state.ema, params, u)
-        return u, EMAState(ema, s)
+        t = state.count + 1
+        d = jnp.minimum(decay, (1.0 + t) / (10.0 + t)) if warmup else decay
+        ema = tree_map(lambda e, p, du: e + ((1 - d) * ((p + du).astype(e.dtype) - e)).astype(e.dtype),
+                       state.ema, params, u)
+        return u, EMAState(ema, s, t)
 
     return GradientTransformation(init, update)
 

@@ -53,3 +53,18 @@ def test_resume_refuses_what_cannot_change_and_a_damaged_checkpoint(tmp_path, ca
 def test_debug_shows_the_traceback():
     with pytest.raises(ValueError, match="did you mean"):
         main(["--debug", "train", "mlp", "--set", "hiden=64"])
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"train": {}}', "names no model and no data: it was not written by funcdl train"),
+    ("{not json", "is not valid JSON"),
+])
+def test_sample_refuses_a_config_funcdl_train_did_not_write(content, message, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(content)
+    (run / "checkpoint.npz").write_bytes(b"")
+    assert main(["sample", str(run), "--grid", "2x2", "--out", str(tmp_path / "g.png")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert (run / "config.json").read_text() == content and not (tmp_path / "g.png").exists()

@@ -359,6 +359,22 @@ def test_ema_params():
     np.testing.assert_allclose(optim.ema_of(s)["x"], [2.625])
 
 
+def test_ema_params_warmup():
+    """With warm-up d_t = min(decay, (1 + t) / (10 + t)): t = 1, 2 give 2/11, 3/12; decay 0.5 caps t >= 8."""
+    params = {"x": jnp.array([0.0])}
+    opt = optim.ema_params(optim.sgd(1.0), decay=0.5, warmup=True)
+    s = opt.init(params)
+    e, expect = 0.0, []
+    for t in range(1, 11):
+        u, s = opt.update({"x": jnp.array([-1.0])}, s, params)
+        params = optim.apply_updates(params, u)
+        d = min(0.5, (1 + t) / (10 + t))
+        e = d * e + (1 - d) * t
+        expect.append(e)
+        np.testing.assert_allclose(optim.ema_of(s)["x"], [e], rtol=1e-6)
+    assert int(s.count) == 10 and expect[0] == pytest.approx(9 / 11)
+
+
 def test_lookahead():
     params = {"x": jnp.array([0.0])}
     opt = optim.lookahead(optim.sgd(1.0), sync_period=2, alpha=0.5)

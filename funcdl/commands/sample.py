@@ -13,6 +13,8 @@ import json
 import re
 from pathlib import Path
 
+from .train import read_run_config
+
 
 def register(sub) -> None:
     p = sub.add_parser("sample", help="generate text from a trained language model, or a grid of images from an "
@@ -56,7 +58,7 @@ def load_model(path: str, data_dir: str | None = None):
     from funcdl.training import checkpoint
 
     ckpt, config_path = _locate(path)
-    cfg = json.loads(config_path.read_text())
+    cfg = read_run_config(config_path)
     entry = models.get_model(cfg["model"])
     ds = data.load(cfg["data"], data_dir=data_dir or cfg.get("data_dir"))
     extras = ds.extras or {}
@@ -142,7 +144,7 @@ def load_image_model(path: str, data_dir: str | None = None) -> dict:
     from .train import build_task, load_run_data
 
     ckpt, config_path = _locate(path)
-    cfg = json.loads(config_path.read_text())
+    cfg = read_run_config(config_path)
     entry = models.get_model(cfg["model"])
     train_cfg = cfg.get("train", {})
     ds = load_run_data(cfg["data"], data_dir or cfg.get("data_dir"), train_cfg)

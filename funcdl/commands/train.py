@@ -373,6 +373,21 @@ def _print_sample(task, params, data, n_tokens: int = 300) -> None:
     print("sample:\n" + extras["decode"](tokens[0]))
 
 
+def read_run_config(path) -> dict:
+    """A run's config.json, refused in one line when it does not name the model and data ``funcdl train``
+    records (a file written by something else, or cut short)."""
+    path = Path(path)
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); it was not written by funcdl train") from None
+    missing = [k for k in ("model", "data") if not isinstance(cfg, dict) or k not in cfg]
+    if missing:
+        raise ValueError(f"{path} names no {' and no '.join(missing)}: it was not written by funcdl train (a run "
+                         "directory's config.json records both)")
+    return cfg
+
+
 def load_run(run_dir, *, load_data: bool = True):
     """Rebuild a finished (or interrupted) run for other commands (``sample``, ``plot``): returns a dict with
     ``task``, ``params``, ``state``, ``config`` (config.json), ``data`` (the Dataset, or None) and ``info``."""
@@ -384,7 +399,7 @@ def load_run(run_dir, *, load_data: bool = True):
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = read_run_config(cfg_path)
     entry = _models().get_model(cfg["model"])
     train_cfg = cfg.get("train", {})
     data = load_run_data(cfg["data"], cfg.get("data_dir"), train_cfg) if load_data else None

@@ -61,7 +61,7 @@ def players_optimizer(task: Task, config: TrainConfig, total_steps: int):
     opts = {}
     for p in task.players:
         opt = p.optimizer if p.optimizer is not None else default
-        opts[p.name] = optim.ema_params(opt, p.ema) if p.ema is not None else opt
+        opts[p.name] = optim.ema_params(opt, p.ema, warmup=True) if p.ema is not None else opt
 
     def init(params):
         missing = sorted(set(opts) - set(params))

@@ -42,7 +42,8 @@ class Player(NamedTuple):
     loss: Callable[..., tuple[Any, tuple[Any, dict]]]   # (params, state, batch, key, train), as Task.loss
     steps: int = 1                      # updates per training step (a WGAN critic: 5)
     optimizer: Any = None               # a GradientTransformation; None: the training options' optimizer
-    ema: float | None = None            # decay of an EMA copy of params[name] kept in its optimizer state
+    ema: float | None = None            # decay of an EMA copy of params[name] kept in its optimizer state (with
+                                        # optim.ema_params' warm-up: min(ema, (1 + t) / (10 + t)))
 
 
 class Task(NamedTuple):
