@@ -6,6 +6,7 @@ generator, each with its own Adam state, in one training step.
                           -> conv_transpose 4x4 stride 2 -> (H/2, W/2, 2 width) -> BN -> ReLU
                           -> conv_transpose 4x4 stride 2 -> (H, W, C) -> tanh
     dcgan discriminator:  x -> conv 4x4 stride 2 (width) -> LeakyReLU(0.2) -> conv 4x4 stride 2 (2 width)
+                          -> BN (``disc_norm="batch"``, the default without a gradient penalty)
                           -> LeakyReLU(0.2) -> flatten -> dense -> one logit [+ <embed(class), features>]
 
 The conditional discriminator is a projection discriminator (Miyato & Koyama 2018): the class enters as the inner
@@ -60,6 +61,7 @@ class Config:
     n_critic: int = 1
     ema: float | None = 0.999
     gp: float = 0.0
+    disc_norm: str = "none"             # "batch": batch norm after the discriminator's second conv (DCGAN)
     mean: float = 0.0                   # the data's normalization: pixel = x * std + mean, in [0, 1]
     std: float = 1.0
     judge: bool = True                  # report: score the samples with models.judge
@@ -76,6 +78,8 @@ class Config:
                 raise ValueError(f"{self.name}: {what} must be an integer >= 1, got {getattr(self, what)!r}")
         if self.ema is not None and not 0.0 < self.ema < 1.0:
             raise ValueError(f"{self.name}: ema must be a decay in (0, 1) or None, got {self.ema!r}")
+        if self.disc_norm not in ("none", "batch"):
+            raise ValueError(f"{self.name}: disc_norm must be 'none' or 'batch', got {self.disc_norm!r}")
         if not self.gp >= 0:
             raise ValueError(f"{self.name}: gp must be >= 0, got {self.gp!r}")
         ARCHS[self.arch].check(self)
@@ -219,13 +223,20 @@ def _dcgan_gen(p, z, onehot, config, ref, key):
 def _dcgan_disc_init(key, config):
     (h, w), c, wd = quarter(config), config.image[2], config.width
     k = jax.random.split(key, 3)
-    return {"conv1": conv_p(k[0], 4, c, wd), "conv2": conv_p(k[1], 4, wd, 2 * wd),
-            **project_p(k[2], h * w * 2 * wd, config)}
+    p = {"conv1": conv_p(k[0], 4, c, wd), "conv2": conv_p(k[1], 4, wd, 2 * wd),
+         **project_p(k[2], h * w * 2 * wd, config)}
+    if config.disc_norm == "batch":
+        p["bn2"] = bn_p(2 * wd)
+    return p
 
 
 def _dcgan_disc(p, x, onehot, config):
+    """With ``disc_norm="batch"`` the second conv's output is batch-normalised over the batch the discriminator
+    is given: real and generated images are scored in separate calls, so each is normalised by its own
+    statistics, as in DCGAN."""
     h = lrelu(fd.conv2d(x, p["conv1"]["w"], p["conv1"]["b"], stride=2, padding=1))
-    h = lrelu(fd.conv2d(h, p["conv2"]["w"], p["conv2"]["b"], stride=2, padding=1))
+    h = fd.conv2d(h, p["conv2"]["w"], p["conv2"]["b"], stride=2, padding=1)
+    h = lrelu(norm(p["bn2"], h, None) if "bn2" in p else h)
     return project(p, h.reshape(h.shape[0], -1), onehot)
 
 
@@ -440,6 +451,14 @@ def config_from(info: DataInfo, name: str, arch: str, *, conditional=False, **op
     if options.get("gp", 0.0) > 0 and loss_kind not in ("wasserstein", "non_saturating", "minimax"):
         raise ValueError(f"{name}: gp adds WGAN-GP to loss='wasserstein' or R1 to the logistic losses, not to "
                          f"loss={loss_kind!r}")
+    if "disc_norm" in options:
+        norm_kind = options.pop("disc_norm")
+        if norm_kind is None:          # batch norm, except where a gradient penalty needs a per-sample critic
+            norm_kind = "none" if options.get("gp", 0.0) > 0 else "batch"
+        elif norm_kind == "batch" and options.get("gp", 0.0) > 0:
+            raise ValueError(f"{name}: a gradient penalty differentiates the critic one sample at a time, which "
+                             "batch norm couples; use --set disc_norm=none with gp")
+        options["disc_norm"] = norm_kind
     return Config(arch=arch, image=shape, num_classes=classes, mean=float(stats["mean"]),
                   std=float(stats["std"]), name=name, **options)
 
@@ -451,15 +470,15 @@ def build_gan(info: DataInfo, *, latent=64, width=64, loss="non_saturating", n_c
 
 
 def build_dcgan(info: DataInfo, *, latent=64, width=32, loss="non_saturating", n_critic=1, ema=0.999, gp=0.0,
-                conditional=False, judge=True):
+                disc_norm=None, conditional=False, judge=True):
     return gan_task(config_from(info, "dcgan", "dcgan", conditional=conditional, latent=latent, width=width,
-                                loss=loss, n_critic=n_critic, ema=ema, gp=gp, judge=judge))
+                                loss=loss, n_critic=n_critic, ema=ema, gp=gp, disc_norm=disc_norm, judge=judge))
 
 
 def build_cdcgan(info: DataInfo, *, latent=64, width=32, loss="non_saturating", n_critic=1, ema=0.999, gp=0.0,
-                 judge=True):
+                 disc_norm=None, judge=True):
     return gan_task(config_from(info, "cdcgan", "dcgan", conditional=True, latent=latent, width=width,
-                                loss=loss, n_critic=n_critic, ema=ema, gp=gp, judge=judge))
+                                loss=loss, n_critic=n_critic, ema=ema, gp=gp, disc_norm=disc_norm, judge=judge))
 
 
 SMALL_DATA = DataInfo("fake-images", (8, 8, 1), num_classes=10, extras={"normalization": {"mean": 0.5, "std": 0.5}})

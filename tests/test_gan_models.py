@@ -78,6 +78,15 @@ def test_gp_needs_a_loss_it_fits():
     assert "\n" not in str(err.value)
 
 
+def test_the_critic_is_batch_normalised_unless_a_gradient_penalty_needs_it_per_sample():
+    build = get_model("dcgan").build
+    assert "bn2" in build(INFO, **SMALL).init(jax.random.PRNGKey(0))[0]["disc"]
+    assert "bn2" not in build(INFO, **SMALL, gp=1.0).init(jax.random.PRNGKey(0))[0]["disc"]
+    with pytest.raises(ValueError, match="use --set disc_norm=none with gp") as err:
+        build(INFO, **SMALL, gp=1.0, disc_norm="batch")
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("name", ["dcgan", "cdcgan"])   # batch norm is what could couple samples
 def test_a_sample_does_not_depend_on_the_others_drawn_with_it(name):
     task = get_model(name).build(INFO, **SMALL)
