@@ -37,7 +37,8 @@ stack), ``char_lstm`` (char-lstm), ``forecast`` (lstm-forecast), ``seq2seq`` (GR
 ``bert`` (bert_mlm), ``transformer_seq2seq``, ``vit``, ``autoencoder`` (autoencoder, conv_autoencoder),
 ``vae`` (vae, conv_vae), ``gan`` (gan, dcgan, cdcgan), ``stylegan``; ``judge`` is the MNIST classifier that scores
 generated images, ``hf`` maps Hugging Face GPT-2/BERT checkpoints in and out and ``pretrained`` loads MiniLM
-(none of the three is a registered model); ``bert_classifier`` fine-tunes a pretrained encoder;
+(none of the three is a registered model); ``bert_classifier`` fine-tunes a pretrained encoder; ``qa`` is a
+T5/BART-style encoder-decoder for extractive question answering;
 ``layers`` holds the building blocks they share.
 Adding a model is one new module with a ``register(...)`` call, plus its name in the import line below: the
 registry test (tests/test_models.py) then builds it at its ``small`` size, checks its whole-model gradient
@@ -61,6 +62,7 @@ from . import (
     mbconv,
     mlp,
     pretrained,
+    qa,
     resnet,
     rnn,
     seq2seq,
@@ -75,4 +77,4 @@ from .registry import MODELS, ModelEntry, as_task, get_model, register
 __all__ = ["MODELS", "ModelEntry", "as_task", "get_model", "register", "layers", "mlp", "cnn", "lenet", "dilated",
            "resnet", "densenet", "mbconv", "tcn", "rnn", "char_lstm", "forecast", "seq2seq", "gpt", "bert",
            "transformer_seq2seq", "vit", "autoencoder", "vae", "gan", "stylegan", "judge", "bert_classifier",
-           "pretrained"]
+           "pretrained", "qa"]

@@ -92,7 +92,7 @@ register_dataset("tinyshakespeare", text.load_tinyshakespeare,
                  "Tiny Shakespeare, 1.1M characters, 65-character vocabulary (char-level LM)", kind="language")
 
 # data-set modules written elsewhere register themselves when imported
-for _module in ("timeseries", "synthetic", "generative", "sentiment"):
+for _module in ("timeseries", "synthetic", "generative", "sentiment", "qa"):
     try:
         importlib.import_module(f"{__name__}.{_module}")
     except ModuleNotFoundError as _err:
