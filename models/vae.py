@@ -330,7 +330,7 @@ def _test_bounds(params, x, y, config, draws, iwae_k, iwae_images, batch=500):
 
 
 def _pictures(params, x, y, config, out_dir, plots):
-    """samples.png, reconstructions.png, interpolation.png and (latent == 2) latent_scatter.png."""
+    """samples.png, reconstructions.png, interpolation.png, traversal.png and (latent == 2) latent_scatter.png."""
     out_dir = Path(out_dir)
     key = jax.random.PRNGKey(3)
     grid_labels = np.tile(np.arange(10), 10) % max(config.num_classes, 1) if config.conditional else None
@@ -343,17 +343,33 @@ def _pictures(params, x, y, config, out_dir, plots):
     plots.reconstructions(np.asarray(to_pixels(x16, config)), np.asarray(recon), out_dir / "reconstructions.png")
     # interpolation: z from mu of test image 2i to mu of test image 2i+1, 10 steps, 6 rows
     pairs = jnp.asarray(x[:12], jnp.float32)
-    mu, _ = encode(params, to_pixels(pairs, config), config, lab(slice(0, 12)))
+    mu, logvar = encode(params, to_pixels(pairs, config), config, lab(slice(0, 12)))
     t = jnp.linspace(0.0, 1.0, 10)[None, :, None]
     z = (1 - t) * mu[0::2, None] + t * mu[1::2, None]                       # (6, 10, latent)
     z_labels = None if not config.conditional else jnp.repeat(jnp.asarray(y[0:12:2]), 10)
     rows = fd.sigmoid(decode_logits(params, z.reshape(60, -1), config, z_labels)).reshape(6, 10, *config.image)
     plots.interpolation(np.asarray(rows), out_dir / "interpolation.png")
+    _traversal(params, mu, logvar, config, None if z_labels is None else z_labels[:1], out_dir, plots)
     if config.latent == 2:
         n = min(len(x), 5000)
         mu, _ = jax.jit(lambda p, xb, lb: encode(p, to_pixels(xb, config), config, lb))(
             params, jnp.asarray(x[:n], jnp.float32), lab(slice(0, n)))
         plots.latent_scatter(np.asarray(mu), np.asarray(y[:n]), out_dir / "latent_scatter.png")
+
+
+def _traversal(params, mu, logvar, config, label, out_dir, plots, rows=8, steps=10):
+    """traversal.png: from the first image's mean, one latent coordinate at a time swept over [-3, 3] (the
+    prior's +-3 sd), the others held; the coordinates drawn are the ``rows`` with the largest mean KL to the
+    prior on these images (the active units: a VAE leaves many coordinates at the prior, where a sweep changes
+    nothing)."""
+    kl = jnp.mean(0.5 * (mu ** 2 + jnp.exp(logvar) - logvar - 1.0), axis=0)
+    dims = jnp.argsort(-kl)[:min(rows, config.latent)]
+    sweep = jnp.linspace(-3.0, 3.0, steps)
+    z = jnp.repeat(jnp.repeat(mu[:1], steps, axis=0)[None], len(dims), axis=0)      # (rows, steps, latent)
+    z = z.at[jnp.arange(len(dims))[:, None], jnp.arange(steps)[None, :], dims[:, None]].set(sweep[None, :])
+    z_labels = None if label is None else jnp.repeat(label, len(dims) * steps)
+    x = fd.sigmoid(decode_logits(params, z.reshape(len(dims) * steps, -1), config, z_labels))
+    plots.interpolation(np.asarray(x.reshape(len(dims), steps, *config.image)), Path(out_dir) / "traversal.png")
 
 
 def _judge(params, data, config, n=1000) -> dict:
@@ -386,7 +402,8 @@ def report(params, state, opt_state, data, out_dir, *, config: Config, judge: bo
       (``test_iwae_images``; ``IWAE_IMAGES`` = 2000 keeps it near a minute on two CPU cores; None: all);
     * pictures (when ``out_dir`` is given and funcdl.plots.generative exists): samples.png (a 10 x 10 grid;
       conditional: each column one class), reconstructions.png, interpolation.png (6 rows of 10 decodings on the
-      straight line between the means of two test images' q(z|x)), latent_scatter.png when latent == 2;
+      straight line between the means of two test images' q(z|x)), traversal.png (one latent coordinate swept
+      over [-3, 3] per row, the most active ones), latent_scatter.png when latent == 2;
     * ``judge_*`` (``judge=True`` and MNIST-like data): models.judge.judge_report on 1000 samples.
     """
     split = report_split(data)

@@ -203,7 +203,8 @@ def test_training_the_tiny_vae_lowers_its_loss_and_reports_bounds(tmp_path):
     assert out["test_iwae_images"] == 16 and out["test_nelbo_draws"] == 2
     assert not any(k.startswith("judge_") for k in out)
     if autoencoder.plots_module() is not None:
-        assert {p.name for p in tmp_path.iterdir()} >= {"samples.png", "reconstructions.png", "interpolation.png"}
+        assert {p.name for p in tmp_path.iterdir()} >= {"samples.png", "reconstructions.png", "interpolation.png",
+                                                     "traversal.png"}
     encode, decode = task.extras["encode"], task.extras["decode"]
     mu, logvar = encode(result.params, data.splits["test"]["x"][:5])
     assert mu.shape == logvar.shape == (5, 4) and decode(result.params, mu).shape == (5, 8, 8, 1)
