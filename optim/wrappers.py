@@ -93,7 +93,8 @@ def skip_not_finite(inner: GradientTransformation) -> GradientTransformation:
 class EMAState(NamedTuple):
     ema: Any                  # the averaged parameters (read with optim.ema_of(state))
     inner: Any
-    count: Any = None         # updates so far (int32 scalar): the warm-up's t
+    updates: Any = None       # updates so far (int32 scalar): the warm-up's t (not named count: the inner
+                              # optimizer's count is the count, optim.find_state_field)
 
 
 def ema_params(inner: GradientTransformation, decay=0.999, *, warmup: bool = False) -> GradientTransformation:
@@ -115,7 +116,7 @@ def ema_params(inner: GradientTransformation, decay=0.999, *, warmup: bool = Fal
     def update(grads, state, params=None):
         need_params("ema_params", params)
         u, s = inner.update(grads, state.inner, params)
-        t = state.count + 1
+        t = state.updates + 1
         d = jnp.minimum(decay, (1.0 + t) / (10.0 + t)) if warmup else decay
         ema = tree_map(lambda e, p, du: e + ((1 - d) * ((p + du).astype(e.dtype) - e)).astype(e.dtype),
                        state.ema, params, u)

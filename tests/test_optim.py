@@ -372,7 +372,7 @@ def test_ema_params_warmup():
         e = d * e + (1 - d) * t
         expect.append(e)
         np.testing.assert_allclose(optim.ema_of(s)["x"], [e], rtol=1e-6)
-    assert int(s.count) == 10 and expect[0] == pytest.approx(9 / 11)
+    assert int(s.updates) == 10 and expect[0] == pytest.approx(9 / 11)
 
 
 def test_lookahead():
