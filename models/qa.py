@@ -240,17 +240,22 @@ def _check_length(what: str, ids, limit: int, option: str):
                          f"build the model with a larger {option}")
 
 
+def _embed(params, p, ids, config: Config, *, bidirectional: bool):
+    """A stack's input: the shared token embedding, then T5's relative bias table for the stack's self-attention
+    (returned as ``bias``) or BART's learned positions and embedding norm (``bias`` None)."""
+    t = ids.shape[1]
+    x = fd.embedding(params["wte"], ids)
+    if config.t5:
+        return x, relative_bias(p["rel"], t, t, bidirectional=bidirectional, config=config)
+    return _norm(p["ln_emb"], x + p["wpe"][:t], config), None
+
+
 def encode(params, src, config: Config):
     """Source ids (B, S) -> (states (B, S, D), key-padding mask (B, 1, 1, S), True on real tokens)."""
     _check_length("source (question and context)", src, config.src_len, "src_len")
-    p, s = params["enc"], src.shape[1]
+    p = params["enc"]
     mask = (src != PAD)[:, None, None, :]
-    x = fd.embedding(params["wte"], src)
-    bias = None
-    if config.t5:
-        bias = relative_bias(p["rel"], s, s, bidirectional=True, config=config)
-    else:
-        x = _norm(p["ln_emb"], x + p["wpe"][:s], config)
+    x, bias = _embed(params, p, src, config, bidirectional=True)
     for blk in p["blocks"]:
         x = _layer(blk, x, config, bias=bias, mask=mask)
     return (_norm(p["ln_f"], x, config) if config.t5 else x), mask
@@ -259,13 +264,8 @@ def encode(params, src, config: Config):
 def _decode(params, states, mask, tgt_in, config: Config):
     """Decoder logits (B, U, V) of the decoder inputs (B, U) given the encoder's states."""
     _check_length("answer", tgt_in, config.tgt_len, "tgt_len")
-    p, u = params["dec"], tgt_in.shape[1]
-    x = fd.embedding(params["wte"], tgt_in)
-    bias = None
-    if config.t5:
-        bias = relative_bias(p["rel"], u, u, bidirectional=False, config=config)
-    else:
-        x = _norm(p["ln_emb"], x + p["wpe"][:u], config)
+    p = params["dec"]
+    x, bias = _embed(params, p, tgt_in, config, bidirectional=False)
     for blk in p["blocks"]:
         x = _layer(blk, x, config, bias=bias, mask=None, causal=True, context=states, context_mask=mask)
     if config.t5:

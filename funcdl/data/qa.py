@@ -39,6 +39,7 @@ import string
 import numpy as np
 
 from .base import Dataset
+from .synthetic import SeqVocab
 
 __all__ = ["PAD", "BOS", "EOS", "WordVocab", "VOCAB", "SRC_LEN", "TGT_LEN", "held_out_facts", "make_examples",
            "encode_examples", "load_synthetic_qa", "normalize_answer", "exact_match", "f1", "squad_scores"]
@@ -73,37 +74,11 @@ RELATIONS = {
 VALUES = {"city": CITIES, "job": JOBS, "pet": ANIMALS, "year": YEARS, "sport": SPORTS}   # what a triple holds
 
 
-class WordVocab:
-    """Three special tokens then words. ``encode`` splits on whitespace; ``decode`` joins with spaces."""
+class WordVocab(SeqVocab):
+    """Three special tokens then words: ``encode`` splits on whitespace, ``decode`` joins with spaces (the
+    synthetic translation sets' vocabulary, word by word)."""
 
-    def __init__(self, words):
-        self.tokens = list(SPECIALS) + list(dict.fromkeys(words))
-        self.index = {w: i for i, w in enumerate(self.tokens)}
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def encode(self, text: str, length: int | None = None, eos: bool = False) -> np.ndarray:
-        words = text.split()
-        try:
-            ids = [self.index[w] for w in words] + ([EOS] if eos else [])
-        except KeyError as err:
-            raise ValueError(f"synthetic_qa: the word {err.args[0]!r} is not in the vocabulary") from None
-        if length is not None:
-            if len(ids) > length:
-                raise ValueError(f"synthetic_qa: {text!r} needs {len(ids)} tokens, more than the length {length}")
-            ids = ids + [PAD] * (length - len(ids))
-        return np.asarray(ids, np.int32)
-
-    def decode(self, ids, stop_at_eos: bool = True) -> str:
-        out = []
-        for i in np.asarray(ids).reshape(-1):
-            i = int(i)
-            if i == EOS and stop_at_eos:
-                break
-            if len(SPECIALS) <= i < len(self.tokens):
-                out.append(self.tokens[i])
-        return " ".join(out)
+    unit, sep, where = "the word", " ", "synthetic_qa: "
 
 
 def _all_words():
@@ -112,6 +87,7 @@ def _all_words():
         for text in (fact, *(q for q, _ in questions)):
             words += [w for w in text.split() if not w.startswith("{")]
     return [*words, *NAMES, *CITIES, *JOBS, *COLORS, *ANIMALS, *SPORTS, *YEARS]
+
 
 
 VOCAB = WordVocab(_all_words())

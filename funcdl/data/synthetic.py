@@ -30,23 +30,30 @@ SPECIALS = ("<pad>", "<bos>", "<eos>")
 
 
 class SeqVocab:
-    """Three special tokens then single characters. ``encode`` / ``decode`` work on strings."""
+    """Three special tokens then units: single characters here (``encode`` reads a string character by
+    character, ``decode`` joins with nothing); a subclass with ``sep = " "`` works on whitespace-separated words
+    (funcdl.data.qa). ``where`` prefixes the error messages."""
 
-    def __init__(self, chars: str):
-        self.tokens = list(SPECIALS) + list(chars)
+    unit, sep, where = "character", "", ""
+
+    def __init__(self, units):
+        self.tokens = list(SPECIALS) + list(dict.fromkeys(units))
         self.index = {c: i for i, c in enumerate(self.tokens)}
 
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def split(self, text: str) -> list:
+        return text.split(self.sep) if self.sep.strip() else (text.split() if self.sep else list(text))
+
     def encode(self, text: str, length: int | None = None, eos: bool = False) -> np.ndarray:
         try:
-            ids = [self.index[c] for c in text] + ([EOS] if eos else [])
+            ids = [self.index[c] for c in self.split(text)] + ([EOS] if eos else [])
         except KeyError as err:
-            raise ValueError(f"character {err.args[0]!r} is not in the vocabulary") from None
+            raise ValueError(f"{self.where}{self.unit} {err.args[0]!r} is not in the vocabulary") from None
         if length is not None:
             if len(ids) > length:
-                raise ValueError(f"{text!r} needs {len(ids)} tokens, more than the length {length}")
+                raise ValueError(f"{self.where}{text!r} needs {len(ids)} tokens, more than the length {length}")
             ids = ids + [PAD] * (length - len(ids))
         return np.asarray(ids, np.int32)
 
@@ -56,9 +63,9 @@ class SeqVocab:
             i = int(i)
             if i == EOS and stop_at_eos:
                 break
-            if i >= len(SPECIALS):
+            if len(SPECIALS) <= i < len(self.tokens):
                 out.append(self.tokens[i])
-        return "".join(out)
+        return self.sep.join(out)
 
 
 VOCAB = SeqVocab(" ,./-0123456789abcdefghijklmnopqrstuvwxyz")
