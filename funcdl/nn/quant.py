@@ -1,0 +1,1 @@
+"""Quantization primitives (fake quantization with the straight-through estimator, learned step size)."""
