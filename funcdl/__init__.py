@@ -8,6 +8,7 @@ from them runs the hand-derived rules; ``funcdl.autodiff(fn)`` differentiates th
 from .core import xla
 from .core.primitive import REGISTRY, Example, Primitive, autodiff, get, primitive, registered, use_reference
 from .nn import activations, init, linear, losses
+from .nn import nf4, quant  # noqa: F401  (registers their primitives)
 from .nn import dropout as _dropout_module
 from .nn.activations import (
     elu,

@@ -11,7 +11,7 @@ import os
 import sys
 
 # module names under funcdl.commands, in the order ``funcdl --help`` lists them
-COMMANDS = ["gradcheck", "train", "catalog", "plot", "sample", "hf"]
+COMMANDS = ["gradcheck", "train", "catalog", "plot", "sample", "hf", "quantize", "prune", "export"]
 
 
 def build_parser() -> argparse.ArgumentParser:
