@@ -53,6 +53,11 @@ Every primitive in ``funcdl/nn`` follows these; arithmetic shared by several fil
   (``rng`` is a ``numpy.random.Generator``); ``funcdl gradcheck --fuzz N`` checks N of them like the
   examples, so a rule that holds only for the settings its author thought of fails. Every keyword setting
   appears in some draw (``tests/test_fuzz.py``); one the space leaves out must be refused by ``check``.
+* ``surrogate="why"`` declares a primitive whose hand rule is a surrogate gradient by design (the
+  straight-through estimator of a rounding step, funcdl/nn/quant.py): its reference is written so that autodiff
+  of it IS the surrogate (``x + stop_gradient(q(x) - x)``), the vjp check holds the hand rule to that, and the
+  finite-difference check, which measures the forward's true derivative (0 between the steps), reports a
+  skipped row with this reason instead.
 * ``check(*args, **settings)``, when given, validates shapes and dtypes at trace time and raises a
   ``ValueError`` naming the primitive; shapes are static, so this works inside ``jit`` too.
 * Primitives are never jitted on their own: jit the step that calls them (DESIGN.md).
@@ -104,7 +109,7 @@ class Example(NamedTuple):
 
 
 # the input names that may hold integers or booleans (see Conventions); every other array input is floating
-DISCRETE_INPUTS = frozenset({"labels", "targets", "ids", "positions", "key", "mask", "kv_mask"})
+DISCRETE_INPUTS = frozenset({"labels", "targets", "ids", "positions", "key", "mask", "kv_mask", "codes"})
 
 
 def _check_input_kind(name: str, input_name: str, value: Any) -> None:
@@ -194,6 +199,7 @@ class Primitive:
         fd_step: float = 1e-4,
         tolerance: dict | None = None,
         nondiff: tuple[str, ...] = (),
+        surrogate: str | None = None,
         doc: str | None = None,
     ):
         self.name = name
@@ -208,6 +214,8 @@ class Primitive:
         self.fd_step = fd_step
         # float inputs that carry no gradient by definition (class weights, fixed masks); bwd returns None
         self.nondiff = tuple(nondiff)
+        # a surrogate gradient by design (see Conventions): the reason the finite-difference check is skipped
+        self.surrogate = surrogate
         # per-check tolerances may be loosened by a primitive that has a good reason (documented there)
         self.tolerance = dict(tolerance or {})
         sig = inspect.signature(reference)
@@ -330,6 +338,7 @@ def primitive(
     fd_step: float = 1e-4,
     tolerance: dict | None = None,
     nondiff: tuple[str, ...] = (),
+    surrogate: str | None = None,
     register: bool = True,
 ) -> Primitive:
     """Wire a reference, a ``fwd`` with residuals and a hand-derived ``bwd`` into one registered primitive.
@@ -343,7 +352,7 @@ def primitive(
         raise ValueError(f"a primitive named {name!r} is already registered")
     p = Primitive(
         name, reference, fwd, bwd, examples=examples, space=space, check=check, fd_step=fd_step, tolerance=tolerance,
-        nondiff=nondiff,
+        nondiff=nondiff, surrogate=surrogate,
     )
     if register:
         if examples is None:
