@@ -34,6 +34,7 @@ fused primitives: the weight is dequantized (without gradient) and ``lora.lora_w
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from statistics import NormalDist
@@ -105,6 +106,11 @@ def _check_block(name: str, block) -> None:
 def quantize_blocks(w, block: int = 64):
     """Flatten w, cut it into blocks, and return (packed uint8 codes (n_pad / 2,), float32 absmax (n_blocks,))."""
     _check_block("nf4 quantize", block)
+    return _quantize_blocks(w, block)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _quantize_blocks(w, block):
     x = _blocks(jnp.ravel(jnp.asarray(w, jnp.float32)), block)
     absmax = jnp.max(jnp.abs(x), axis=1)
     t = jnp.asarray(NF4)
@@ -113,12 +119,14 @@ def quantize_blocks(w, block: int = 64):
     return (idx[:, 0] << 4) | idx[:, 1], absmax
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3))
 def dequantize_blocks(codes, absmax, n: int, block: int = 64):
     """The first n values of table[code] * absmax of its block, flat, in absmax's dtype."""
     idx = jnp.stack([codes >> 4, codes & 15], axis=-1).reshape(-1, block).astype(jnp.int32)
     return (jnp.asarray(NF4, absmax.dtype)[idx] * absmax[:, None]).reshape(-1)[:n]
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def double_quantize(absmax, block: int = 256):
     """(int8 codes (n,), float32 scales (ceil(n / block),), float32 mean): the block maxima, centred, in int8."""
     mean = jnp.mean(absmax)
@@ -128,6 +136,7 @@ def double_quantize(absmax, block: int = 256):
     return q.reshape(-1)[: absmax.shape[0]], scale.astype(jnp.float32), mean.astype(jnp.float32)
 
 
+@functools.partial(jax.jit, static_argnums=3)
 def double_dequantize(q, scale, mean, block: int = 256):
     """The block maxima back from ``double_quantize``: q * scale of its block + mean."""
     c = _blocks(q.astype(jnp.float32), block) * scale[:, None]
