@@ -68,6 +68,9 @@ class TrainConfig:
                                            # state and loss; fp16 adds dynamic loss scaling)
     devices: int | None = None             # data parallel over this many devices (None: all JAX sees)
     shard: str = "none"                    # "optimizer": ZeRO-sharded optimizer state; "params": params too
+    prune: str | None = None               # "gradual:0.9[:global]": magnitude pruning to that sparsity on Zhu &
+                                           # Gupta's cubic schedule, masks in the optimizer state
+                                           # (funcdl.compress.prune.gradual_optimizer)
 
     def __post_init__(self):
         _at_least(self, 1, "batch_size", "steps", "epochs", "eval_every", "patience", "log_every", "eval_batches",
@@ -89,6 +92,9 @@ class TrainConfig:
                     re.compile(pattern)
                 except re.error as err:
                     raise ValueError(f"{what} pattern {pattern!r} is not a valid regular expression: {err}") from None
+        if self.prune is not None:
+            from ..compress.prune import parse_prune
+            parse_prune(self.prune)
         if self.label_fraction is not None and not 0.0 < self.label_fraction <= 1.0:
             raise ValueError(f"label_fraction must lie in (0, 1], got {self.label_fraction}")
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import optim
+from ..compress.prune import gradual_optimizer
 from ..core.primitive import autodiff
 from .config import AUGMENT_STREAM, TrainConfig
 from .task import Task
@@ -37,7 +38,8 @@ def make_schedule(name: str, lr: float, total_steps: int, warmup_steps: int = 0,
 
 def make_optimizer(config: TrainConfig, total_steps: int):
     """``optim.create(config.optimizer, schedule, weight_decay=..., **config.optimizer_options)``, after
-    ``optim.clip_by_global_norm(config.clip_norm)`` when clipping is asked for. Returns ``(opt, schedule)``."""
+    ``optim.clip_by_global_norm(config.clip_norm)`` when clipping is asked for, inside the gradual pruning of
+    ``config.prune`` when asked for. Returns ``(opt, schedule)``."""
     lr = make_schedule(config.schedule, config.lr, total_steps, config.warmup_steps, config.min_lr)
     hyper = dict(config.optimizer_options)
     if config.weight_decay is not None:
@@ -49,6 +51,8 @@ def make_optimizer(config: TrainConfig, total_steps: int):
             from None
     if config.clip_norm is not None:
         opt = optim.chain(optim.clip_by_global_norm(config.clip_norm), opt)
+    if config.prune:                # masked gradients (before clipping), masks in the state, pruned weights zero
+        opt = gradual_optimizer(opt, config.prune, total_steps)
     if config.precision == "fp16":
         opt = optim.dynamic_loss_scale(opt)
     return opt, lr
