@@ -71,8 +71,8 @@ def _check_masks(masks, params):
 def zero_pruned(state, masks, params):
     """``state`` with every subtree that has the params' structure (Adam's mu and nu, momentum's trace, ...)
     set to 0 where the masks are 0 (leaves whose shape differs from the param's are left alone)."""
-    p_leaves, p_def = _flat(params)
-    m_leaves, _ = _flat(masks)
+    p_def = _flat(params)[1]
+    m_leaves = _flat(masks)[0]
 
     def walk(node):
         leaves, treedef = _flat(node)
@@ -88,7 +88,6 @@ def zero_pruned(state, masks, params):
             return {k: walk(v) for k, v in node.items()}
         return node
 
-    del p_leaves
     return walk(state)
 
 

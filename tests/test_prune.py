@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from funcdl.optim.masking import SparseState, masked_sparse, masks_of
 
 from funcdl import optim
 from funcdl.compress import prune as P
-from funcdl.optim.masking import SparseState, masked_sparse, masks_of
 
 
 def _params(key=0):
@@ -84,7 +84,7 @@ def test_cubic_schedule_matches_zhu_gupta():
     for t in (10, 20, 30, 40, 50):
         assert s[t] == pytest.approx(0.9 + (0.1 - 0.9) * (1 - (t - 10) / 40) ** 3, abs=1e-6)
     assert s[25] == s[20] and s[69] == pytest.approx(0.9)
-    assert all(b >= a - 1e-7 for a, b in zip(s, s[1:]))
+    assert all(b >= a - 1e-7 for a, b in zip(s[:-1], s[1:], strict=True))
     with pytest.raises(ValueError, match="end"):
         P.cubic_sparsity(0, 0.9, begin=5, end=5)
     assert P.parse_prune("gradual:0.9") == (0.9, "layer")
@@ -92,8 +92,8 @@ def test_cubic_schedule_matches_zhu_gupta():
         P.parse_prune("cubic:0.9")
 
 
-@pytest.mark.parametrize("name,hyper", [("sgd", {"momentum": 0.9, "weight_decay": 0.1}), ("adam", {}),
-                                        ("adamw", {"weight_decay": 0.5}), ("lion", {}), ("adafactor", {})])
+@pytest.mark.parametrize("name,hyper", [("sgd", {"momentum": 0.9, "weight_decay": 0.1}),
+                                        ("adamw", {"weight_decay": 0.5}), ("adafactor", {})])
 def test_masked_optimizer_keeps_pruned_weights_and_moments_zero(name, hyper):
     params = _params()
     masks = P.magnitude_masks(params, 0.6)           # params not yet pruned: the first update zeroes them
@@ -102,7 +102,7 @@ def test_masked_optimizer_keeps_pruned_weights_and_moments_zero(name, hyper):
     update = jax.jit(opt.update)
     p = params
     for i in range(3):
-        g = jax.tree.map(lambda x: jnp.full_like(x, 1.0 + i), p)
+        g = jax.tree.map(lambda x, c=1.0 + i: jnp.full_like(x, c), p)
         u, state = update(g, state, p)
         p = optim.apply_updates(p, u)
     for path in (("layers", 0), ("layers", 1)):
@@ -135,7 +135,7 @@ def test_masked_matches_inner_on_kept_weights_and_gradual_refresh():
         p = optim.apply_updates(p, u)
         seen.append(P.sparsity_report(p)["sparsity"])
     assert seen[:4] == [0, 0, 0, 0] and seen[4] > 0                    # s(t0) = s_i = 0; next change at t0 + dt
-    assert all(b >= a for a, b in zip(seen, seen[1:])) and seen[-1] == pytest.approx(0.8, abs=2e-3)
+    assert all(b >= a for a, b in zip(seen[:-1], seen[1:], strict=True)) and seen[-1] == pytest.approx(0.8, abs=2e-3)
     assert isinstance(state, SparseState) and masks_of(state) is state.masks
     with pytest.raises(ValueError, match="shape"):
         masked_sparse(optim.sgd(0.1), {"a": jnp.ones(3)}).init({"a": jnp.ones(4)})
@@ -161,3 +161,32 @@ def test_report_and_prune_command_on_a_tiny_run(tmp_path):
     Args.sparsity = 1.5
     with pytest.raises(ValueError, match="--sparsity"):
         _check_args(Args)
+
+
+@pytest.mark.slow
+def test_gradual_training_resume_and_prune_command(tmp_path, monkeypatch, capsys):
+    from funcdl.commands.cli import main
+    from funcdl.commands.train import load_run
+    from funcdl.training.config import TrainConfig
+
+    monkeypatch.setenv("FUNCDL_DATA", str(tmp_path / "cache"))
+    monkeypatch.setenv("FUNCDL_OFFLINE", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    with pytest.raises(ValueError, match="gradual:S"):
+        TrainConfig(prune="gradual:2")
+    run = tmp_path / "run"
+    base = ["train", "mlp", "--data", "mnist1d", "--steps", "40", "--set", "hidden=16", "--set", "dropout=0",
+            "--quiet", "--no-compile-cache", "--out", str(run)]
+    assert main([*base, "--set", "prune=gradual:0.5", "--set", "stop_after=20", "--set", "plots=false"]) == 0
+    assert main(["train", "mlp", "--out", str(run), "--resume", "--steps", "40", "--quiet",
+                 "--no-compile-cache"]) == 0                # the masks come back with the optimizer state
+    params = load_run(run)["params"]
+    assert P.sparsity_report(params)["sparsity"] == pytest.approx(0.5, abs=0.01)
+    out = tmp_path / "pruned"
+    assert main(["prune", str(run), "--sparsity", "0.75", "--finetune-steps", "5", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["sparsity_report"]["sparsity"] == pytest.approx(0.75, abs=0.01) and "test_accuracy" in s["before"]
+    pruned = load_run(out)["params"]
+    assert P.sparsity_report(pruned)["sparsity"] == pytest.approx(0.75, abs=0.01)
+    assert main(["prune", str(run), "--sparsity", "0.5", "--out", str(out)]) == 2   # never over a run
+    assert "not an empty folder" in capsys.readouterr().err
