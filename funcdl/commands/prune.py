@@ -54,24 +54,26 @@ def _check_args(args):
     return out
 
 
-def make_masks(params, args, model_options: dict):
+def make_masks(params, args, model_options: dict, model_config=None):
     from funcdl.compress import prune
 
     if args.structured == "heads":
-        n_heads = model_options.get("n_head") or model_options.get("n_heads")
+        n_heads = getattr(model_config, "n_head", None) or model_options.get("n_head")
         return prune.structured_masks(params, args.sparsity, kind="heads", norm=args.norm, n_heads=n_heads)
     if args.structured == "channels":
         return prune.structured_masks(params, args.sparsity, kind="channels", norm=args.norm, pattern=args.pattern)
     return prune.magnitude_masks(params, args.sparsity, scope=args.scope, pattern=args.pattern)
 
 
-def finetune(task, params, state, train_arrays, masks, train_cfg: dict, steps: int, lr, seed: int):
+def finetune(task, params, state, train_arrays, masks, train_cfg: dict, steps: int, lr, seed: int,
+             windowed: bool = False):
     """``steps`` updates of the run's optimizer (constant ``lr``) inside ``masked_sparse(., masks)`` on random
-    batches of ``train_arrays``; returns (params, state)."""
+    batches of ``train_arrays`` (random windows of its ``tokens`` for language data); returns (params, state)."""
     import dataclasses
 
     import jax
 
+    from funcdl.data.base import sample_windows
     from funcdl.optim.masking import masked_sparse
     from funcdl.training.config import TrainConfig
     from funcdl.training.step import make_optimizer, make_train_step
@@ -88,15 +90,25 @@ def finetune(task, params, state, train_arrays, masks, train_cfg: dict, steps: i
     key = jax.random.PRNGKey(seed)
     for i in range(steps):
         k_batch, k_step = jax.random.split(jax.random.fold_in(key, i))
-        idx = jax.random.randint(k_batch, (min(config.batch_size, n),), 0, n)
-        batch = {name: v[idx] for name, v in train_arrays.items()}
+        if windowed:
+            batch = sample_windows(train_arrays["tokens"], k_batch, config.batch_size, config.seq_len)
+        else:
+            idx = jax.random.randint(k_batch, (min(config.batch_size, n),), 0, n)
+            batch = {name: v[idx] for name, v in train_arrays.items()}
         params, opt_state, state, _ = step(params, opt_state, state, batch, k_step)
     return params, state
 
 
-def _metrics(task, params, state, data) -> dict:
-    from funcdl.training.evaluate import evaluate
+def _metrics(task, params, state, data, train_cfg: dict) -> dict:
+    from funcdl.training.config import TrainConfig
+    from funcdl.training.evaluate import evaluate, window_evaluator
 
+    if data.windowed:       # language data: the loss on the run's fixed validation windows
+        d = TrainConfig()
+        ev = window_evaluator(task, train_cfg.get("batch_size", d.batch_size), train_cfg.get("seq_len", d.seq_len),
+                              train_cfg.get("eval_batches", d.eval_batches), train_cfg.get("eval_seed", d.eval_seed))
+        split = "val" if "val" in data.splits else "test"
+        return {f"{split}_{k}": v for k, v in ev(params, state, data.splits[split]).items()}
     split = "test" if "test" in data.splits else "val"
     return {f"{split}_{k}": v for k, v in evaluate(task, params, state, data.splits[split]).items()}
 
@@ -110,18 +122,16 @@ def run(args) -> int:
     out = _check_args(args)
     loaded = load_run(args.run)
     task, params, state, data, cfg = (loaded[k] for k in ("task", "params", "state", "data", "config"))
-    if data.windowed:
-        raise ValueError("funcdl prune evaluates and fine-tunes classification-style runs (whole examples); "
-                         f"{cfg['data']!r} is a token stream")
-    before = _metrics(task, params, state, data)
-    masks = make_masks(params, args, cfg.get("model_options", {}))
+    train_cfg = cfg.get("train", {})
+    before = _metrics(task, params, state, data, train_cfg)
+    masks = make_masks(params, args, cfg.get("model_options", {}), (task.extras or {}).get("config"))
     params = apply_masks(params, masks)
-    pruned = _metrics(task, params, state, data)
+    pruned = _metrics(task, params, state, data, train_cfg)
     if args.finetune_steps:
-        lr = args.lr if args.lr is not None else float(cfg.get("train", {}).get("lr", 1e-3)) / 10
-        params, state = finetune(task, params, state, data.splits["train"], masks, cfg.get("train", {}),
-                                 args.finetune_steps, lr, args.seed)
-    after = _metrics(task, params, state, data)
+        lr = args.lr if args.lr is not None else float(train_cfg.get("lr", 1e-3)) / 10
+        params, state = finetune(task, params, state, data.splits["train"], masks, train_cfg,
+                                 args.finetune_steps, lr, args.seed, data.windowed)
+    after = _metrics(task, params, state, data, train_cfg)
     report = prune.sparsity_report(params, args.pattern)
     print(prune.format_report(report))
     for name, m in (("before", before), ("pruned", pruned), ("after fine-tuning", after)):
