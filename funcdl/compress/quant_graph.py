@@ -26,11 +26,16 @@ Three executions of the same graph (``apply(params, x, mode=...)``):
   K * |qmax_a| * |qmax_w| < 2^31 for its contraction length K), then one float rescale acc * (s_a s_w) per
   output channel. Needs symmetric per-tensor / per-channel weights and symmetric activations (zero points 0).
 
-What "equal" means: the integer accumulation is exact, and so is the fake path's own product of integer-valued
-operands -- but the fake path multiplies s_a q_a by s_w q_w in float32 and sums those rounded products, while the
-integer path sums q_a q_w exactly and rescales once. The two differ by float32 rounding of the accumulation
-(relative ~1e-7 per layer), never by a quantization step; the claim checked on the whole test set is identical
-predictions (argmax) for every example, with the largest logit difference reported alongside.
+What "equal" means: at a site with symmetric per-tensor / per-channel weights and a quantized activation, the
+fake path computes (s_a s_w) * (q_a . q_w) with q_a, q_w integer-valued floats (the scales factor out of the
+product: this IS s_a q_a . s_w q_w, dequantized after the product instead of before). The integer path computes the
+same (s_a s_w) * float(q_a . q_w) with the product in int32. Both accumulations are exact -- int32 cannot overflow
+(K |qmax_a| |qmax_w| < 2^31, checked), and a float sum of integers is exact while its partial sums stay below 2^24
+(float32; 2^53 in float64), which holds whenever sum_k |q_a q_w| < 2^24, e.g. for every K <= 1040 at 8 bits and far
+beyond in practice -- so the two paths give bit-identical outputs, site by site and hence for the whole network.
+``benchmarks/quant_table.py`` shows it on the whole test set: 0 differing predictions and a maximum logit
+difference of exactly 0. Elsewhere (asymmetric or per-group weights, weights-only) the fake path dequantizes
+before the product (x_hat = s (q - z)), the usual simulation, and there is no integer path.
 """
 
 from __future__ import annotations
@@ -265,16 +270,37 @@ class QuantizedModel:
     def _qw_arrays(self):
         return {i: {k: r[k] for k in ("q", "scale", "zero", "x_hat")} for i, r in self.qweights.items()}
 
+    def _factored(self, site) -> bool:
+        """Symmetric weights per tensor/channel and a symmetric activation: the site's fake path computes
+        (s_a s_w) * (q_a . q_w) in float, the same arithmetic as the integer path (see the module docstring)."""
+        r = self.qweights.get(site.index)
+        return (r is not None and r["granularity"] != "group" and self.weights.symmetric
+                and self.activations is not None and self.activations.symmetric)
+
+    def _out_scale(self, site, qw, s_a, dtype):
+        """s_a s_w broadcast onto the site's output (s_w per output channel or per tensor)."""
+        s_w = qw[site.index]["scale"]
+        s_w = jnp.squeeze(s_w, axis=tuple(a for a in range(s_w.ndim) if a not in site.channel_axes))
+        if s_w.ndim:
+            s_w = jnp.transpose(s_w, site.out_scale_perm).reshape(site.out_scale_shape)
+        return (s_a * s_w).astype(dtype)
+
     def _fake_hook(self, qw, acts):
         def hook(site, eqn, vals):
             vals = list(vals)
-            w = vals[site.weight_operand]
+            ai, wi = 1 - site.weight_operand, site.weight_operand
+            a = vals[ai]
+            if site.index in acts and self._factored(site):
+                s_a, _ = acts[site.index]
+                vals[ai] = quantize(a, s_a.astype(a.dtype), 0.0, self.activations)     # q_a, as floats
+                vals[wi] = qw[site.index]["q"].astype(a.dtype)
+                high = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+                return _bind(eqn, vals, precision=high) * self._out_scale(site, qw, s_a, a.dtype)
             if site.index in qw:
-                vals[site.weight_operand] = qw[site.index]["x_hat"].astype(w.dtype)
+                vals[wi] = qw[site.index]["x_hat"].astype(vals[wi].dtype)
             if site.index in acts:
-                ai = 1 - site.weight_operand
                 s, z = acts[site.index]
-                vals[ai] = fake_quantize(vals[ai], s, z, self.activations)
+                vals[ai] = fake_quantize(a, s, z, self.activations)
             return _bind(eqn, vals)
         return hook
 
@@ -283,17 +309,11 @@ class QuantizedModel:
             ai, wi = 1 - site.weight_operand, site.weight_operand
             a = vals[ai]
             s_a, _ = acts[site.index]
-            q_a = quantize(a, s_a.astype(a.dtype), 0.0, self.activations).astype(jnp.int8)
-            q_w = qw[site.index]["q"].astype(jnp.int8)
             ints = [None, None]
-            ints[ai], ints[wi] = q_a, q_w
-            acc = _bind(eqn, ints, preferred_element_type=jnp.int32,
-                        **({"precision": None} if "precision" in eqn.params else {}))
-            s_w = qw[site.index]["scale"]
-            s_w = jnp.squeeze(s_w, axis=tuple(a for a in range(s_w.ndim) if a not in site.channel_axes))
-            if s_w.ndim:
-                s_w = jnp.transpose(s_w, site.out_scale_perm).reshape(site.out_scale_shape)
-            return acc.astype(a.dtype) * (s_a * s_w).astype(a.dtype)
+            ints[ai] = quantize(a, s_a.astype(a.dtype), 0.0, self.activations).astype(jnp.int8)
+            ints[wi] = qw[site.index]["q"].astype(jnp.int8)
+            acc = _bind(eqn, ints, preferred_element_type=jnp.int32, precision=None)
+            return acc.astype(a.dtype) * self._out_scale(site, qw, s_a, a.dtype)
         return hook
 
     def _check_integer_path(self):
@@ -311,16 +331,16 @@ class QuantizedModel:
 
     # -- export ----------------------------------------------------------------------------------------------
     def export(self) -> dict:
-        """Arrays for an .npz: per site ``site{i}/q`` (int8), ``/scale``, ``/zero`` and the activation's
-        ``/act_scale``, ``/act_zero``."""
+        """Arrays for an .npz: per site ``site{i}_q`` (int8), ``_scale``, ``_zero`` and the activation's
+        ``_act_scale``, ``_act_zero``."""
         out = {}
         for i, r in self.qweights.items():
-            out[f"site{i}/q"] = np.asarray(r["q"]).astype(np.int8)
-            out[f"site{i}/scale"] = np.asarray(r["scale"], np.float32)
-            out[f"site{i}/zero"] = np.asarray(r["zero"]).astype(np.int8)
+            out[f"site{i}_q"] = np.asarray(r["q"]).astype(np.int8)
+            out[f"site{i}_scale"] = np.asarray(r["scale"], np.float32)
+            out[f"site{i}_zero"] = np.asarray(r["zero"]).astype(np.int8)
         for i, (s, z) in self.act_params.items():
-            out[f"site{i}/act_scale"] = np.asarray(s, np.float32)
-            out[f"site{i}/act_zero"] = np.asarray(z).astype(np.int8)
+            out[f"site{i}_act_scale"] = np.asarray(s, np.float32)
+            out[f"site{i}_act_zero"] = np.asarray(z).astype(np.int8)
         return out
 
     def describe_sites(self) -> list[dict]:
