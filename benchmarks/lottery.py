@@ -10,6 +10,8 @@ Per seed (the seed draws the initialisation and the batch order):
   the same network trained on for as many epochs as the pruned one's fine-tuning, the fair comparison for it;
 - 92%: iterative global magnitude pruning of the trained dense weights to 50%, 80%, 92% sparsity, each step
   followed by ``--finetune-epochs`` epochs with the mask held (``optim.masking.masked_sparse``; lr / 10);
+  "gradual": the same 3 x ``--finetune-epochs`` epochs from the dense weights with the global masks recomputed
+  on Zhu & Gupta's cubic schedule (0 -> 92% over the first 70% of the steps, 30 mask updates);
 - lottery tickets: ``--rounds`` rounds of (train ``--epochs`` epochs, prune 20% of the remaining weights of each
   hidden layer and 10% of the output layer's, rewind the kept weights to the initial ones, or to the weights
   after ``--rewind-step`` steps of the dense run); the tickets after 7 rounds (about 21% of the weights left)
@@ -51,8 +53,12 @@ class Trainer:
         self._run = jax.jit(self._chunk, static_argnames=("masked",))
         self._eval = jax.jit(lambda p: task.loss(p, {}, self.test, None, False)[1][1]["accuracy"])
 
+    refresh = None      # the gradual schedule of the "gradual" mode (set by run_seed)
+
     def _opt(self, lr, masked, masks=None):
         inner = optim.adam(lr)
+        if masked == "gradual":
+            return masked_sparse(inner, masks, refresh=self.refresh)
         return masked_sparse(inner, masks) if masked else inner
 
     def _chunk(self, params, opt_state, idx, lr, masked):
@@ -75,11 +81,11 @@ class Trainer:
         rows = [rng.permutation(self.n)[: per * BATCH].reshape(per, BATCH) for _ in range(-(-steps // per))]
         return np.concatenate(rows)[:steps]
 
-    def train(self, params, steps, key, masks=None, lr=None, keep_at=None):
-        """Train ``steps`` steps (masked when ``masks`` is given); ``keep_at``: also return the params after
-        that many steps (a rewinding point)."""
+    def train(self, params, steps, key, masks=None, lr=None, keep_at=None, gradual=False):
+        """Train ``steps`` steps (masked when ``masks`` is given, pruned on ``self.refresh``'s schedule with
+        ``gradual``); ``keep_at``: also return the params after that many steps (a rewinding point)."""
         lr = self.lr if lr is None else lr
-        masked = masks is not None
+        masked = "gradual" if gradual else masks is not None
         opt = self._opt(lr, masked, masks)
         state = opt.init(params)
         if masked:
@@ -122,6 +128,13 @@ def run_seed(tr: Trainer, seed: int, args) -> dict:
         p = tr.train(p, ft_steps, jax.random.fold_in(k_data, 10 + i), masks=masks, lr=tr.lr / 10)
     out["pruned92"] = tr.accuracy(p)
     out["pruned92_sparsity"] = P.sparsity_report(p)["sparsity"]
+    total = 3 * ft_steps                    # the same fine-tuning budget, pruned on Zhu & Gupta's schedule
+    end = int(0.7 * total)
+    tr.refresh = P.gradual_refresh(0.92, begin=0, end=end - end % 30, every=end // 30, scope="global")
+    p = tr.train(dense, total, jax.random.fold_in(k_data, 20), masks=P.ones_masks(dense), lr=tr.lr / 10,
+                 gradual=True)
+    out["gradual92"] = tr.accuracy(p)
+    out["gradual92_sparsity"] = P.sparsity_report(p)["sparsity"]
 
     masks, trained = P.ones_masks(theta0), dense
     for r in range(1, args.rounds + 1):
@@ -189,10 +202,11 @@ def main(argv=None):
 
 def print_table(results, args):
     rounds = sorted({int(k[5:]) for r in results for k in r if k.startswith("round")})
-    head = ["seed", "dense", "dense+ft", "92% pruned"] + [f"{c} r{n}" for n in rounds for c in ("ticket", "reinit")]
+    head = ["seed", "dense", "dense+ft", "92% 3-step", "92% gradual"]
+    head += [f"{c} r{n}" for n in rounds for c in ("ticket", "reinit")]
     print(f"\nLeNet-300-100 on MNIST, {args.epochs} epochs per training, test accuracy (%)")
     print(" | ".join(f"{h:>11}" for h in head))
-    rows = [[r["seed"], r["dense"], r["dense+ft"], r["pruned92"]] +
+    rows = [[r["seed"], r["dense"], r["dense+ft"], r["pruned92"], r["gradual92"]] +
             [v for n in rounds for v in (r[f"round{n}"]["ticket"], r[f"round{n}"]["random_reinit"])] for r in results]
     for row in rows:
         print(" | ".join([f"{row[0]:>11}"] + [f"{100 * v:>11.2f}" for v in row[1:]]))
@@ -201,7 +215,8 @@ def print_table(results, args):
     for n in rounds:
         left = results[0][f"round{n}"]["remaining"]
         print(f"round {n}: {left:.1%} of the prunable weights left")
-    print(f"92% pruned: sparsity {results[0]['pruned92_sparsity']:.4f}")
+    print(f"92% pruned: sparsity {results[0]['pruned92_sparsity']:.4f} (3 steps), "
+          f"{results[0]['gradual92_sparsity']:.4f} (gradual)")
 
 
 if __name__ == "__main__":
