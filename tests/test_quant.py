@@ -139,6 +139,8 @@ def _tiny_model():
 
 def test_graph_rewrite_float_fake_and_integer_paths():
     apply, params, x = _tiny_model()
+    per_tensor = QuantizedModel(apply, params, x, QuantSpec(8, granularity="tensor"), QuantSpec(8)).calibrate([x])
+    assert np.array_equal(np.asarray(per_tensor.apply(x, "fake")), np.asarray(per_tensor.apply(x, "int")))
     qm = QuantizedModel(apply, params, x, QuantSpec(8), QuantSpec(8, granularity="tensor"))
     assert [s["weight"] for s in qm.describe_sites()] == ["conv", "fc/w", "out"]     # found inside the pjit too
     qm.calibrate([x[:12], x[12:]])

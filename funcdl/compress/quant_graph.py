@@ -280,8 +280,10 @@ class QuantizedModel:
     def _out_scale(self, site, qw, s_a, dtype):
         """s_a s_w broadcast onto the site's output (s_w per output channel or per tensor)."""
         s_w = qw[site.index]["scale"]
-        s_w = jnp.squeeze(s_w, axis=tuple(a for a in range(s_w.ndim) if a not in site.channel_axes))
-        if s_w.ndim:
+        if self.qweights[site.index]["granularity"] == "tensor":
+            s_w = s_w.reshape(())
+        else:
+            s_w = jnp.squeeze(s_w, axis=tuple(a for a in range(s_w.ndim) if a not in site.channel_axes))
             s_w = jnp.transpose(s_w, site.out_scale_perm).reshape(site.out_scale_shape)
         return (s_a * s_w).astype(dtype)
 
