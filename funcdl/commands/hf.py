@@ -24,14 +24,8 @@ def register(sub) -> None:
     p.add_argument("path", help="the model folder (as save_pretrained writes it)")
     p.add_argument("--out", required=True, help="the run directory to create")
     p.set_defaults(func=run_import)
-    p = sub.add_parser("export", help="write a gpt / bert_mlm run as a Hugging Face checkpoint",
-                       description="Write config.json + model.safetensors of a gpt run (GPT2LMHeadModel) or a "
-                       "post-norm bert_mlm run (BertForMaskedLM with the MLM head, else BertModel) that "
-                       "transformers' from_pretrained loads.")
-    p.add_argument("format", choices=FORMATS, help="checkpoint format: hf (Hugging Face)")
-    p.add_argument("run", help="run directory (funcdl train or funcdl import)")
-    p.add_argument("--out", required=True, help="the folder to write")
-    p.set_defaults(func=run_export)
+    # ``funcdl export hf RUN --out DIR`` (and ``funcdl export RUN --format hf``) is parsed by commands/export.py,
+    # the one ``export`` command, which calls run_export below
 
 
 def _set_flags(options: dict) -> str:
@@ -93,6 +87,8 @@ def run_import(args) -> int:
 
 
 def run_export(args) -> int:
+    """Write config.json + model.safetensors of a gpt run (GPT2LMHeadModel) or a post-norm bert_mlm run
+    (BertForMaskedLM with the MLM head, else BertModel) that transformers' from_pretrained loads."""
     from funcdl.models import hf
 
     out = hf.export_hf(args.run, args.out)
