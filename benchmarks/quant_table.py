@@ -8,6 +8,11 @@ and mse) and per group of 32; int4 weights + int8 activations. For every row wit
 symmetric per-tensor / per-channel weights the integer path (int8 x int8 -> int32, rescaled) runs too: its accuracy,
 the number of test predictions that differ from the fake-quant path, and the largest logit difference (0 means
 bit-identical outputs; see funcdl/compress/quant_graph.py). ``--quick`` keeps the four headline rows.
+
+``--qat BITS --qat-steps N`` adds quantization-aware fine-tuning from the run's weights (funcdl.compress.qat: STE
+with per-channel minmax scales, and LSQ with learned per-channel steps), N Adam steps at lr 1e-4 with the run's
+batch size, evaluated on the test set with the same fake-quantized weights (activations float), next to the
+post-training figure for the same bit width.
 """
 
 from __future__ import annotations
@@ -42,6 +47,24 @@ def configurations(quick: bool = False) -> list[tuple]:
     return [rows[i] for i in (1, 3, 6, 8)] if quick else rows
 
 
+def qat_finetune(run_dir: str, data_dir, bits: int, method: str, steps: int) -> float:
+    """Test accuracy after ``steps`` of QAT fine-tuning from the run's weights (the loss and the evaluation see
+    the fake-quantized weights)."""
+    from funcdl.commands.sample import load_image_model
+    from funcdl.commands.train import load_run_data
+    from funcdl.compress.qat import qat_task
+    from funcdl.training.config import TrainConfig
+    from funcdl.training.loop import train
+
+    loaded = load_image_model(run_dir, data_dir)
+    cfg = loaded["config"]
+    data = load_run_data(cfg["data"], data_dir or cfg.get("data_dir"), cfg.get("train", {}))
+    base = loaded["task"]._replace(init=lambda key: (loaded["params"], loaded["state"]))
+    config = TrainConfig(steps=steps, batch_size=cfg.get("train", {}).get("batch_size", 128), lr=1e-4,
+                         eval_every=steps, progress=False)
+    return float(train(qat_task(base, bits, method), data, config).summary["test_accuracy"])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run")
@@ -49,17 +72,28 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir")
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--qat", type=int, metavar="BITS", help="also fine-tune with QAT at this weight width")
+    p.add_argument("--qat-steps", type=int, default=500)
     args = p.parse_args(argv)
     run = ptq.load(args.run, args.data_dir)
     float_logits = ptq.float_reference(run)
     rows = []
-    for weights, acts in configurations(args.quick):
+    configs = configurations(args.quick)
+    if args.qat:
+        configs = [(QuantSpec(args.qat, granularity="channel"), None)]
+    for weights, acts in configs:
         row, _ = ptq.evaluate_config(run, weights, acts, args.calibrate, float_logits=float_logits)
         rows.append(row)
         print(f"  {row['label']}: {row['accuracy']:.4f} ({row['seconds']} s)", file=sys.stderr, flush=True)
     print(f"{run['name']} ({args.run}): float test accuracy {rows[0]['float_accuracy']:.4f}, "
           f"calibration on {args.calibrate} training images")
     print(table(rows))
+    if args.qat:
+        for method in ("ste", "lsq"):
+            acc = qat_finetune(args.run, args.data_dir, args.qat, method, args.qat_steps)
+            rows.append({"label": f"QAT {method} int{args.qat} per channel, {args.qat_steps} steps", "accuracy": acc})
+            print(f"QAT {method}: int{args.qat} per-channel weights after {args.qat_steps} steps: test accuracy "
+                  f"{acc:.4f} (post-training: {rows[0]['accuracy']:.4f}, float {rows[0]['float_accuracy']:.4f})")
     if args.json:
         Path(args.json).write_text(json.dumps({"run": args.run, "rows": rows}, indent=1))
     return 0

@@ -150,7 +150,7 @@ def _lsq_quant(x, step, *, qn=128, qp=127, grad_scale=None):
         d x_hat / ds = round(v) + s d(round v)/ds = round(v) - x/s  inside   (STE: d round(v) = dv = -x/s^2 ds)
                      = -qn  (v < -qn)      = qp  (v > qp)              (the clipped value, constant in x)
     and the step's gradient is scaled by g = ``grad_scale`` or 1/sqrt(N qp), N the number of elements per step:
-        ds = g sum over the elements sharing s of dy * (the above).
+        dstep = g sum over the elements sharing s of dy * (the above)     (ds in the paper)
     Residuals: x and s. The reference writes the two cases as the surrogate they are, with s entering as
     s g + stop_gradient(s - s g) (value s, gradient times g):
         inside:   x + s stop_gradient(round(v) - v)        outside:   s stop_gradient(clip(v))
