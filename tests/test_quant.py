@@ -98,14 +98,16 @@ def test_calibrators_percentile_clips_and_mse_is_no_worse_than_minmax():
     assert err["mse"] <= err["minmax"] and err["percentile"] < err["minmax"]
 
 
-def test_per_group_quantization_and_its_fallback():
-    w = jnp.asarray(np.random.default_rng(2).standard_normal((64, 3)))
-    r = quantize_tensor(w, QuantSpec(4, granularity="group", group_size=16), channel_axes=(1,), group_axis=0)
-    assert r["granularity"] == "group" and r["scale"].shape == (4, 1, 3) and r["q"].shape == w.shape
-    per_channel = quantize_tensor(w, QuantSpec(4), channel_axes=(1,))
+def test_per_group_quantization_pads_the_last_group():
+    w = jnp.asarray(np.random.default_rng(2).standard_normal((3, 3, 8, 5)))       # a conv kernel HWIO: K = 72
+    r = quantize_tensor(w, QuantSpec(4, granularity="group", group_size=16), channel_axes=(3,))
+    assert r["granularity"] == "group" and r["scale"].shape == (5, 5) and r["q"].shape == w.shape
+    assert np.all(np.abs(r["q"]) <= 7)
+    per_channel = quantize_tensor(w, QuantSpec(4), channel_axes=(3,))
     assert jnp.mean((r["x_hat"] - w) ** 2) < jnp.mean((per_channel["x_hat"] - w) ** 2)
-    odd = quantize_tensor(w[:60], QuantSpec(4, granularity="group", group_size=16), (1,), 0)
-    assert odd["granularity"] == "channel"
+    # the first group of output channel 2 is w[:, :, :, 2] flattened in (H, W, I) order, its first 16 values
+    first = np.asarray(w[..., 2]).reshape(-1)[:16]
+    np.testing.assert_allclose(r["scale"][0, 2], np.abs(first).max() / 7, rtol=1e-12)
 
 
 def test_quant_spec_refuses_bad_values():

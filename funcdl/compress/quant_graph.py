@@ -12,7 +12,7 @@ At each site:
 
 * the weight is quantized once (:func:`funcdl.compress.quantize.quantize_tensor`): per output channel (the
   weight's non-contracting axes of a ``dot_general``, the kernel's output-feature axis of a convolution), per
-  tensor, or per group of input features;
+  tensor, or per group of consecutive input weights (the contracted axes flattened) of each output channel;
 * the activation, when ``activations`` is given, gets one per-tensor scale calibrated on calibration batches
   (``calibrate(xs)``: the float graph is run and each site's input recorded).
 
@@ -61,7 +61,7 @@ SUB_JAXPR_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 @dataclasses.dataclass(frozen=True)
 class Site:
     """One quantized product: its index in traversal order, primitive, which operand is the weight, the weight's
-    output-channel axes, its input axis for groups, the contraction length and how to broadcast a per-channel
+    output-channel axes, the contraction length and how to broadcast a per-channel
     weight scale onto the output."""
 
     index: int
@@ -69,7 +69,6 @@ class Site:
     weight_operand: int
     weight_shape: tuple
     channel_axes: tuple
-    group_axis: int
     contraction: int
     out_scale_shape: tuple       # the weight scale reshaped for the output (per channel), from the squeezed scale
     out_scale_perm: tuple        # transpose of the squeezed (non-contracting axes) scale before that reshape
@@ -89,14 +88,13 @@ def _site(index, eqn, wi, w_shape, out_ndim, source) -> Site:
         fshape = tuple(w_shape[a] for a in free)
         bshape = tuple(w_shape[a] for a in batch)
         out_shape = bshape + (mid + fshape if wi == 1 else fshape + mid)
-        group_axis = max(contract, key=lambda a: w_shape[a]) if contract else 0
         k = math.prod(w_shape[a] for a in contract)
-        return Site(index, "dot_general", wi, tuple(w_shape), kept, group_axis, k, out_shape, perm, source)
+        return Site(index, "dot_general", wi, tuple(w_shape), kept, k, out_shape, perm, source)
     lhs_spec, rhs_spec, out_spec = p["dimension_numbers"]
     shape = [1] * out_ndim
     shape[out_spec[1]] = w_shape[rhs_spec[0]]
     k = math.prod(w_shape) // w_shape[rhs_spec[0]]
-    return Site(index, "conv_general_dilated", 1, tuple(w_shape), (rhs_spec[0],), rhs_spec[1], k, tuple(shape), (0,),
+    return Site(index, "conv_general_dilated", 1, tuple(w_shape), (rhs_spec[0],), k, tuple(shape), (0,),
                 source)
 
 
@@ -219,8 +217,8 @@ class QuantizedModel:
             def hook(site, eqn, vals):
                 self.sites[site.index] = site
                 if self.weights is not None:
-                    r = quantize_tensor(vals[site.weight_operand], self.weights, site.channel_axes, site.group_axis)
-                    static[site.index] = {"view": r.pop("view"), "granularity": r.pop("granularity")}
+                    r = quantize_tensor(vals[site.weight_operand], self.weights, site.channel_axes)
+                    static[site.index] = {"granularity": r.pop("granularity")}
                     arrays[site.index] = r
                 return _bind(eqn, vals)
 

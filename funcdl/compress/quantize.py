@@ -10,8 +10,8 @@ A quantizer with ``bits`` b maps x to integers in [qmin, qmax] with a scale s an
   exact: zero padding stays zero) maps onto it with s = (hi - lo) / (qmax - qmin), z = round(qmin - lo / s).
 
 Granularity: one (s, z) per tensor, per channel (every index of the ``channel`` axes: a weight's output
-channels), or per group (``group_size`` consecutive elements along one axis -- the input axis of a weight -- within
-each channel: the int4 LLM recipe).
+channels), or per group (``group_size`` consecutive input weights of each output channel, the input axes flattened:
+the int4 LLM recipe).
 
 Calibration picks the clipping range [lo, hi] from the values (a weight, or activations seen on a calibration set):
 
@@ -37,7 +37,7 @@ import numpy as np
 from ..nn.quant import fake_quant
 
 __all__ = ["QuantSpec", "qrange", "scale_zero_point", "quantize", "dequantize", "fake_quantize", "calibrate",
-           "quantize_tensor", "group_view", "summarize_sample", "calibrate_samples",
+           "quantize_tensor", "summarize_sample", "calibrate_samples",
            "GRANULARITIES", "METHODS", "MSE_GRID"]
 
 GRANULARITIES = ("tensor", "channel", "group")
@@ -169,40 +169,37 @@ def _mse_range(rows, lo, hi, spec: QuantSpec):
     return best_lo, best_hi
 
 
-def group_view(shape: tuple, group_axis: int, group_size: int) -> tuple | None:
-    """The shape of a weight with ``group_axis`` split into (n_groups, group_size), or None when the axis is not a
-    multiple of the group size (the caller falls back to per channel)."""
-    n = shape[group_axis]
-    if n % group_size:
-        return None
-    return (*shape[:group_axis], n // group_size, group_size, *shape[group_axis + 1:])
+def quantize_tensor(w, spec: QuantSpec, channel_axes: tuple = ()) -> dict:
+    """Quantize one weight: ``{"q", "scale", "zero", "x_hat", "granularity"}``, q integer-valued floats of w's
+    shape. ``channel_axes`` are the output-channel axes, every other axis is an input (contracted) axis.
 
+    * per tensor / per channel: scale and zero keepdims-shaped for w (one per index of the channel axes);
+    * per group: the input axes flattened (in order) into K values per output channel, cut into groups of
+      ``group_size`` consecutive ones (the last group zero-padded when K is not a multiple: zeros change no
+      range); scale and zero have shape (ceil(K / group_size), *channel shape)."""
+    if spec.granularity != "group":
+        keep = tuple(channel_axes) if spec.granularity == "channel" else ()
+        scale, zero = calibrate(w, spec, keep)
+        q = quantize(w, scale, zero, spec)
+        return {"q": q, "scale": scale, "zero": zero, "granularity": spec.granularity,
+                "x_hat": dequantize(q, scale, zero)}
+    chan = tuple(sorted(a % w.ndim for a in channel_axes))
+    inputs = tuple(a for a in range(w.ndim) if a not in chan)
+    moved = jnp.transpose(w, inputs + chan)
+    cshape = moved.shape[len(inputs):]
+    k = int(np.prod(moved.shape[:len(inputs)], dtype=np.int64))
+    g = spec.group_size
+    n = -(-k // g)
+    flat = jnp.pad(moved.reshape(k, -1), ((0, n * g - k), (0, 0))).reshape(n, g, -1)
+    scale, zero = calibrate(flat, spec, (0, 2))
+    q = quantize(flat, scale, zero, spec)
 
-def quantize_tensor(w, spec: QuantSpec, channel_axes: tuple = (), group_axis: int | None = None) -> dict:
-    """Quantize one weight: ``{"q", "scale", "zero", "x_hat", "granularity"}`` with q integer-valued floats of w's
-    shape, scale and zero keepdims-shaped for w (per group: for w reshaped to its group view, ``"view"``).
+    def back(t):
+        t = t.reshape(n * g, -1)[:k].reshape(moved.shape)
+        return jnp.transpose(t, tuple(np.argsort(inputs + chan)))
 
-    ``channel_axes`` are the output-channel axes (per channel: one scale per index of them); ``group_axis`` the
-    input axis split into groups (per group; when its length is not a multiple of ``group_size`` this tensor is
-    quantized per channel and ``granularity`` says so)."""
-    granularity = spec.granularity
-    view = None
-    if granularity == "group":
-        view = None if group_axis is None else group_view(w.shape, group_axis % w.ndim, spec.group_size)
-        granularity = "group" if view is not None else "channel"
-    if granularity == "group":
-        ga = group_axis % w.ndim
-        wv = w.reshape(view)
-        keep = tuple(a if a < ga else a + 1 for a in range(w.ndim) if a != ga) + (ga,)
-        scale, zero = calibrate(wv, spec, keep)
-        q = quantize(wv, scale, zero, spec)
-        return {"q": q.reshape(w.shape), "scale": scale, "zero": zero, "view": view, "granularity": "group",
-                "x_hat": dequantize(q, scale, zero).reshape(w.shape)}
-    keep = tuple(channel_axes) if granularity == "channel" else ()
-    scale, zero = calibrate(w, spec, keep)
-    q = quantize(w, scale, zero, spec)
-    return {"q": q, "scale": scale, "zero": zero, "view": None, "granularity": granularity,
-            "x_hat": dequantize(q, scale, zero)}
+    return {"q": back(q), "scale": scale.reshape(n, *cshape), "zero": zero.reshape(n, *cshape),
+            "granularity": "group", "x_hat": back(dequantize(q, scale, zero))}
 
 
 def summarize_sample(x, limit: int = 65536):
