@@ -7,7 +7,8 @@ per tensor / per channel (activation ranges by minmax, percentile and mse); int4
 and mse) and per group of 32; int4 weights + int8 activations. For every row with quantized activations and
 symmetric per-tensor / per-channel weights the integer path (int8 x int8 -> int32, rescaled) runs too: its accuracy,
 the number of test predictions that differ from the fake-quant path, and the largest logit difference (0 means
-bit-identical outputs; see funcdl/compress/quant_graph.py). ``--quick`` keeps the four headline rows.
+bit-identical outputs; see funcdl/compress/quant_graph.py). ``--quick`` keeps six rows: int8 per tensor / per
+channel, weights only and weights + activations (minmax), int4 per channel and per group.
 
 ``--qat BITS --qat-steps N`` adds quantization-aware fine-tuning from the run's weights (funcdl.compress.qat: STE
 with per-channel minmax scales, and LSQ with learned per-channel steps), N Adam steps at lr 1e-4 with the run's
@@ -44,7 +45,7 @@ def configurations(quick: bool = False) -> list[tuple]:
         (QuantSpec(4, granularity="group", group_size=32), None),
         (QuantSpec(4, granularity="channel", method="mse"), a8),
     ]
-    return [rows[i] for i in (1, 3, 6, 8)] if quick else rows
+    return [rows[i] for i in (0, 1, 2, 3, 6, 8)] if quick else rows
 
 
 def qat_finetune(run_dir: str, data_dir, bits: int, method: str, steps: int) -> float:
@@ -91,7 +92,8 @@ def main(argv=None) -> int:
     if args.qat:
         for method in ("ste", "lsq"):
             acc = qat_finetune(args.run, args.data_dir, args.qat, method, args.qat_steps)
-            rows.append({"label": f"QAT {method} int{args.qat} per channel, {args.qat_steps} steps", "accuracy": acc})
+            rows.append({"label": f"QAT {method} int{args.qat} per channel, {args.qat_steps} steps", "accuracy": acc,
+                         "delta_points": round(100 * (acc - rows[0]["float_accuracy"]), 4)})
             print(f"QAT {method}: int{args.qat} per-channel weights after {args.qat_steps} steps: test accuracy "
                   f"{acc:.4f} (post-training: {rows[0]['accuracy']:.4f}, float {rows[0]['float_accuracy']:.4f})")
     if args.json:

@@ -82,15 +82,19 @@ def _trained_accuracy(run_dir: Path) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    """One line per configuration: accuracy, change in points, integer path figures."""
-    head = f"{'configuration':<46} {'accuracy':>8} {'delta':>7} {'int path':>8} {'int!=fake':>9} {'max|dlogit|':>11}"
+    """The float model, then one line per configuration: accuracy, change in points, integer path figures."""
+    w = 52
+    head = f"{'configuration':<{w}} {'accuracy':>8} {'delta':>7} {'int path':>8} {'int!=fake':>9} {'max|dlogit|':>11}"
     lines = [head, "-" * len(head)]
+    if rows and "float_accuracy" in rows[0]:
+        lines.append(f"{'float (the trained weights)':<{w}} {rows[0]['float_accuracy']:>8.4f} {'':>7} {'-':>8} "
+                     f"{'-':>9} {'-':>11}")
     for r in rows:
         ip = f"{r['int_accuracy']:.4f}" if "int_accuracy" in r else "-"
         mm = str(r["int_vs_fake_mismatches"]) if "int_accuracy" in r else "-"
         dl = f"{r['int_vs_fake_max_logit_diff']:.1e}" if "int_accuracy" in r else "-"
-        lines.append(f"{r['label'][:46]:<46} {r['accuracy']:>8.4f} {r['delta_points']:>+7.2f} {ip:>8} {mm:>9} "
-                     f"{dl:>11}")
+        delta = f"{r['delta_points']:+7.2f}" if "delta_points" in r else f"{'':>7}"
+        lines.append(f"{r['label'][:w]:<{w}} {r['accuracy']:>8.4f} {delta} {ip:>8} {mm:>9} {dl:>11}")
     return "\n".join(lines)
 
 
