@@ -7,8 +7,7 @@ from them runs the hand-derived rules; ``funcdl.autodiff(fn)`` differentiates th
 
 from .core import xla
 from .core.primitive import REGISTRY, Example, Primitive, autodiff, get, primitive, registered, use_reference
-from .nn import activations, init, linear, losses
-from .nn import nf4, quant  # noqa: F401  (registers their primitives)
+from .nn import activations, init, linear, losses, nf4, quant
 from .nn import dropout as _dropout_module
 from .nn.activations import (
     elu,
@@ -66,6 +65,7 @@ from .nn.losses import (
     softmax_cross_entropy,
     softmax_cross_entropy_with_probs,
 )
+from .nn.nf4 import nf4_lora_dense
 from .nn.norm import batch_norm, batch_norm_apply, batch_norm_eval, batch_norm_init, group_norm, instance_norm
 from .nn.pool import (
     avg_pool1d,
@@ -78,6 +78,7 @@ from .nn.pool import (
     max_pool3d,
 )
 from .nn.positional import rope
+from .nn.quant import fake_quant, lsq_quant
 from .nn.recurrent import gru_cell, lstm_cell, rnn_cell
 from .nn.spatial import concat_channels, flatten, spatial_dropout, squeeze_excitation
 from .nn.spectral import spectral_norm
@@ -104,6 +105,6 @@ __all__ = [
     "mish", "relu", "selu", "sigmoid", "silu", "softmax", "softplus", "swish", "tanh",
     "reparameterize", "kl_normal", "kl_normal_normal", "gaussian_nll_loss", "bernoulli_log_likelihood",
     "gan_d_loss", "gan_g_loss", "gradient_penalty", "modulated_conv2d", "minibatch_stddev",
-    "spectral_norm",
+    "spectral_norm", "fake_quant", "lsq_quant", "nf4_lora_dense", "nf4", "quant",
 ]
 del _dropout_module
