@@ -84,6 +84,7 @@ def load_for_export(run_dir: str, data_dir: str | None = None) -> dict:
 def check(inf, path: Path, fmt: str, vocab: int | None) -> float:
     """Max relative difference ``max|export - funcdl| / max|funcdl|`` on a batch of 3 (and, for a GPT in
     StableHLO, a sequence shorter than the block size)."""
+    import jax
     import numpy as np
 
     from funcdl import export
@@ -94,7 +95,7 @@ def check(inf, path: Path, fmt: str, vocab: int | None) -> float:
         if isinstance(d, str) and d != "B":
             sizes[d] = shape if isinstance(shape, int) else max(1, inf.bounds[d] - 1)
     x = export.example_inputs(inf, sizes)
-    ref = np.asarray(inf.fn(*x), np.float64)
+    ref = np.asarray(jax.jit(inf.fn)(*x), np.float64)
     return float(np.abs(np.asarray(loaded(*x), np.float64) - ref).max() / max(np.abs(ref).max(), 1e-30))
 
 
