@@ -20,6 +20,17 @@ Per seed (the seed draws the initialisation and the batch order):
 
 Accuracies are on the 10000 test images after the last epoch (no early stopping). The masked optimizer keeps the
 pruned weights exactly zero; the script checks that the final weights have the masks' sparsity.
+
+Measured (the default command, 2-vCPU machine under load, 3.5 min per seed; the numbers are deterministic:
+a second run gave the same digits), test accuracy %, seeds 0 / 1 / 2:
+
+    dense (3 epochs)            97.59 / 97.41 / 97.56      dense+ft (9 epochs)   98.42 / 98.29 / 98.37
+    92% sparse, 3 steps         98.17 / 98.02 / 98.14      92% gradual           98.22 / 98.16 / 98.22
+    ticket, 21.1% left          97.90 / 98.15 / 97.80      same masks, re-init   97.40 / 97.58 / 97.40
+    ticket, 10.8% left          98.13 / 98.07 / 98.23      same masks, re-init   97.31 / 97.43 / 97.64
+
+``--overhead`` (2000-step jitted chunks, best of 6, machine loaded): plain Adam 391 steps/s, masked 428 steps/s:
+the masking's cost is below this machine's noise.
 """
 
 from __future__ import annotations
