@@ -29,8 +29,9 @@ a second run gave the same digits), test accuracy %, seeds 0 / 1 / 2:
     ticket, 21.1% left          97.90 / 98.15 / 97.80      same masks, re-init   97.40 / 97.58 / 97.40
     ticket, 10.8% left          98.13 / 98.07 / 98.23      same masks, re-init   97.31 / 97.43 / 97.64
 
-``--overhead`` (2000-step jitted chunks, best of 6, machine loaded): plain Adam 391 steps/s, masked 428 steps/s:
-the masking's cost is below this machine's noise.
+``--overhead`` (2000-step jitted chunks, best of 6, load average 10-11 on 2 vCPUs), two runs: plain Adam 391 vs
+masked 428 steps/s, then 446 vs 394 (-9% and +13%): the masking's cost is below this machine's noise; a quiet
+machine is needed for a real figure.
 """
 
 from __future__ import annotations
