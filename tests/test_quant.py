@@ -205,6 +205,9 @@ def test_qat_trains_through_the_quantized_weights(method):
              "y": jnp.asarray(rng.integers(0, 3, 32), jnp.int32)}
     step = jax.jit(jax.value_and_grad(lambda p: task.loss(p, state, batch, None, True)[0]))
     first, grads = step(params)
+    # the hand rules of fake_quant / lsq_quant equal autodiff through their STE references, on the whole loss
+    errors = gc.compare_model_grads(lambda p: task.loss(p, state, batch, None, True)[0], params)
+    assert gc.max_model_error(errors) < 1e-5
     assert float(jnp.max(jnp.abs(grads["l1"]["w"]))) > 0
     if method == "lsq":
         assert all(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(grads[qat.STEPS]))
