@@ -207,16 +207,13 @@ def _channel_masks(params, sparsity, norm, pattern):
 
 
 def _head_masks(params, sparsity, norm, n_heads):
-    if not isinstance(n_heads, int) or n_heads < 1:
-        raise ValueError("head pruning needs n_heads (a positive whole number: the model's heads per layer)")
     masks = jax.tree.map(lambda _: None, params, is_leaf=_is_none)
-    found = []
+    found = []                          # (params node, masks node) of every attention layer of the fused layout
 
     def walk(node, mnode):
         if isinstance(node, dict):
             if isinstance(node.get("qkv"), dict) and isinstance(node.get("proj"), dict) and "w" in node["qkv"]:
-                found.append(1)
-                _one_attention(node, mnode, sparsity, norm, n_heads)
+                found.append((node, mnode))
             for k, v in node.items():
                 if isinstance(v, (dict, list)):
                     walk(v, mnode[k])
@@ -228,6 +225,10 @@ def _head_masks(params, sparsity, norm, n_heads):
     if not found:
         raise ValueError("head pruning found no attention layer of the supported layout {'qkv': {'w': (d, 3d)}, "
                          "'proj': {'w': (d, d)}} (the GPT's); use --structured channels for other models")
+    if not isinstance(n_heads, int) or n_heads < 1:
+        raise ValueError("head pruning needs n_heads (a positive whole number: the model's heads per layer)")
+    for node, mnode in found:
+        _one_attention(node, mnode, sparsity, norm, n_heads)
     return masks
 
 
