@@ -14,7 +14,7 @@ weights, for each seed, the same number of AdamW steps:
 
 LoRA and QLoRA differentiate the adapters only (the base is an argument of the step, not a trainable leaf).
 Prints the stored bits per parameter of the base, the validation loss on the new text before and after, and
-the step time (compiled steps after the first chunk of 50).
+the step time (the fastest chunk of 50 compiled steps after the first).
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ PATTERN = r"/(qkv|proj|fc)/w$"
 
 
 def make_trainer(loss_fn, tokens, batch, t):
-    """train(trainable, frozen, opt, steps, seed) -> (trainable, ms per step after the first compiled chunk)."""
+    """train(trainable, frozen, opt, steps, seed) -> (trainable, ms per step): the fastest chunk of 50 steps after
+    the first (which compiles), the one least disturbed by other work on a shared machine."""
     import jax
     import jax.numpy as jnp
 
@@ -61,17 +62,39 @@ def make_trainer(loss_fn, tokens, batch, t):
             return jax.lax.scan(step, carry, ks)
 
         run = jax.jit(chunk)
-        carry, timed, t_timed = (trainable, opt.init(trainable)), 0, 0.0
+        carry, per_step = (trainable, opt.init(trainable)), []
         for i in range(0, steps, 50):
             n = min(50, steps - i)
             t0 = time.perf_counter()
             carry, losses = run(carry, frozen, jax.random.split(jax.random.PRNGKey(seed * 100_003 + i), n))
             losses.block_until_ready()
             if i > 0:
-                timed, t_timed = timed + n, t_timed + time.perf_counter() - t0
-        return carry[0], 1000 * t_timed / max(timed, 1)
+                per_step.append(1000 * (time.perf_counter() - t0) / n)
+        return carry[0], min(per_step, default=float("nan"))
 
     return train
+
+
+def report(out, runs, args, *, n_params, n_adapter, float_bits, sizes):
+    """Print the table and fill ``out`` with the per-seed figures."""
+    bits, (n_train, n_val, b, t) = out["bits"], sizes
+    base_bits = {"full": float_bits / n_params, "lora": float_bits / n_params, "qlora": bits["bits_per_param"]}
+    print(f"\nfine-tuning on licence text ({n_train} train / {n_val} val characters), "
+          f"{args.steps} steps, batch {b} x {t}, seeds {args.seeds}")
+    print(f"  NF4 base: {bits['nf4_params']} of {n_params} parameters in NF4 at {bits['nf4_bits_per_param']:.4f} "
+          f"bits each (block {args.block}, double-quantized); whole stored base {bits['bits_per_param']:.3f} "
+          f"bits/param, {bits['total_bits'] / 8 / 1024:.0f} KiB vs {float_bits / 8 / 1024:.0f} KiB in float32")
+    print(f"  val loss before fine-tuning: float base {out['before']:.4f}, NF4 base {out['before_nf4']:.4f}")
+    print(f"  {'method':8s} {'trainable':>10s} {'base bits/param':>16s} {'val loss (mean ± sd)':>22s} {'ms/step':>8s}")
+    for k, v in runs.items():
+        losses, ms = np.array([r[0] for r in v]), np.array([r[1] for r in v])
+        trainable = n_params if k == "full" else n_adapter
+        print(f"  {k:8s} {trainable:10d} {base_bits[k]:16.3f} {losses.mean():14.4f} ± {losses.std():.4f} "
+              f"{ms.mean():8.1f}   per seed {' '.join(f'{x:.4f}' for x in losses)}")
+        out[k] = {"val_loss": losses.tolist(), "ms_per_step": ms.tolist(), "base_bits_per_param": base_bits[k],
+                  "trainable": trainable}
+    gap = np.array(out["qlora"]["val_loss"]) - np.array(out["lora"]["val_loss"])
+    print(f"  QLoRA - LoRA val loss: {' '.join(f'{g:+.4f}' for g in gap)} (max |gap| {np.abs(gap).max():.4f})")
 
 
 def main(argv=None):
@@ -163,25 +186,9 @@ def main(argv=None):
         print(f"seed {seed}: " + "  ".join(f"{k} {v[-1][0]:.4f} ({v[-1][1]:.1f} ms/step)" for k, v in runs.items()),
               flush=True)
 
-    n_ad = lora.count_trainable(adapters)
-    base_bits = {"full": float_bits / n_params, "lora": float_bits / n_params, "qlora": bits["bits_per_param"]}
-    print(f"\nfine-tuning on licence text ({new_train.shape[0]} train / {new_val.shape[0]} val characters), "
-          f"{args.steps} steps, batch {b} x {t}, seeds {args.seeds}")
-    print(f"  NF4 base: {bits['nf4_params']} of {n_params} parameters in NF4 at {bits['nf4_bits_per_param']:.4f} "
-          f"bits each (block {args.block}, double-quantized); whole stored base {bits['bits_per_param']:.3f} "
-          f"bits/param, {bits['total_bits'] / 8 / 1024:.0f} KiB vs {float_bits / 8 / 1024:.0f} KiB in float32")
-    print(f"  val loss before fine-tuning: float base {before:.4f}, NF4 base {before_q:.4f}")
-    print(f"  {'method':8s} {'trainable':>10s} {'base bits/param':>16s} {'val loss (mean ± sd)':>22s} {'ms/step':>8s}")
     out = {"before": before, "before_nf4": before_q, "bits": bits, "seeds": args.seeds, "steps": args.steps}
-    for k, v in runs.items():
-        losses, ms = np.array([r[0] for r in v]), np.array([r[1] for r in v])
-        trainable = n_params if k == "full" else n_ad
-        print(f"  {k:8s} {trainable:10d} {base_bits[k]:16.3f} {losses.mean():14.4f} ± {losses.std():.4f} "
-              f"{ms.mean():8.1f}   per seed {' '.join(f'{x:.4f}' for x in losses)}")
-        out[k] = {"val_loss": losses.tolist(), "ms_per_step": ms.tolist(), "base_bits_per_param": base_bits[k],
-                  "trainable": trainable}
-    gap = np.array(out["qlora"]["val_loss"]) - np.array(out["lora"]["val_loss"])
-    print(f"  QLoRA - LoRA val loss: {' '.join(f'{g:+.4f}' for g in gap)} (max |gap| {np.abs(gap).max():.4f})")
+    report(out, runs, args, n_params=n_params, n_adapter=lora.count_trainable(adapters), float_bits=float_bits,
+           sizes=(new_train.shape[0], new_val.shape[0], b, t))
     if args.json:
         tmp = Path(args.json).with_suffix(".tmp")
         tmp.write_text(json.dumps(out, indent=1))
