@@ -23,6 +23,7 @@ from .base import (
     tree_paths,
 )
 from .loss_scale import LossScaleState, dynamic_loss_scale, loss_scale
+from .masking import SparseState, apply_masks, masked_sparse, masks_of, zero_pruned
 from .modern import adafactor, lamb, lion
 from .optax_bridge import from_optax, optax_optimizer, to_optax
 from .optimizers import adadelta, adagrad, rmsprop, sgd
@@ -93,4 +94,5 @@ __all__ = [
     "scale_by_factored_rms", "scale_by_relative_step",
     "LossScaleState", "dynamic_loss_scale", "loss_scale", "to_optax", "from_optax", "optax_optimizer",
     "accumulate", "ema_of", "ema_params", "lookahead", "sam", "skip_not_finite",
+    "SparseState", "apply_masks", "masked_sparse", "masks_of", "zero_pruned",
 ]
