@@ -1,7 +1,7 @@
 """Latency of an exported forward: funcdl's jitted forward vs the reloaded StableHLO (``jax.export``) vs
 onnxruntime on the CPU, for the MNIST-1D MLP, LeNet-5 on MNIST-sized images and the baby GPT, in one process.
 
-    python benchmarks/bench_export.py [--reps 30] [--rounds 3] [--threads 0] [--models mlp,lenet,gpt]
+    python benchmarks/bench_export.py [--reps 30] [--rounds 3] [--threads 0] [--models mlp,lenet,gpt] [--int8]
 
 The weights are the models' random initialisation (latency does not depend on trained values); the shapes are
 those of the default runs: the MLP 40 -> 512 -> 512 -> 10 (``funcdl train mlp``), LeNet-5 on 28x28x1, the baby
@@ -12,6 +12,10 @@ products, not the bfloat16 of its training default); the StableHLO is ``jax.jit(
 ``jax.export.deserialize``; onnxruntime is one ``InferenceSession`` (CPUExecutionProvider, --threads intra-op
 threads, 0 = its default). Times are medians over --rounds interleaved rounds of the median of --reps calls
 after a warm-up; the error columns are max |export - funcdl| / max |funcdl| on the timed batch.
+
+``--int8`` adds a table of the int8-weight exports (``inference(..., weights="int8")``: matrices stored as int8
+with per-channel scales, dequantized in the graph): file sizes against float32, onnxruntime's latency at the
+larger batch, and the max relative difference of their logits from the float32 model's.
 """
 
 from __future__ import annotations
@@ -81,17 +85,52 @@ def bench_model(name: str, folder: Path, args) -> list[dict]:
     return rows
 
 
+def int8_row(name: str, folder: Path, args) -> dict:
+    info, opts, batches = MODELS[name]
+    task = get_model(name).build(info, **opts)
+    params, state = task.init(jax.random.PRNGKey(0))
+    row = {"model": name}
+    for w in ("float32", "int8"):
+        inf = export.inference(task, params, state, info, name=name, weights=w)
+        row[f"onnx_{w}"] = export.to_onnx(inf, folder / f"{name}-{w}.onnx")
+        row[f"shlo_{w}"] = export.to_stablehlo(inf, folder / f"{name}-{w}.stablehlo")
+    x = export.example_inputs(inf, {"B": batches[-1], "T": 64, "vocab": 65})
+    f32 = export.load_onnx(row["onnx_float32"], threads=args.threads or None)
+    i8 = export.load_onnx(row["onnx_int8"], threads=args.threads or None)
+    t = interleaved({"float32": f32.run, "int8": i8.run}, x, args.reps, args.rounds)
+    row.update(input="x".join(map(str, x[0].shape)), t32=t["float32"], t8=t["int8"], err=rel(i8.run(*x), f32.run(*x)))
+    return row
+
+
+def print_int8(rows: list[dict]) -> None:
+    print("\nint8 weights (per output channel, dequantized in the graph) vs float32; onnxruntime, median ms per batch")
+    print("| model | input | ONNX bytes f32 -> int8 | StableHLO bytes f32 -> int8 | onnxruntime f32 | onnxruntime int8 "
+          "| max rel. diff of logits |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        size = {k: Path(r[k]).stat().st_size for k in ("onnx_float32", "onnx_int8", "shlo_float32", "shlo_int8")}
+        print(f"| {r['model']} | {r['input']} | {size['onnx_float32']:,} -> {size['onnx_int8']:,} | "
+              f"{size['shlo_float32']:,} -> {size['shlo_int8']:,} | {r['t32']:.3f} | {r['t8']:.3f} | {r['err']:.1e} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
     ap.add_argument("--models", default="mlp,lenet,gpt")
+    ap.add_argument("--int8", action="store_true", help="also the int8-weight exports (sizes, latency, error)")
     args = ap.parse_args()
-    rows = []
+    rows, rows8 = [], []
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models.split(","):
             rows += bench_model(name.strip(), Path(folder), args)
+            if args.int8:
+                rows8.append(int8_row(name.strip(), Path(folder), args))
+        print_tables(rows, rows8, args)
+
+
+def print_tables(rows, rows8, args) -> None:
     print(f"jax {jax.__version__}, {jax.devices()[0].platform}; float32; median ms per batch "
           f"({args.rounds} rounds x {args.reps} calls)")
     print("| model | input | funcdl jit | StableHLO (reloaded) | onnxruntime | StableHLO / funcdl "
@@ -101,6 +140,8 @@ def main() -> None:
         print(f"| {r['model']} | {r['input']} | {r['funcdl']:.3f} | {r['stablehlo']:.3f} | {r['onnxruntime']:.3f} "
               f"| {r['stablehlo'] / r['funcdl']:.2f} | {r['onnxruntime'] / r['funcdl']:.2f} | {r['err_shlo']:.1e} "
               f"| {r['err_onnx']:.1e} |")
+    if rows8:
+        print_int8(rows8)
 
 
 if __name__ == "__main__":

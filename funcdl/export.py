@@ -24,6 +24,16 @@ default) is replaced by float32, so the export equals funcdl's float32 forward t
   mask over a symbolic length. A shorter prompt is padded on the right: attention is causal, so the first T
   logits do not depend on the padding. :func:`load_onnx` runs it with onnxruntime on the CPU.
 
+TensorRT (needs an NVIDIA GPU; not run here): the ONNX file goes through TensorRT's ONNX parser with ``trtexec``.
+Export with an opset TensorRT parses (``--opset 17``; jax2onnx's default, 23, is newer than most TensorRT
+releases read) and give the batch range of the dynamic ``B`` (the input names are ``x`` and ``tokens``)::
+
+    funcdl export runs/lenet --format onnx --opset 17 --out lenet.onnx
+    trtexec --onnx=lenet.onnx --minShapes=x:1x28x28x1 --optShapes=x:256x28x28x1 --maxShapes=x:1024x28x28x1 \
+            --saveEngine=lenet.plan            # add --fp16 for half-precision kernels
+    funcdl export runs/gpt --format onnx --opset 17 --out gpt.onnx
+    trtexec --onnx=gpt.onnx --minShapes=tokens:1x64 --optShapes=tokens:16x64 --maxShapes=tokens:64x64
+
 Int8 weights: ``inference(..., weights="int8")`` stores every matrix and kernel (arrays of two or more
 dimensions) as int8 with one float32 scale per output channel (symmetric, ``w ~ q * s``, ``s = max|w| / 127``
 over all axes but the last) and dequantizes them inside the graph (``q.astype(f32) * s``); both formats carry

@@ -11,10 +11,15 @@
 Exports are float32 (a GPT's bfloat16 matrix products too); ``--int8`` stores the weight matrices as int8 with
 per-channel scales, dequantized in the graph. After writing, the export is reloaded and compared with funcdl's
 forward on a batch of another size than any fixed one (3), and the maximum relative difference is printed.
+
+TensorRT (an NVIDIA GPU): ``funcdl export RUN --format onnx --opset 17 --out m.onnx``, then ``trtexec --onnx=m.onnx
+--minShapes=x:1x40 --optShapes=x:256x40 --maxShapes=x:1024x40`` (the input is ``x``, a GPT's ``tokens``; see
+funcdl/export.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -25,8 +30,9 @@ def register(sub) -> None:
     p = sub.add_parser("export", help="write a trained model as ONNX, StableHLO or a Hugging Face checkpoint",
                        description=__doc__.split("\n\n")[0] + " Classifiers (MLP, CNNs) and GPT runs export to "
                        "onnx / stablehlo; gpt and bert_mlm runs to hf.")
-    p.add_argument("target", nargs="+", metavar="RUN", help="run directory (funcdl train or funcdl import); the "
-                   "older spelling `export hf RUN` is accepted")
+    p.add_argument("target", metavar="RUN", help="run directory (funcdl train or funcdl import); the older spelling "
+                   "`funcdl export hf RUN --out DIR` is accepted")
+    p.add_argument("target2", nargs="?", help=argparse.SUPPRESS)         # RUN of the older `export hf RUN`
     p.add_argument("--format", choices=FORMATS, help="onnx, stablehlo or hf")
     p.add_argument("--out", required=True, help="the file to write (hf: the folder)")
     p.add_argument("--int8", action="store_true", help="weight matrices as int8 with per-channel scales")
@@ -100,7 +106,7 @@ def check(inf, path: Path, fmt: str, vocab: int | None) -> float:
 
 
 def run(args) -> int:
-    fmt, run_dir = parse_target(args.target, args.format)
+    fmt, run_dir = parse_target([t for t in (args.target, args.target2) if t is not None], args.format)
     if fmt == "hf":
         if args.int8 or args.seq_len or args.opset:
             raise ValueError("--int8, --seq-len and --opset are for onnx / stablehlo, not hf")
