@@ -137,11 +137,14 @@ def inference(task, params, state=None, info=None, *, name: str | None = None, w
         inputs, bounds = (Input("tokens", ("B", "T"), "int32"),), {"T": int(config.block_size)}
         want = lambda b, t: (b, t, config.vocab_size)  # noqa: E731
     elif task.kind == "classification" and info is not None and info.num_classes:
-        inputs, bounds = (Input("x", ("B", *info.input_shape), "float32"),), {}
-        want = lambda b, t: (b, info.num_classes)  # noqa: E731
+        tokens = info.vocab_size is not None                  # a text classifier takes token ids
+        inputs = (Input("tokens", ("B", *info.input_shape), "int32") if tokens
+                  else Input("x", ("B", *info.input_shape), "float32"),)
+        bounds, want = {}, lambda b, t: (b, info.num_classes)  # noqa: E731
     else:
-        raise ValueError(f"model {name!r} cannot export: its task is {task.kind!r}; export covers classifiers "
-                         "(logits of an input batch) and GPT language models (logits of a token batch)")
+        raise ValueError(f"model {name!r} cannot export: export covers classifiers (an input batch -> logits over "
+                         f"the classes) and GPT language models (tokens -> next-token logits); this is a "
+                         f"{task.kind} model{'' if info is None or info.num_classes else ' without classes'}")
     if weights == "int8":
         q, scales = quantize_int8(params)
 
@@ -332,10 +335,22 @@ def _pad_concat(x, value, config):
     return x
 
 
+def _forward_scan(eqn, ins):
+    """A ``reverse=True`` scan as a forward scan over the flipped sequences, its stacked outputs flipped back
+    (jax2onnx 0.17 converts forward scans only; the backward half of a bidirectional RNN scans in reverse)."""
+    p = eqn.params
+    split = p["num_consts"] + p["num_carry"]
+    xs = [lax.rev(x, (0,)) for x in ins[split:]]
+    outs = eqn.primitive.bind(*ins[:split], *xs, **dict(p, reverse=False))
+    k = p["num_carry"]
+    return [*outs[:k], *(lax.rev(y, (0,)) for y in outs[k:])]
+
+
 def _onnx_friendly(closed):
     """The function a closed jaxpr computes, re-emitted for jax2onnx 0.17: calls of ``custom_vjp`` /
     ``custom_jvp`` functions and nested jits are inlined (their forward; inference needs no derivative), and
-    ``lax.pad`` becomes concatenation (jax2onnx's pad needs a constant batch size). Handing jax2onnx a jaxpr of lax
+    ``lax.pad`` becomes concatenation (jax2onnx's pad needs a constant batch size), a reverse scan a forward one
+    over flipped sequences (jax2onnx has forward scans only). Handing jax2onnx a jaxpr of lax
     primitives also avoids its patched jax.numpy functions, which mistype some calls (``jnp.maximum(x32, 0)``
     traced as float64, so every ReLU net failed)."""
     from jax.extend.core import Literal
@@ -350,6 +365,8 @@ def _onnx_friendly(closed):
             inner = eqn.params.get("call_jaxpr", eqn.params.get("jaxpr"))
             if name in ("custom_vjp_call", "custom_jvp_call", "pjit", "jit", "closed_call") and inner is not None:
                 outs = run(inner.jaxpr, inner.consts, *ins)
+            elif name == "scan" and eqn.params.get("reverse"):
+                outs = _forward_scan(eqn, ins)
             elif name == "pad" and all(i == 0 for _, _, i in eqn.params["padding_config"]):
                 outs = [_pad_concat(ins[0], ins[1], eqn.params["padding_config"])]
             else:

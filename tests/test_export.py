@@ -216,3 +216,22 @@ def test_cli_gpt_to_onnx(shared_data, tmp_path, capsys):
     short = tokens[:, :3]
     padded = np.pad(short, ((0, 0), (0, 2)))
     assert _rel(export.load_onnx(out)(padded)[:, :3], task.apply(params, {}, short)) <= TOL
+
+
+@pytest.mark.slow
+def test_onnx_rewrites_reverse_scans_and_pads(tmp_path):
+    """What funcdl.export rewrites for jax2onnx (a reverse scan, as in a bidirectional RNN; a pad of a dynamic
+    batch, as in a convolution) computes what JAX does."""
+    pytest.importorskip("jax2onnx")
+    pytest.importorskip("onnxruntime")
+
+    def f(x):                                      # x (B, T, 3): a reverse running sum over T, then padded
+        def step(carry, xt):
+            carry = 0.5 * carry + xt
+            return carry, carry
+        _, ys = jax.lax.scan(step, x[:, 0] * 0, x.swapaxes(0, 1), reverse=True)
+        return jax.lax.pad(ys.swapaxes(0, 1), np.float32(-1), ((0, 0, 0), (2, -1, 0), (1, 0, 0)))
+
+    path = export.to_onnx(f, tmp_path / "f.onnx", inputs=[export.Input("x", ("B", 4, 3))])
+    x = np.random.default_rng(0).normal(size=(5, 4, 3)).astype(np.float32)
+    assert _rel(export.load_onnx(path)(x), jax.jit(f)(x)) <= TOL
