@@ -157,3 +157,16 @@ def test_preset_merges_model_and_training_options():
     assert model["n_layer"] == 6 and model["n_embd"] == 384 and train["batch_size"] == 64 and train["steps"] == 7
     with pytest.raises(ValueError, match="valid presets: shakespeare-char"):
         resolve_options(entry, parse(["gpt", "--preset", "huge"]))
+
+
+def test_qat_option_wraps_any_model_and_reloads(tmp_path, capsys):
+    """--set qat=4 trains through 4-bit fake-quantized weights; the run reloads with the same wrapping."""
+    out = tmp_path / "qat"
+    assert main(["train", "logreg", "--steps", "6", "--eval-every", "6", "--set", "qat=4", "--set", "qat_method=lsq",
+                 "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "config.json").read_text())["model_options"] == {"qat": 4, "qat_method": "lsq"}
+    from funcdl.commands.train import load_run
+    run = load_run(out)
+    assert run["task"].extras["qat"] == {"bits": 4, "method": "lsq"} and "qat_steps" in run["params"]
+    assert main(["train", "logreg", "--steps", "1", "--set", "qat=9", "--out", str(tmp_path / "bad")]) == 2
+    assert "bits must be an int in 2..8" in capsys.readouterr().err and not (tmp_path / "bad").exists()

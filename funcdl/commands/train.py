@@ -284,7 +284,8 @@ def run(args) -> int:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a directory; name a new or existing folder")
 
-    check_options(args.model, entry.build, model_opts)       # a misspelt --set fails before any data is loaded
+    # a misspelt --set fails before any data is loaded (qat/qat_method wrap any model: build_task takes them)
+    check_options(args.model, entry.build, {k: v for k, v in model_opts.items() if k not in WRAPPER_OPTIONS})
     check_values(entry, train_opts, model_opts)
     if args.coordinator:
         from funcdl.training.parallel import initialize_distributed
@@ -349,14 +350,25 @@ def _resume_options(entry, args):
     return out, saved["data"], args.data_dir or saved.get("data_dir"), train_opts, model_opts
 
 
+# model options that wrap whatever task a model builds, taken by build_task rather than the builder
+WRAPPER_OPTIONS = ("qat", "qat_method")
+
+
 def build_task(entry, info, model_opts: dict, batch_size):
     """``entry.build(info, **model_opts)`` (which checks the options against the builder's signature); a builder
     that takes ``batch_size`` also gets the training batch size (a model that carries state between batches, such
-    as char-lstm with truncated BPTT, needs it)."""
+    as char-lstm with truncated BPTT, needs it). ``qat=BITS`` (and ``qat_method=ste|lsq``) wraps any model for
+    quantization-aware training (funcdl.compress.qat: weights fake-quantized per channel inside the loss)."""
     opts = dict(model_opts)
+    qat, qat_method = opts.pop("qat", None), opts.pop("qat_method", "ste")
     if "batch_size" in entry.options and batch_size is not None:
         opts.setdefault("batch_size", int(batch_size))
-    return entry.build(info, **opts)
+    task = entry.build(info, **opts)
+    if qat is None:
+        return task
+    from funcdl.compress.qat import qat_task
+
+    return qat_task(task, qat, qat_method)
 
 
 def _print_sample(task, params, data, n_tokens: int = 300) -> None:
