@@ -19,20 +19,23 @@ default) is replaced by float32, so the export equals funcdl's float32 forward t
 
   :func:`load_stablehlo` does the same and checks the inputs against the specs first (one-line errors).
 * :func:`to_onnx` writes an ONNX model (and ``FILE.json``) through jax2onnx, which inlines the forward of every
-  ``custom_vjp`` (funcdl's hand-derived gradients play no part in inference). The batch stays dynamic; the GPT's
-  sequence length is *fixed* in ONNX (``seq_len``, default block_size): jax2onnx 0.17 cannot trace the causal
-  mask over a symbolic length. A shorter prompt is padded on the right: attention is causal, so the first T
-  logits do not depend on the padding. :func:`load_onnx` runs it with onnxruntime on the CPU.
+  ``custom_vjp`` (funcdl's hand-derived gradients play no part in inference). The batch and the GPT's sequence
+  length are dynamic axes (``tokens (B, T)``, ``T <= block_size``, as in StableHLO): the forward is traced with
+  a symbolic ``T`` bounded by the block size, so the causal mask (an iota over ``T``) and the positions (the
+  first ``T`` rows of ``wpe``, a slice of symbolic size) become ONNX ops over the input's runtime shape.
+  ``seq_len`` fixes ``T`` instead (a static shape, for runtimes that want one). :func:`load_onnx` runs it with
+  onnxruntime on the CPU and rejects ``T > block_size`` in one line (the position table has block_size rows).
 
 TensorRT (needs an NVIDIA GPU; not run here): the ONNX file goes through TensorRT's ONNX parser with ``trtexec``.
 Export with an opset TensorRT parses (``--opset 17``; jax2onnx's default, 23, is newer than most TensorRT
-releases read) and give the batch range of the dynamic ``B`` (the input names are ``x`` and ``tokens``)::
+releases read) and give the ranges of the dynamic ``B`` (and a GPT's ``T``, at most its block size; the input
+names are ``x`` and ``tokens``)::
 
     funcdl export runs/lenet --format onnx --opset 17 --out lenet.onnx
     trtexec --onnx=lenet.onnx --minShapes=x:1x28x28x1 --optShapes=x:256x28x28x1 --maxShapes=x:1024x28x28x1 \
             --saveEngine=lenet.plan            # add --fp16 for half-precision kernels
     funcdl export runs/gpt --format onnx --opset 17 --out gpt.onnx
-    trtexec --onnx=gpt.onnx --minShapes=tokens:1x64 --optShapes=tokens:16x64 --maxShapes=tokens:64x64
+    trtexec --onnx=gpt.onnx --minShapes=tokens:1x1 --optShapes=tokens:16x64 --maxShapes=tokens:64x64
 
 Int8 weights: ``inference(..., weights="int8")`` stores every matrix and kernel (arrays of two or more
 dimensions) as int8 with one float32 scale per output channel (symmetric, ``w ~ q * s``, ``s = max|w| / 127``
@@ -418,8 +421,8 @@ def _float32_tracing():
 
 
 def to_onnx(obj, out, *, inputs=None, bounds=None, seq_len: int | None = None, opset: int | None = None) -> Path:
-    """Convert the forward of ``obj`` to ONNX with jax2onnx into ``out`` (and ``out + '.json'``). The batch stays
-    dynamic; a bounded dimension (the GPT's ``T``) is fixed to ``seq_len`` (default: its bound)."""
+    """Convert the forward of ``obj`` to ONNX with jax2onnx into ``out`` (and ``out + '.json'``). The batch and a
+    bounded dimension (the GPT's ``T <= block_size``) stay dynamic axes; ``seq_len`` fixes the bounded one."""
     jax2onnx = _need("jax2onnx")
     _jax_plugins_only()
     from jax import export
@@ -427,13 +430,15 @@ def to_onnx(obj, out, *, inputs=None, bounds=None, seq_len: int | None = None, o
     out = _target(out)
     inf = _resolve(obj, inputs, bounds)
     fixed = {}
-    for d, m in inf.bounds.items():
-        n = m if seq_len is None else int(seq_len)
-        if not 1 <= n <= m:
-            raise ValueError(f"--seq-len must lie in 1 .. {m} (the model's {d} bound), got {seq_len}")
-        fixed[d] = n
+    if seq_len is not None:
+        for d, m in inf.bounds.items():
+            if not 1 <= int(seq_len) <= m:
+                raise ValueError(f"--seq-len must lie in 1 .. {m} (the model's {d} bound), got {seq_len}")
+            fixed[d] = int(seq_len)
     shapes = [tuple(fixed.get(d, d) for d in s.shape) for s in inf.inputs]
-    scope = export.SymbolicScope()
+    bounds = {d: m for d, m in inf.bounds.items() if d not in fixed}
+    # the bound lets the forward's own checks (a GPT's T <= block_size) decide on a symbolic T
+    scope = export.SymbolicScope([f"{d} <= {m}" for d, m in bounds.items()])
     avals = [jax.ShapeDtypeStruct(export.symbolic_shape(", ".join(map(str, shape)), scope=scope), s.dtype)
              for s, shape in zip(inf.inputs, shapes, strict=True)]
     kw = {} if opset is None else {"opset": int(opset)}
@@ -450,7 +455,7 @@ def to_onnx(obj, out, *, inputs=None, bounds=None, seq_len: int | None = None, o
             proto = convert()
     opset_used = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None)
     spec = _spec_json(inf, "onnx", shapes, opset=opset_used, jax2onnx=getattr(jax2onnx, "__version__", None))
-    spec["bounds"] = {}
+    spec["bounds"] = bounds
     return _write(out, proto.SerializeToString(), spec)
 
 

@@ -202,20 +202,25 @@ def test_mlp_to_onnx_in_float32_and_int8(exports, tmp_path):
 
 @pytest.mark.slow
 def test_cli_gpt_to_onnx(shared_data, tmp_path, capsys):
+    """The GPT's ONNX takes any batch and any length up to the block size (dynamic B and T, as StableHLO)."""
     pytest.importorskip("jax2onnx")
     pytest.importorskip("onnxruntime")
     run = tmp_path / "run"
     task, params = _gpt_run(run, shared_data / "tinyshakespeare")
     out = tmp_path / "gpt.onnx"
-    assert main(["export", str(run), "--format", "onnx", "--seq-len", "5", "--out", str(out)]) == 0
+    assert main(["export", str(run), "--format", "onnx", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "tokens (B, 5) int32" in printed and "max relative difference" in printed
-    tokens = np.random.default_rng(1).integers(0, 65, (6, 5)).astype(np.int32)    # not the check's batch of 3
-    assert _rel(export.load_onnx(out)(tokens), task.apply(params, {}, tokens)) <= TOL
-    # a shorter prompt, padded on the right (attention is causal: the first 3 logits ignore the padding)
-    short = tokens[:, :3]
-    padded = np.pad(short, ((0, 0), (0, 2)))
-    assert _rel(export.load_onnx(out)(padded)[:, :3], task.apply(params, {}, short)) <= TOL
+    assert "tokens (B, T) int32, T <= 8" in printed and "max relative difference" in printed
+    loaded = export.load_onnx(out)
+    assert [i.shape for i in loaded.handle.get_inputs()] == [["B", "T"]]
+    rng = np.random.default_rng(1)
+    for b, t in ((6, 8), (2, 3)):                      # neither is the check's batch of 3
+        tokens = rng.integers(0, 65, (b, t)).astype(np.int32)
+        assert _rel(loaded(tokens), task.apply(params, {}, tokens)) <= TOL
+    with pytest.raises(ValueError, match="T <= 8"):
+        loaded(np.zeros((2, 9), np.int32))
+    assert main(["export", str(run), "--format", "onnx", "--seq-len", "9", "--out", str(tmp_path / "x.onnx")]) == 2
+    assert "--seq-len must lie in 1 .. 8" in capsys.readouterr().err
 
 
 @pytest.mark.slow

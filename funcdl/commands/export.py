@@ -3,8 +3,8 @@
 * ``stablehlo``: the forward through ``jax.export`` (symbolic batch; the GPT's length up to its block size), one
   file of serialised bytes plus ``PATH.json`` with the input specs; ``jax.export.deserialize`` reloads it with JAX
   alone (funcdl.export's docstring shows how);
-* ``onnx``: the same forward through jax2onnx (``pip install -e ".[export]"``), dynamic batch (the GPT's length
-  fixed to ``--seq-len``, default the block size), plus ``PATH.json``;
+* ``onnx``: the same forward through jax2onnx (``pip install -e ".[export]"``), dynamic batch (and the GPT's
+  length up to its block size; ``--seq-len`` fixes it), plus ``PATH.json``;
 * ``hf``: a gpt / bert_mlm run as a Hugging Face checkpoint folder (``funcdl export hf RUN --out DIR``, the older
   spelling, still works).
 
@@ -36,7 +36,8 @@ def register(sub) -> None:
     p.add_argument("--format", choices=FORMATS, help="onnx, stablehlo or hf")
     p.add_argument("--out", required=True, help="the file to write (hf: the folder)")
     p.add_argument("--int8", action="store_true", help="weight matrices as int8 with per-channel scales")
-    p.add_argument("--seq-len", type=int, help="onnx, GPT: the fixed sequence length (default: the block size)")
+    p.add_argument("--seq-len", type=int, help="onnx, GPT: fix the sequence length to this (default: dynamic, up "
+                   "to the block size)")
     p.add_argument("--opset", type=int, help="onnx: the opset (default: jax2onnx's)")
     p.add_argument("--data-dir", help="folder with the run's data set (default: the one the run used); read for "
                    "the input shape and classes only")
@@ -88,8 +89,8 @@ def load_for_export(run_dir: str, data_dir: str | None = None) -> dict:
 
 
 def check(inf, path: Path, fmt: str, vocab: int | None) -> float:
-    """Max relative difference ``max|export - funcdl| / max|funcdl|`` on a batch of 3 (and, for a GPT in
-    StableHLO, a sequence shorter than the block size)."""
+    """Max relative difference ``max|export - funcdl| / max|funcdl|`` on a batch of 3 (and, for a GPT with a
+    dynamic length, a sequence one shorter than the block size)."""
     import jax
     import numpy as np
 
@@ -127,7 +128,7 @@ def run(args) -> int:
         path = export.to_onnx(inf, out, seq_len=args.seq_len, opset=args.opset)
     else:
         if args.seq_len or args.opset:
-            raise ValueError("--seq-len and --opset are for onnx (StableHLO keeps the length symbolic)")
+            raise ValueError("--seq-len and --opset are for onnx (StableHLO keeps the length dynamic)")
         path = export.to_stablehlo(inf, out)
     spec = export.read_spec(path)
     shapes = ", ".join(f"{i['name']} ({', '.join(map(str, i['shape']))}) {i['dtype']}" for i in spec["inputs"])
