@@ -61,31 +61,16 @@ def parse_target(target: list[str], fmt: str | None) -> tuple[str, str]:
 
 def load_for_export(run_dir: str, data_dir: str | None = None) -> dict:
     """A run as ``funcdl.export`` takes it: ``task``, ``params``, ``state``, ``info`` (None for an imported
-    Hugging Face run) and ``config``. The data set is loaded for its DataInfo only."""
-    import jax
-
-    from funcdl import models
-    from funcdl.training import checkpoint
-
+    Hugging Face run) and ``config`` -- ``funcdl sample``'s loader (the data set is loaded for its DataInfo)."""
     from .hf import is_imported, load_imported
-    from .sample import _locate
-    from .train import build_task, load_run_data, read_run_config
+    from .sample import load_image_model
 
     if is_imported(run_dir):
         task, params = load_imported(Path(run_dir) if Path(run_dir).is_dir() else Path(run_dir).parent)
         cfg = json.loads((Path(run_dir) / "config.json").read_text()) if Path(run_dir).is_dir() else {}
         return {"task": task, "params": params, "state": {}, "info": None, "config": cfg}
-    ckpt, config_path = _locate(run_dir)
-    cfg = read_run_config(config_path)
-    entry = models.get_model(cfg["model"])
-    train_cfg = cfg.get("train", {})
-    ds = load_run_data(cfg["data"], data_dir or cfg.get("data_dir"), train_cfg)
-    info = ds.info(train_cfg.get("seq_len") if ds.windowed else None)
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.get("model_options", {}).items()}
-    task = build_task(entry, info, options, train_cfg.get("batch_size"))
-    params, state = task.init(jax.random.PRNGKey(0))
-    trees, _ = checkpoint.restore(ckpt, {"params": params, "state": state})
-    return {"task": task, "params": trees["params"], "state": trees["state"], "info": info, "config": cfg}
+    loaded = load_image_model(run_dir, data_dir)
+    return {k: loaded[k] for k in ("task", "params", "state", "info", "config")}
 
 
 def check(inf, path: Path, fmt: str, vocab: int | None) -> float:
