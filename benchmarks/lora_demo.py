@@ -38,6 +38,37 @@ def licence_text(vocab: str, limit: int = 400_000) -> str:
     return "".join(c if c in allowed else " " for c in text)
 
 
+def common_parser(description: str) -> argparse.ArgumentParser:
+    """The options the fine-tuning demos share (this one and qlora_demo.py)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--checkpoint", help="a baby-GPT checkpoint.npz from `funcdl train gpt`")
+    p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare"))
+    p.add_argument("--pretrain", type=int, default=1000, help="pretraining steps when no checkpoint is given")
+    p.add_argument("--steps", type=int, default=300, help="fine-tuning steps")
+    p.add_argument("--rank", type=int, default=4)
+    p.add_argument("--alpha", type=float, default=8.0)
+    p.add_argument("--lr-full", type=float, default=3e-4)
+    p.add_argument("--lr-lora", type=float, default=3e-3)
+    return p
+
+
+def load_texts(data_dir: str):
+    """(shakespeare, vocab, encode, new_train, new_val): tiny shakespeare (the pretraining text and the
+    vocabulary) and the licence text encoded in that vocabulary, split 90/10."""
+    import jax.numpy as jnp
+
+    path = Path(data_dir) / "input.txt"
+    if not path.is_file():
+        raise SystemExit(f"no {path}; pass --data-dir pointing at the tinyshakespeare folder")
+    shakespeare = path.read_text()
+    vocab = "".join(sorted(set(shakespeare)))
+    index = {c: i for i, c in enumerate(vocab)}
+    encode = lambda s: jnp.asarray(np.fromiter((index[c] for c in s), np.int32, len(s)))  # noqa: E731
+    new = encode(licence_text(vocab))
+    n = int(0.9 * new.shape[0])
+    return shakespeare, vocab, encode, new[:n], new[n:]
+
+
 def main(argv=None):
     import jax
     import jax.numpy as jnp
@@ -48,24 +79,8 @@ def main(argv=None):
     from funcdl.nn import lora
     from funcdl.training import checkpoint
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", help="a baby-GPT checkpoint.npz from `funcdl train gpt`")
-    p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare"))
-    p.add_argument("--pretrain", type=int, default=1000, help="pretraining steps when no checkpoint is given")
-    p.add_argument("--steps", type=int, default=300, help="fine-tuning steps")
-    p.add_argument("--rank", type=int, default=4)
-    p.add_argument("--alpha", type=float, default=8.0)
-    p.add_argument("--lr-full", type=float, default=3e-4)
-    p.add_argument("--lr-lora", type=float, default=3e-3)
-    args = p.parse_args(argv)
-
-    shakespeare = (Path(args.data_dir) / "input.txt").read_text()
-    vocab = "".join(sorted(set(shakespeare)))
-    index = {c: i for i, c in enumerate(vocab)}
-    encode = lambda s: jnp.asarray(np.fromiter((index[c] for c in s), np.int32, len(s)))
-    new = encode(licence_text(vocab))
-    n = int(0.9 * new.shape[0])
-    new_train, new_val = new[:n], new[n:]
+    args = common_parser(__doc__.split("\n")[0]).parse_args(argv)
+    shakespeare, vocab, encode, new_train, new_val = load_texts(args.data_dir)
     config = gpt.Config(vocab_size=len(vocab), compute_dtype=None, grad_chunks=1)
     b, t = 12, config.block_size
 

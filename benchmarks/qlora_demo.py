@@ -19,7 +19,6 @@ the step time (the fastest chunk of 50 compiled steps after the first).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from lora_demo import licence_text  # noqa: E402
+from lora_demo import common_parser, load_texts  # noqa: E402
 
 PATTERN = r"/(qkv|proj|fc)/w$"
 
@@ -106,32 +105,14 @@ def main(argv=None):
     from funcdl.nn import lora, nf4
     from funcdl.training import checkpoint
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", help="a baby-GPT checkpoint.npz from `funcdl train gpt`")
-    p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare"))
-    p.add_argument("--pretrain", type=int, default=1000, help="pretraining steps when no checkpoint is given")
-    p.add_argument("--steps", type=int, default=300, help="fine-tuning steps")
+    p = common_parser(__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="fine-tuning seeds (adapter init, batches)")
-    p.add_argument("--rank", type=int, default=4)
-    p.add_argument("--alpha", type=float, default=8.0)
-    p.add_argument("--lr-full", type=float, default=3e-4)
-    p.add_argument("--lr-lora", type=float, default=3e-3)
     p.add_argument("--block", type=int, default=64, help="NF4 block size")
     p.add_argument("--json", help="also write the results to this new JSON file")
     args = p.parse_args(argv)
     if args.json and Path(args.json).exists():
         raise SystemExit(f"qlora_demo: {args.json} exists; give a new file name")
-    text_path = Path(args.data_dir) / "input.txt"
-    if not text_path.is_file():
-        raise SystemExit(f"qlora_demo: no {text_path}; pass --data-dir pointing at the tinyshakespeare folder")
-
-    shakespeare = text_path.read_text()
-    vocab = "".join(sorted(set(shakespeare)))
-    index = {c: i for i, c in enumerate(vocab)}
-    encode = lambda s: jnp.asarray(np.fromiter((index[c] for c in s), np.int32, len(s)))  # noqa: E731
-    new = encode(licence_text(vocab))
-    n = int(0.9 * new.shape[0])
-    new_train, new_val = new[:n], new[n:]
+    shakespeare, vocab, encode, new_train, new_val = load_texts(args.data_dir)
     config = gpt.Config(vocab_size=len(vocab), compute_dtype=None, grad_chunks=1)
     b, t = 12, config.block_size
 
