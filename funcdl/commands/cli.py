@@ -11,7 +11,8 @@ import os
 import sys
 
 # module names under funcdl.commands, in the order ``funcdl --help`` lists them
-COMMANDS = ["gradcheck", "train", "catalog", "plot", "sample", "hf", "quantize", "prune", "export"]
+COMMANDS = ["gradcheck", "train", "catalog", "plot", "sample", "hf", "quantize", "prune", "export", "explain",
+            "landscape"]
 
 
 def build_parser() -> argparse.ArgumentParser:
