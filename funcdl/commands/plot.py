@@ -36,6 +36,12 @@ KINDS: dict[str, PlotKind] = {
         (("--steps", dict(type=int, default=1000, help="total steps (default 1000)")),
          ("--warmup", dict(type=int, default=100, help="warm-up steps (default 100)"))),
     ),
+    "gradflow": PlotKind(
+        "funcdl.plots.dynamics:plot_gradflow_kind",
+        "per-layer gradient norms, update/weight ratios, activation RMS and dead ReLUs of a run trained with "
+        "--set track=gradflow",
+        (("--run", dict(required=True, help="run directory (with gradflow.jsonl)")),),
+    ),
 }
 
 

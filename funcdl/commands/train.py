@@ -49,8 +49,10 @@ def register(sub) -> None:
         description="Train a registered model with the generic jitted loop. Writes config.json, metrics.jsonl, "
         "summary.json, checkpoint.npz and loss/accuracy/lr plots into the run directory. With --resume, only "
         "how long to train and how to report may change (--epochs, --steps, --eval-every, --patience, "
-        "--devices, --quiet, --tensorboard, --set eval_batch_size/log_every/plots/scan/ynn); other changed "
-        "options are refused, and what changed is recorded in config.json. Exit status: 0 finished (or stopped "
+        "--devices, --quiet, --tensorboard, --set eval_batch_size/log_every/plots/scan/ynn/track/track_every); "
+        "other changed options are refused, and what changed is recorded in config.json. --set track=gradflow "
+        "and/or track=trajectory (track_every=N) record per-layer gradient flow (gradflow.jsonl, gradflow.png) "
+        "and parameter snapshots (trajectory.npz) into the run directory. Exit status: 0 finished (or stopped "
         "early), 1 the loss diverged, 2 bad input, 130 interrupted.",
         epilog=_catalog_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="model name (see the list below, or `funcdl models`)")
@@ -187,7 +189,7 @@ def check_values(entry, train_opts: dict, model_opts: dict) -> None:
                       for f in dataclasses.fields(TrainConfig)}
     train_defaults |= {"lr": 1e-3, "weight_decay": 0.0, "clip_norm": 1.0, "devices": 1, "epochs": 1, "steps": 1,
                        "eval_every": 1, "patience": 1, "eval_batch_size": 1, "stop_after": 1, "label_fraction": 1.0,
-                       "scan": True, "ynn": True, "val_fraction": 0.1}
+                       "scan": True, "ynn": True, "val_fraction": 0.1, "track_every": 1}
     for k, v in train_opts.items():
         train_opts[k] = _expect(k, v, train_defaults.get(k), "training")
     params = inspect.signature(entry.build).parameters

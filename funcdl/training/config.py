@@ -71,10 +71,13 @@ class TrainConfig:
     prune: str | None = None               # "gradual:0.9[:global]": magnitude pruning to that sparsity on Zhu &
                                            # Gupta's cubic schedule, masks in the optimizer state
                                            # (funcdl.compress.prune.gradual_optimizer)
+    track: str | None = None               # "gradflow", "trajectory" or both comma-separated: RUN/gradflow.jsonl,
+                                           # RUN/trajectory.npz (funcdl.training.tracking)
+    track_every: int | None = None         # steps between tracked records (None: wherever a chunk ends)
 
     def __post_init__(self):
         _at_least(self, 1, "batch_size", "steps", "epochs", "eval_every", "patience", "log_every", "eval_batches",
-                  "seq_len", "stop_after", "eval_batch_size")
+                  "seq_len", "stop_after", "eval_batch_size", "track_every")
         _at_least(self, 0, "warmup_steps")
         for name, allowed in (("grad", ("manual", "autodiff")), ("windows", ("random", "sequential")),
                               ("monitor", ("val_loss", "val_accuracy")), ("precision", ("fp32", "bf16", "fp16")),
@@ -95,6 +98,11 @@ class TrainConfig:
         if self.prune is not None:
             from ..compress.prune import parse_prune
             parse_prune(self.prune)
+        if self.track is not None:
+            from .tracking import parse_track
+            self.track = ",".join(parse_track(self.track)) or None
+        if self.track_every is not None and not self.track:
+            raise ValueError("track_every needs track=gradflow and/or trajectory (--set track=...)")
         if self.label_fraction is not None and not 0.0 < self.label_fraction <= 1.0:
             raise ValueError(f"label_fraction must lie in (0, 1], got {self.label_fraction}")
 
@@ -113,7 +121,7 @@ def _at_least(config, low, *names):
 # how long to train and how to report, not what is trained or how the gradient is made
 RESUMABLE = frozenset({
     "epochs", "steps", "eval_every", "eval_batch_size", "patience", "scan", "ynn", "log_every", "progress",
-    "plots", "stop_after", "devices", "tensorboard",
+    "plots", "stop_after", "devices", "tensorboard", "track", "track_every",
 })
 
 

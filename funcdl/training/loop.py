@@ -62,6 +62,7 @@ from .step import (
 from .stopping import EarlyStopping, Interrupt, first_bad_step
 from .streaming import StreamPlan, make_stream_runner, stream_window_evaluator
 from .task import Task
+from .tracking import Tracker, parse_track, probe_batch
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "make_optimizer", "make_schedule", "param_count",
            "freeze_mask", "RunDirectoryBusy", "scan_is_slow"]
@@ -296,8 +297,12 @@ def _train(task, data, config, rundir, resume, run_info) -> TrainResult:
         evaluator = lambda p, s, arrays: evaluate(task, p, s, arrays, geo.eval_batch_size, fns)  # noqa: E731
 
     dev_val = None if "val" not in data.splits else data.splits["val"] if data.streaming else put(data.splits["val"])
+    tracker = None
+    if config.track:        # outside the compiled steps: see funcdl.training.tracking
+        tracker = Tracker(parse_track(config.track), config.track_every, rundir, task, opt, config,
+                          probe_batch(dev_train, geo.windowed, geo.batch_size, config.seq_len), step_key)
     plan = _Plan(geo, config, rundir, runner, use_scan, evaluator, schedule, dev_train, dev_val,
-                 f"{run_info.get('model', 'model')}/{data.name}", run_info)
+                 f"{run_info.get('model', 'model')}/{data.name}", run_info, tracker)
     run = _Run(params, opt_state, state, key)
     stopper = EarlyStopping(config.monitor, config.patience)
     resumed = _resume(run, stopper, rundir, config, run_info, parallel, layouts) if resume else None
@@ -306,7 +311,11 @@ def _train(task, data, config, rundir, resume, run_info) -> TrainResult:
     rundir.start({**run_info, "train": config.asdict(), "data_size": {k: data.size(k) for k in data.splits},
                   "params": param_count(params), "total_steps": geo.total, "steps_per_epoch": geo.steps_per_epoch},
                  run.history, resumed, tensorboard=config.tensorboard)
+    if tracker is not None:
+        tracker.begin(run.step, resume, run.params, run.opt_state, run.state)
     _loop(run, stopper, plan)
+    if tracker is not None and run.stop_reason != "diverged":
+        tracker.finish(run.step, run.params, run.opt_state, run.state, config.plots)
 
     summary = _summary(run, geo, config, run_info, use_scan, time.perf_counter() - t_start, n_frozen)
     final_params = run.params
@@ -382,6 +391,7 @@ class _Plan:
     dev_val: Any
     name: str                   # model/data, for the progress bar
     run_info: dict
+    tracker: Tracker | None = None      # --set track=...: records at chunk boundaries
 
 
 def _loop(run: _Run, stopper: EarlyStopping, plan: _Plan):
@@ -390,6 +400,8 @@ def _loop(run: _Run, stopper: EarlyStopping, plan: _Plan):
     boundaries = list(range(geo.eval_every, geo.total, geo.eval_every))
     if config.stop_after is not None:
         boundaries.append(int(config.stop_after))
+    if plan.tracker is not None:
+        boundaries += plan.tracker.cuts(geo.total)
     max_chunk = min(geo.eval_every if geo.windowed else (geo.epoch_len or geo.total), MAX_STEPS_PER_CALL)
     bar = _progress_bar(config, geo, run.step, plan.name)
 
@@ -398,6 +410,8 @@ def _loop(run: _Run, stopper: EarlyStopping, plan: _Plan):
             "step": run.step, "epoch": run.step // geo.steps_per_epoch, "position": run.step % geo.steps_per_epoch,
             "key": np.asarray(run.key).tolist(), "best": stopper.best, "total_steps": geo.total,
             "model": run_info.get("model"), "data": run_info.get("data")})
+        if plan.tracker is not None and name == "checkpoint.npz":
+            plan.tracker.flush()        # the trajectory file and the checkpoint end at the same step
 
     with Interrupt() as interrupt:
         for a, b in _chunks(run.step, geo.total, boundaries, geo.epoch_len, max_chunk):
@@ -420,6 +434,8 @@ def _loop(run: _Run, stopper: EarlyStopping, plan: _Plan):
                 rec = {"split": "train", "step": a + w1, "epoch": (a + w1) / geo.steps_per_epoch,
                        "lr": float(plan.schedule(a + w0)) if callable(plan.schedule) else float(plan.schedule)}
                 _log(run, rundir, rec | {k: float(np.mean(v[w0:w1])) for k, v in metrics.items()})
+            if plan.tracker is not None and plan.tracker.due(run.step):
+                plan.tracker.record(run.step, run.params, run.opt_state, run.state)
             is_eval = run.step % geo.eval_every == 0 or run.step == geo.total
             if is_eval and plan.dev_val is not None:
                 run.last_val = plan.evaluator(run.params, run.state, plan.dev_val)
