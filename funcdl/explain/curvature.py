@@ -85,12 +85,12 @@ def flat_hvp(loss: Callable, params) -> tuple[Callable[[np.ndarray], np.ndarray]
 
 
 def dense_hessian(loss: Callable, params) -> np.ndarray:
-    """The whole n x n Hessian of ``loss`` in the order of ``ravel_pytree(params)`` (``jax.hessian`` of the loss of
-    the flat vector): a reference for small models only (n^2 numbers)."""
+    """The whole n x n Hessian of ``loss`` in the order of ``ravel_pytree(params)`` (reverse over reverse,
+    ``jacrev(jacrev)``, so the hand rules work too): a reference for small models only (n^2 numbers)."""
     flat, unravel = ravel_pytree(params)
     if flat.size > 20_000:
         raise ValueError(f"dense_hessian: {flat.size} parameters make a {flat.size}^2 matrix; use lanczos instead")
-    return np.asarray(jax.jit(jax.hessian(lambda x: loss(unravel(x))))(flat), np.float64)
+    return np.asarray(jax.jit(jax.jacrev(jax.jacrev(lambda x: loss(unravel(x)))))(flat), np.float64)
 
 
 class LanczosResult(NamedTuple):

@@ -33,6 +33,7 @@ landscape``). The plane's grid is evaluated in one compiled ``lax.map``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,6 +73,7 @@ def interpolate(loss: Callable, params_a, params_b, alphas) -> np.ndarray:
 # -- filter-normalised directions ---------------------------------------------------------------------------------
 
 
+@jax.jit
 def random_direction(key, params):
     """A Gaussian direction shaped as ``params`` (one independent draw per leaf; non-float leaves zero)."""
     leaves, treedef = jax.tree.flatten(params)
@@ -86,6 +88,7 @@ def _filter_axes(a) -> tuple:
     return tuple(range(jnp.ndim(a) - 1))
 
 
+@functools.partial(jax.jit, static_argnames=("ignore_1d", "eps"))
 def filter_normalize(direction, params, *, ignore_1d: bool = True, eps: float = 1e-12):
     """``direction`` with each filter rescaled to the norm of the same filter of ``params`` (Li et al. 2018).
     Leaves with fewer than two dimensions (biases, norm scales and shifts) become zero with ``ignore_1d``;
