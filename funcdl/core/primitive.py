@@ -69,6 +69,14 @@ function so that, while it is traced, every primitive calls its reference instea
 differentiates plain ``jax.numpy``. The switch is read at trace time by the wrapper itself, so ``jit`` of
 ``fn`` and ``jit`` of ``autodiff(fn)`` are two different functions with two different caches: nothing hidden
 can leak from one trace into the other. (Jit the outer function, not the primitives inside it.)
+
+Swapping a rule
+---------------
+``with_rules(fn, relu=bwd)`` wraps a function so that, while it is traced, the named primitives run another
+backward ``bwd(residuals, dy, **settings)`` with their own forward and residuals (guided backpropagation swaps
+relu's), or, given ``Instead(call)``, run ``call(run, *args, **settings)`` in their place, where ``run(*args)`` is
+the primitive as it would have run (a tap that records an intermediate and perturbs it: Grad-CAM). The switch
+travels with the function object as ``autodiff``'s does.
 """
 
 from __future__ import annotations
@@ -86,6 +94,7 @@ import jax.numpy as jnp
 __all__ = [
     "Example",
     "DISCRETE_INPUTS",
+    "Instead",
     "Primitive",
     "REGISTRY",
     "autodiff",
@@ -93,6 +102,7 @@ __all__ = [
     "primitive",
     "registered",
     "use_reference",
+    "with_rules",
 ]
 
 
@@ -167,6 +177,41 @@ def autodiff(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
 
     wrapped.__funcdl_autodiff__ = True
+    return wrapped
+
+
+class Instead(NamedTuple):
+    """A rule for :func:`with_rules` that runs ``call(run, *args, **settings)`` in the primitive's place;
+    ``run(*args)`` is the primitive with the same settings, as it would have run without the rule."""
+
+    call: Callable
+
+
+def _rules() -> dict:
+    return getattr(_state, "rules", {})
+
+
+def with_rules(fn: Callable, **rules: Callable | Instead) -> Callable:
+    """Return ``fn`` with the rules of the named primitives swapped while ``fn`` is traced.
+
+    A rule is a backward ``bwd(residuals, dy, **settings) -> tuple of cotangents`` that takes the primitive's own
+    residuals (its forward is unchanged), or an :class:`Instead`. A rule holds in reference mode too (it names
+    its primitive on purpose); an inner ``with_rules`` wins over an outer one for the same name. Pass a function
+    defined once (not a new lambda per call): the custom_vjp built for it is cached by its identity.
+    """
+    for name in rules:
+        get(name)        # an unknown name fails now, with the list of valid ones
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        old = _rules()
+        _state.rules = {**old, **rules}
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _state.rules = old
+
+    wrapped.__funcdl_rules__ = dict(getattr(fn, "__funcdl_rules__", {}), **rules)
     return wrapped
 
 
@@ -276,11 +321,13 @@ class Primitive:
                 settings[k] = d
         return tuple(ordered), settings
 
-    def _vjp_function(self, settings: dict) -> Callable:
+    def _vjp_function(self, settings: dict, bwd: Callable | None = None) -> Callable:
         key = tuple(sorted((k, _freeze(v)) for k, v in settings.items()))
+        if bwd is not None:                 # a swapped backward (with_rules) gets its own custom_vjp
+            key = (key, bwd)
         fn = self._cache.get(key)
         if fn is None:
-            fwd, bwd, name = self.fwd, self.bwd, self.name
+            fwd, bwd, name = self.fwd, bwd or self.bwd, self.name
 
             @jax.custom_vjp
             def fn(*args):
@@ -304,6 +351,14 @@ class Primitive:
         args, settings = self._split(args, kwargs)
         if self.check is not None:
             self.check(*args, **settings)
+        rule = _rules().get(self.name)
+        if isinstance(rule, Instead):
+            return rule.call(lambda *a: self._run(a, settings), *args, **settings)
+        if rule is not None:
+            return self._vjp_function(settings, rule)(*args)
+        return self._run(args, settings)
+
+    def _run(self, args: tuple, settings: dict):
         if _reference_mode():
             return self.reference(*args, **settings)
         return self._vjp_function(settings)(*args)
