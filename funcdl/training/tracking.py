@@ -62,8 +62,8 @@ def probe_batch(arrays: dict, windowed: bool, batch_size: int, seq_len: int) -> 
         tokens = arrays["tokens"]
         starts = rng.integers(0, tokens.shape[0] - seq_len, batch_size)
         idx = starts[:, None] + np.arange(seq_len)[None, :]
-        tok = np.asarray(tokens)
-        return {"x": jnp.asarray(tok[idx].astype(np.int32)), "y": jnp.asarray(tok[idx + 1].astype(np.int32))}
+        take = lambda i: jnp.asarray(np.asarray(tokens[i]).astype(np.int32))  # noqa: E731  (no full copy of a map)
+        return {"x": take(idx), "y": take(idx + 1)}
     n = len(next(iter(arrays.values())))
     rows = np.sort(rng.choice(n, size=min(batch_size, n), replace=False))
     return {k: jnp.asarray(np.asarray(v[rows])) for k, v in arrays.items()}
