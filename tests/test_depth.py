@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 
 import funcdl as fd
-from funcdl.explain.depth import DeepMLP, forward, gauss_moments, init, summarize_profile, task, variance_profile
+from funcdl.explain.depth import (
+    DeepMLP,
+    forward,
+    gauss_moments,
+    init,
+    summarize_profile,
+    task,
+    theory_profile,
+    variance_profile,
+)
 
 
 def test_gaussian_moments_of_the_registered_activations():
@@ -34,6 +43,9 @@ def test_tanh_network_follows_the_mean_field_recursion(residual):
     profiles = [variance_profile(config, jax.random.PRNGKey(s), batch=32) for s in range(2)]
     row = summarize_profile(config, profiles)
     assert row["fwd_err"] < 0.1 and row["bwd_err"] < 0.1, row
+    full = theory_profile(config, profiles[0])          # the recursion through the whole depth, nothing measured
+    np.testing.assert_allclose(profiles[0]["act_var"], full["act"], rtol=0.1)
+    np.testing.assert_allclose(profiles[0]["grad_var"], full["grad"], rtol=0.1)
     if not residual:
         assert row["fwd_ratio"] < 1 and row["bwd_theory"] < 1     # Glorot through tanh: slowly shrinking
 

@@ -47,8 +47,8 @@ from ..nn.losses import softmax_cross_entropy
 from ..nn.norm import batch_norm_apply, batch_norm_init
 from ..training.task import Task
 
-__all__ = ["DeepMLP", "INITS", "init", "forward", "task", "variance_profile", "theory_ratios", "gauss_moments",
-           "summarize_profile"]
+__all__ = ["DeepMLP", "INITS", "init", "forward", "task", "variance_profile", "theory_ratios", "theory_profile",
+           "gauss_moments", "summarize_profile"]
 
 INITS = ("he", "glorot", "lecun", "normal", "orthogonal")
 NORMS = ("none", "batch", "layer")
@@ -235,6 +235,36 @@ def theory_ratios(config: DeepMLP, prof: dict) -> dict:
         for l in range(2, L):       # g_{l-1} = E[phi'^2](q_{l-1}) (r_l + sigma'^2_l g_l), both layers residual
             bwd_pred[l - 1] = sq_dphi[l - 1] * (r[l] + s2b[l] * g[l]) / g[l]
     return {"fwd": (fwd_meas, fwd_pred), "bwd": (bwd_meas, bwd_pred)}
+
+
+def theory_profile(config: DeepMLP, prof: dict) -> dict:
+    """The mean-field recursions run through the whole depth from x ~ N(0, 1) and the N(0, 1) cotangent on the
+    last hidden output, with the drawn weights' sigma^2: ``{"act": q_l, "grad": g_l}`` (NumPy (depth,); NaN
+    with normalisation). Unlike :func:`theory_ratios` nothing measured enters but the weights' second moments,
+    so small per-layer deviations compound over depth."""
+    L = len(prof["act_var"])
+    if config.norm != "none":
+        return {"act": np.full(L, np.nan), "grad": np.full(L, np.nan)}
+    s2, s2b = prof["sigma2"], prof["sigma2_back"]
+    q = np.zeros(L)
+    q[0] = s2[0]                                        # E[x^2] = 1
+    mean, sq, _ = gauss_moments(config.activation, q[0])
+    s, m = float(sq), float(mean)
+    for l in range(1, L):
+        q[l] = s2[l] * s
+        mean, sq, _ = gauss_moments(config.activation, q[l])
+        if config.residual:
+            s, m = s + 2 * m * float(mean) + float(sq), m + float(mean)
+        else:
+            s, m = float(sq), float(mean)
+    dsq = gauss_moments(config.activation, q)[2]
+    g = np.zeros(L)
+    r = 1.0                                             # E[(dL/dh_L)^2] of the N(0, 1) cotangent
+    g[-1] = dsq[-1] * r
+    for l in range(L - 1, 0, -1):
+        r = (r if config.residual else 0.0) + s2b[l] * g[l]
+        g[l - 1] = dsq[l - 1] * r
+    return {"act": q, "grad": g}
 
 
 def summarize_profile(config: DeepMLP, profiles, tiny: float = 1e-280) -> dict:

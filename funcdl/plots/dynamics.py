@@ -79,23 +79,43 @@ def plot_gradflow_kind(out_dir, run: str) -> list[Path]:
     return [plot_gradflow(run, Path(out_dir) / "gradflow.png")]
 
 
+_DASHES = {"he": "-", "glorot": "--", "lecun": ":", "normal": "-.", "orthogonal": (0, (5, 1, 1, 1))}
+
+
+def _style(label: str, i: int) -> dict:
+    """One colour per activation, one dash per initialiser (labels "init/activation[+...]")."""
+    from matplotlib import colormaps
+
+    init, _, rest = label.partition("/")
+    act = rest.split("+")[0]
+    acts = ["relu", "tanh", "sigmoid", "gelu", "silu", "elu", "selu", "leaky_relu", "softplus"]
+    colour = colormaps["tab10"](acts.index(act) if act in acts else 9 - i % 3)
+    return {"color": colour, "ls": _DASHES.get(init, "-"), "lw": 1.4}
+
+
 def plot_profiles(profiles: dict, path, *, title: str = "") -> Path:
-    """Per-layer activation and gradient variance of several configurations (``explain.depth.variance_profile``
-    results keyed by a label): two log-scale panels, layer on the x axis."""
+    """Per-layer activation and gradient second moments of several configurations (``variance_profile``
+    results, or their means over networks, keyed by labels such as ``he/relu``): two log-scale panels, layer on
+    the x axis; colour = activation, dash = initialiser. With ``"theory_act"`` / ``"theory_grad"`` in a
+    profile (the mean-field recursion run from the first layer) its prediction is drawn as grey dots."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4.2), dpi=100)
     ax_a, ax_g = fig.subplots(1, 2)
-    for label, prof in profiles.items():
+    for i, (label, prof) in enumerate(profiles.items()):
         layers = np.arange(1, len(prof["act_var"]) + 1)
-        ax_a.plot(layers, prof["act_var"], lw=1.3, label=label)
-        ax_g.plot(layers, prof["grad_var"], lw=1.3, label=label)
-    for ax, what in ((ax_a, "activation variance (pre-activation z_l)"), (ax_g, "gradient variance dL/dz_l")):
+        style = _style(label, i)
+        ax_a.plot(layers, prof["act_var"], label=label, **style)
+        ax_g.plot(layers, prof["grad_var"], label=label, **style)
+        for ax, key in ((ax_a, "theory_act"), (ax_g, "theory_grad")):
+            if key in prof:
+                ax.plot(layers, prof[key], ".", color="0.4", ms=3)
+    for ax, what in ((ax_a, "activation input E[z_l^2]"), (ax_g, "gradient E[(dL/du_l)^2]")):
         ax.set_yscale("log")
         ax.set_xlabel("layer")
         ax.set_title(what, fontsize=10)
         ax.grid(alpha=0.3)
-    ax_g.legend(fontsize=7)
+    ax_g.legend(fontsize=7, ncol=2)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path)

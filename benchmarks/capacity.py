@@ -1,0 +1,209 @@
+"""Capacity and generalisation: train and test error of one-hidden-layer MLPs against their width on MNIST-1D,
+the bias-variance decomposition over seeds, and whether a second descent appears (with and without label noise).
+
+    nice -n 10 python benchmarks/capacity.py --out runs/capacity          # the table and capacity.png (~10 min CPU)
+    nice -n 10 python benchmarks/capacity.py --quick                      # a look (~1 min)
+
+Setting: the first ``--train-size`` MNIST-1D training examples (default 1000, so that the interpolation
+threshold -- about as many parameters as training labels to fit -- falls inside the width range), a share
+``--noise`` of their labels replaced by a random other class (fixed draw, the same for every width and seed),
+the 1000 clean test examples. A 40 -> width -> 10 ReLU MLP (``models.mlp``, hand-derived gradients), Adam
+(lr ``--lr``), batch 100, ``--steps`` steps, no weight decay, no early stopping: every width trained to (near)
+interpolation, which is where the second descent lives (Belkin et al. 2019, Nakkiran et al. 2020). The
+``--seeds`` networks of a width (different initialisation and batch order) are trained together under
+``jax.vmap``, one compiled ``lax.scan`` per width.
+
+Bias-variance of the predicted class probabilities p_s(x) of seeds s against the one-hot label y (squared
+error, exact for any set of seeds): E_s ||p_s - y||^2 = ||p_bar - y||^2 + E_s ||p_s - p_bar||^2 (bias^2 +
+variance), averaged over the test set. Variance peaking at the threshold is the classical explanation of the
+peak of the test error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from funcdl.models import mlp
+
+from funcdl import optim
+from funcdl.data import load
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--widths", default="4,8,16,32,64,96,128,256,512")
+    p.add_argument("--noise", default="0,0.2", help="label-noise shares to compare (comma-separated)")
+    p.add_argument("--train-size", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="widths 4..256, 1500 steps, 2 seeds, noise 0.2 only")
+    p.add_argument("--out", default="runs/capacity")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.widths, a.noise, a.steps, a.seeds = "4,16,32,64,256", "0.2", 1500, 2
+    a.widths = [int(w) for w in str(a.widths).split(",")]
+    a.noise = [float(v) for v in str(a.noise).split(",")]
+    for w in a.widths:
+        if w < 1:
+            raise SystemExit(f"--widths: {w} is not a positive width")
+    return a
+
+
+def noisy_labels(y, share: float, classes: int = 10, seed: int = 0):
+    """``y`` with ``share`` of its entries (a fixed random subset) replaced by a uniformly drawn *other* class."""
+    rng = np.random.default_rng(seed)
+    y = np.array(y, copy=True)
+    flip = rng.random(len(y)) < share
+    y[flip] = (y[flip] + rng.integers(1, classes, flip.sum())) % classes
+    return y, flip
+
+
+@functools.partial(jax.jit, static_argnames=("config", "steps", "batch", "lr"))
+def train_seeds(keys, x, y, *, config, steps, batch, lr):
+    """Train one MLP per key (vmapped); returns the final params of each."""
+    opt = optim.adam(lr)
+    n = x.shape[0]
+
+    def one(key):
+        k_init, k_data = jax.random.split(key)
+        params, state = mlp.init(k_init, config)
+
+        def step(carry, s):
+            params, opt_state = carry
+            epoch, pos = s // (n // batch), s % (n // batch)
+            order = jax.random.permutation(jax.random.fold_in(k_data, epoch), n)
+            rows = jax.lax.dynamic_slice_in_dim(order, pos * batch, batch)
+            b = {"x": x[rows], "y": y[rows]}
+            grads = jax.grad(lambda p: mlp.loss(p, state, b, config, train=True)[0])(params)
+            updates, opt_state = opt.update(grads, opt_state, params)
+            return (optim.apply_updates(params, updates), opt_state), None
+
+        (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), jnp.arange(steps))
+        return params
+    return jax.vmap(one)(keys)
+
+
+def evaluate(params, config, x, y):
+    """Per seed: error (1 - accuracy) and the class probabilities (S, N, 10)."""
+    logits = jax.vmap(lambda p: mlp.apply(p, {}, x, config)[0])(params)
+    probs = jax.nn.softmax(logits, -1)
+    err = 1.0 - jnp.mean(jnp.argmax(logits, -1) == y[None], axis=1)
+    return np.asarray(err), np.asarray(probs)
+
+
+def bias_variance(probs, y, classes=10):
+    onehot = np.eye(classes)[np.asarray(y)]
+    mean = probs.mean(0)
+    bias2 = np.mean(np.sum((mean - onehot) ** 2, -1))
+    var = np.mean(np.sum((probs - mean[None]) ** 2, -1))
+    return float(bias2), float(var)
+
+
+def run(args):
+    data = load("mnist1d", val_fraction=0.0)
+    tr, te = data.splits["train"], data.splits["test"]
+    x, y_clean = jnp.asarray(tr["x"][: args.train_size]), np.asarray(tr["y"][: args.train_size])
+    xt, yt = jnp.asarray(te["x"]), jnp.asarray(te["y"])
+    results = []
+    for share in args.noise:
+        y_noisy, flipped = noisy_labels(y_clean, share)
+        print(f"\n== label noise {share:.0%} ({int(flipped.sum())} of {len(y_noisy)} training labels changed), "
+              f"{args.steps} Adam steps, {args.seeds} seeds ==")
+        print(f"{'width':>6}{'params':>9}{'train err':>11}{'(noisy lbl)':>12}{'test err':>10}{'+-':>7}"
+              f"{'bias^2':>9}{'variance':>10}{'s':>7}")
+        for w in args.widths:
+            t0 = time.perf_counter()
+            config = mlp.Config(sizes=(40, w, 10))
+            keys = jax.random.split(jax.random.PRNGKey(w), args.seeds)
+            params = train_seeds(keys, x, jnp.asarray(y_noisy), config=config, steps=args.steps,
+                                 batch=args.batch, lr=args.lr)
+            train_err, _ = evaluate(params, config, x, jnp.asarray(y_noisy))
+            _, probs_tr = evaluate(params, config, x, jnp.asarray(y_clean))
+            fit_noisy = float(np.mean(np.argmax(probs_tr, -1)[:, flipped] == y_noisy[flipped])) \
+                if flipped.any() else float("nan")
+            test_err, probs = evaluate(params, config, xt, yt)
+            bias2, var = bias_variance(probs, yt)
+            row = {"noise": share, "width": w, "params": 40 * w + w + 10 * w + 10,
+                   "train_error": train_err.tolist(), "test_error": test_err.tolist(),
+                   "noisy_labels_fitted": fit_noisy, "bias2": bias2, "variance": var}
+            results.append(row)
+            print(f"{w:>6}{row['params']:>9}{100 * train_err.mean():>10.1f}%"
+                  f"{100 * fit_noisy if np.isfinite(fit_noisy) else float('nan'):>11.1f}%"
+                  f"{100 * test_err.mean():>9.1f}%{100 * test_err.std():>6.1f}%{bias2:>9.3f}{var:>10.3f}"
+                  f"{time.perf_counter() - t0:>7.0f}", flush=True)
+    return results
+
+
+def second_descent(rows) -> dict:
+    """Per noise level: the widths of the test-error peak and of the minimum before it, and whether the error
+    falls again after the peak (by more than two standard errors of the seeds' mean)."""
+    out = {}
+    for share in sorted({r["noise"] for r in rows}):
+        rs = [r for r in rows if r["noise"] == share]
+        err = np.array([np.mean(r["test_error"]) for r in rs])
+        se = np.array([np.std(r["test_error"]) / np.sqrt(len(r["test_error"])) for r in rs])
+        peak = int(np.argmax(err[1:]) + 1) if len(err) > 2 else 0
+        before = int(np.argmin(err[:peak])) if peak > 0 else 0
+        after = peak + int(np.argmin(err[peak:]))
+        rises = err[peak] - err[before] > 2 * (se[peak] + se[before])
+        falls = err[peak] - err[after] > 2 * (se[peak] + se[after])
+        out[share] = {"peak_width": rs[peak]["width"], "peak_error": float(err[peak]),
+                      "min_before": rs[before]["width"], "error_before": float(err[before]),
+                      "best_after": rs[after]["width"], "error_after": float(err[after]),
+                      "second_descent": bool(rises and falls and peak < len(err) - 1)}
+    return out
+
+
+def plot(rows, path: Path):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2), dpi=100)
+    ax_e, ax_b = fig.subplots(1, 2)
+    for share in sorted({r["noise"] for r in rows}):
+        rs = [r for r in rows if r["noise"] == share]
+        w = [r["width"] for r in rs]
+        for key, style in (("train_error", "--"), ("test_error", "-")):
+            m = np.array([np.mean(r[key]) for r in rs])
+            s = np.array([np.std(r[key]) for r in rs])
+            line, = ax_e.plot(w, m, style, marker="o", ms=3, label=f"{key.split('_')[0]}, noise {share:.0%}")
+            ax_e.fill_between(w, m - s, m + s, color=line.get_color(), alpha=0.15)
+        ax_b.plot(w, [r["bias2"] for r in rs], "-", marker="o", ms=3, label=f"bias$^2$, noise {share:.0%}")
+        ax_b.plot(w, [r["variance"] for r in rs], "--", marker="s", ms=3, label=f"variance, noise {share:.0%}")
+    for ax, title in ((ax_e, "error against width (1 hidden layer)"), (ax_b, "bias-variance of p(y|x), test")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("hidden width")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = run(args)
+    verdict = second_descent(rows)
+    for share, v in verdict.items():
+        print(f"noise {share:.0%}: test error {100 * v['error_before']:.1f}% at width {v['min_before']}, peak "
+              f"{100 * v['peak_error']:.1f}% at width {v['peak_width']}, {100 * v['error_after']:.1f}% at width "
+              f"{v['best_after']}: {'a second descent' if v['second_descent'] else 'no clear second descent'}")
+    print(f"wrote {plot(rows, out / 'capacity.png')}")
+    (out / "capacity.json").write_text(json.dumps({"args": vars(args), "rows": rows,
+                                                   "verdict": {str(k): v for k, v in verdict.items()}}, indent=1))
+    print(f"wrote {out / 'capacity.json'}")
+
+
+if __name__ == "__main__":
+    main()
