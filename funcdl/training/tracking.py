@@ -75,6 +75,9 @@ class Tracker:
     def __init__(self, kinds, every, rundir, task, opt, config, batch, step_key):
         if not rundir:
             raise ValueError("track=... writes into the run directory; give train() an out_dir (--out)")
+        if jax.process_count() > 1:
+            raise ValueError("track=... runs in a single process for now (its probe batch and snapshots are read "
+                             "on the host); drop --coordinator or the track option")
         if "gradflow" in kinds and task.players:
             raise ValueError("track=gradflow follows one loss and one optimizer; this task has several players "
                              "(track=trajectory works)")
