@@ -1,4 +1,4 @@
-"""Sphinx configuration of the funcdl book (``make -C docs html``; see docs/README.md).
+"""Sphinx configuration of the funcdl book (``make -C docs html``; docs/Makefile says the options).
 
 The pages about registered things (primitives, models, optimizers, the gradient-check table, the command line,
 the chapters and their notebooks) are generated into ``docs/generated/`` by ``docs/bookgen`` when the build
@@ -32,6 +32,7 @@ html_title = "funcdl: deep learning written as mathematics"
 extensions = ["myst_nb", "sphinx.ext.autodoc"]
 exclude_patterns = ["_build", "bookgen", "benchmark_results", "README.md", "**.ipynb_checkpoints", "jupyter_execute"]
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
+myst_dmath_double_inline = True   # the notebooks write $$...$$ inside paragraphs, as Jupyter allows
 suppress_warnings = ["mystnb.unknown_mime_type"]
 
 # notebooks (FUNCDL_BOOK_EXECUTE): "stored" (default) shows a notebook that carries its outputs as stored and
@@ -65,6 +66,8 @@ autodoc_typehints = "none"
 html_theme = "sphinx_book_theme"
 html_theme_options = {"show_toc_level": 2, "use_download_button": False, "home_page_in_toc": True}
 html_static_path = ["_static"]
+html_favicon = "_static/favicon.svg"
+html_context = {"default_mode": "light"}
 html_css_files = ["katex/katex.min.css", "book.css"]
 html_js_files = ["katex/katex.min.js", "katex/contrib/auto-render.min.js", "katex-init.js"]
 html_math_renderer = "katex_local"

@@ -199,19 +199,39 @@ def prose_to_myst(s: str) -> str:
     return "".join(out)
 
 
+def _prose_run(seg: str, n: int = 3) -> int | None:
+    """Where the first run of ``n`` consecutive English words starts in ``seg`` (outside code spans)."""
+    masked = re.sub(r"``.+?``|`[^`]+`|\"[^\"]*\"", lambda m: "#" * len(m.group()), seg)
+    run: list[re.Match] = []
+    for m in re.finditer(r"[A-Za-z][A-Za-z0-9_']*", masked):
+        if _is_prose_word(m.group()) and (not run or masked[run[-1].end():m.start()].isspace()):
+            run.append(m)
+            if len(run) == n:
+                return run[0].start()
+        else:
+            run = [m] if _is_prose_word(m.group()) else []
+    return None
+
+
+def segment_to_myst(seg: str) -> str:
+    """One segment: a formula as a ``{math}`` role, prose escaped; a sentence that opens or ends a formula
+    ("channels last: x (N, C)", "y = x W + b over the last axes") is split so that only the formula is math."""
+    if not is_formula(seg):
+        return prose_to_myst(seg)
+    head, colon, tail = seg.partition(": ")
+    if colon and not _SIGNS.search(head) and is_formula(tail):
+        return prose_to_myst(head + ":") + " " + segment_to_myst(tail)
+    cut = _prose_run(seg)
+    if cut and is_formula(seg[:cut]) and not seg[:cut].rstrip().endswith("sum"):   # "sum over rows of dy" is math
+        return segment_to_myst(seg[:cut].rstrip()) + " " + segment_to_myst(seg[cut:])
+    tex = to_latex(seg)
+    return "{math}`" + tex.replace("`", "'") + "`" if tex else ""
+
+
 def line_to_myst(line: str) -> str:
     """One docstring line: formula segments as ``{math}`` roles, the rest as escaped prose."""
     segments = re.split(r"(\s{3,})", line.strip())
-    out = []
-    for seg in segments:
-        if not seg.strip():
-            out.append("&emsp;&emsp;")
-        elif is_formula(seg):
-            tex = to_latex(seg)
-            out.append("{math}`" + tex.replace("`", "'") + "`" if tex else "")
-        else:
-            out.append(prose_to_myst(seg))
-    return "".join(out)
+    return "".join("&emsp;&emsp;" if not seg.strip() else segment_to_myst(seg) for seg in segments)
 
 
 def docstring_to_myst(doc: str | None) -> str:
