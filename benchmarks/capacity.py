@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from funcdl.models import mlp
 
+import funcdl as fd
 from funcdl import optim
 from funcdl.data import load
 
@@ -45,6 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--loss", choices=("ce", "mse"), default="ce",
+                   help="softmax cross-entropy, or squared error of the outputs against one-hot labels")
     p.add_argument("--quick", action="store_true", help="widths 4..256, 1500 steps, 2 seeds, noise 0.2 only")
     p.add_argument("--out", default="runs/capacity")
     a = p.parse_args(argv)
@@ -67,8 +70,15 @@ def noisy_labels(y, share: float, classes: int = 10, seed: int = 0):
     return y, flip
 
 
-@functools.partial(jax.jit, static_argnames=("config", "steps", "batch", "lr"))
-def train_seeds(keys, x, y, *, config, steps, batch, lr):
+def batch_loss(params, batch, config, loss):
+    if loss == "ce":
+        return mlp.loss(params, {}, batch, config, train=True)[0]
+    out = mlp.apply(params, {}, batch["x"], config)[0]
+    return fd.mse_loss(out, jax.nn.one_hot(batch["y"], out.shape[-1], dtype=out.dtype)) * out.shape[-1]
+
+
+@functools.partial(jax.jit, static_argnames=("config", "steps", "batch", "lr", "loss"))
+def train_seeds(keys, x, y, *, config, steps, batch, lr, loss="ce"):
     """Train one MLP per key (vmapped); returns the final params of each."""
     opt = optim.adam(lr)
     n = x.shape[0]
@@ -83,7 +93,7 @@ def train_seeds(keys, x, y, *, config, steps, batch, lr):
             order = jax.random.permutation(jax.random.fold_in(k_data, epoch), n)
             rows = jax.lax.dynamic_slice_in_dim(order, pos * batch, batch)
             b = {"x": x[rows], "y": y[rows]}
-            grads = jax.grad(lambda p: mlp.loss(p, state, b, config, train=True)[0])(params)
+            grads = jax.grad(batch_loss)(params, b, config, loss)
             updates, opt_state = opt.update(grads, opt_state, params)
             return (optim.apply_updates(params, updates), opt_state), None
 
@@ -92,10 +102,11 @@ def train_seeds(keys, x, y, *, config, steps, batch, lr):
     return jax.vmap(one)(keys)
 
 
-def evaluate(params, config, x, y):
-    """Per seed: error (1 - accuracy) and the class probabilities (S, N, 10)."""
+def evaluate(params, config, x, y, loss="ce"):
+    """Per seed: error (1 - accuracy) and the predictions (S, N, 10): class probabilities (``ce``) or the raw
+    outputs regressed on one-hot labels (``mse``)."""
     logits = jax.vmap(lambda p: mlp.apply(p, {}, x, config)[0])(params)
-    probs = jax.nn.softmax(logits, -1)
+    probs = jax.nn.softmax(logits, -1) if loss == "ce" else logits
     err = 1.0 - jnp.mean(jnp.argmax(logits, -1) == y[None], axis=1)
     return np.asarray(err), np.asarray(probs)
 
@@ -125,12 +136,11 @@ def run(args):
             config = mlp.Config(sizes=(40, w, 10))
             keys = jax.random.split(jax.random.PRNGKey(w), args.seeds)
             params = train_seeds(keys, x, jnp.asarray(y_noisy), config=config, steps=args.steps,
-                                 batch=args.batch, lr=args.lr)
-            train_err, _ = evaluate(params, config, x, jnp.asarray(y_noisy))
-            _, probs_tr = evaluate(params, config, x, jnp.asarray(y_clean))
+                                 batch=args.batch, lr=args.lr, loss=args.loss)
+            train_err, probs_tr = evaluate(params, config, x, jnp.asarray(y_noisy), args.loss)
             fit_noisy = float(np.mean(np.argmax(probs_tr, -1)[:, flipped] == y_noisy[flipped])) \
                 if flipped.any() else float("nan")
-            test_err, probs = evaluate(params, config, xt, yt)
+            test_err, probs = evaluate(params, config, xt, yt, args.loss)
             bias2, var = bias_variance(probs, yt)
             row = {"noise": share, "width": w, "params": 40 * w + w + 10 * w + 10,
                    "train_error": train_err.tolist(), "test_error": test_err.tolist(),
@@ -144,26 +154,33 @@ def run(args):
 
 
 def second_descent(rows) -> dict:
-    """Per noise level: the widths of the test-error peak and of the minimum before it, and whether the error
-    falls again after the peak (by more than two standard errors of the seeds' mean)."""
+    """Per noise level: the most pronounced interior local peak of the mean test error -- a width whose error
+    rises above the best error at smaller widths and falls again at larger ones -- and whether both the rise
+    and the fall exceed two standard errors of the seeds' means (a second descent), or None."""
     out = {}
     for share in sorted({r["noise"] for r in rows}):
         rs = [r for r in rows if r["noise"] == share]
         err = np.array([np.mean(r["test_error"]) for r in rs])
         se = np.array([np.std(r["test_error"]) / np.sqrt(len(r["test_error"])) for r in rs])
-        peak = int(np.argmax(err[1:]) + 1) if len(err) > 2 else 0
-        before = int(np.argmin(err[:peak])) if peak > 0 else 0
-        after = peak + int(np.argmin(err[peak:]))
-        rises = err[peak] - err[before] > 2 * (se[peak] + se[before])
-        falls = err[peak] - err[after] > 2 * (se[peak] + se[after])
-        out[share] = {"peak_width": rs[peak]["width"], "peak_error": float(err[peak]),
+        best = None
+        for i in range(1, len(err) - 1):
+            before, after = int(np.argmin(err[:i])), i + 1 + int(np.argmin(err[i + 1:]))
+            rise, fall = err[i] - err[before], err[i] - err[after]
+            if rise > 0 and fall > 0 and (best is None or min(rise, fall) > best[0]):
+                best = (min(rise, fall), i, before, after, rise > 2 * (se[i] + se[before]),
+                        fall > 2 * (se[i] + se[after]))
+        if best is None:
+            out[share] = {"peak_width": None, "second_descent": False}
+            continue
+        _, i, before, after, rises, falls = best
+        out[share] = {"peak_width": rs[i]["width"], "peak_error": float(err[i]),
                       "min_before": rs[before]["width"], "error_before": float(err[before]),
                       "best_after": rs[after]["width"], "error_after": float(err[after]),
-                      "second_descent": bool(rises and falls and peak < len(err) - 1)}
+                      "second_descent": bool(rises and falls)}
     return out
 
 
-def plot(rows, path: Path):
+def plot(rows, path: Path, loss: str = "ce"):
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4.2), dpi=100)
@@ -178,7 +195,8 @@ def plot(rows, path: Path):
             ax_e.fill_between(w, m - s, m + s, color=line.get_color(), alpha=0.15)
         ax_b.plot(w, [r["bias2"] for r in rs], "-", marker="o", ms=3, label=f"bias$^2$, noise {share:.0%}")
         ax_b.plot(w, [r["variance"] for r in rs], "--", marker="s", ms=3, label=f"variance, noise {share:.0%}")
-    for ax, title in ((ax_e, "error against width (1 hidden layer)"), (ax_b, "bias-variance of p(y|x), test")):
+    what = "p(y|x)" if loss == "ce" else "the outputs"
+    for ax, title in ((ax_e, "error against width (1 hidden layer)"), (ax_b, f"bias-variance of {what}, test")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("hidden width")
         ax.set_title(title, fontsize=10)
@@ -196,10 +214,13 @@ def main(argv=None):
     rows = run(args)
     verdict = second_descent(rows)
     for share, v in verdict.items():
-        print(f"noise {share:.0%}: test error {100 * v['error_before']:.1f}% at width {v['min_before']}, peak "
+        if v["peak_width"] is None:
+            print(f"noise {share:.0%}: the test error has no interior peak: no second descent")
+            continue
+        print(f"noise {share:.0%}: test error {100 * v['error_before']:.1f}% at width {v['min_before']}, a peak of "
               f"{100 * v['peak_error']:.1f}% at width {v['peak_width']}, {100 * v['error_after']:.1f}% at width "
-              f"{v['best_after']}: {'a second descent' if v['second_descent'] else 'no clear second descent'}")
-    print(f"wrote {plot(rows, out / 'capacity.png')}")
+              f"{v['best_after']}: {'a second descent' if v['second_descent'] else 'within the seeds noise'}")
+    print(f"wrote {plot(rows, out / 'capacity.png', args.loss)}")
     (out / "capacity.json").write_text(json.dumps({"args": vars(args), "rows": rows,
                                                    "verdict": {str(k): v for k, v in verdict.items()}}, indent=1))
     print(f"wrote {out / 'capacity.json'}")

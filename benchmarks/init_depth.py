@@ -22,6 +22,26 @@ SGD with momentum 0.9 (lr ``--lr``), ``--epochs`` epochs of batch 100, through `
 test accuracy after the last epoch: "trains" >= 40%, "slowly" 20-40%, "does not train" < 20% (chance is 10%;
 the 10 epochs are a short budget -- a shallow MLP reaches about 60% in it). A diverged run (NaN loss) does not
 train at this learning rate.
+
+Measured (the default command, 2-vCPU machine under load, about 15 min for part 1 and 10 min for part 2).
+Part 1, depth 20, width 1024, 8 networks: every plain network (He, Glorot, LeCun, N(0, 0.01^2) x relu, tanh,
+sigmoid) within 5.3% forward and 2.3% backward of the theory at every layer (per-network noise 0.6-5.8%):
+
+    per layer        He/relu  Glorot/tanh  LeCun/sigmoid  N(0,.01)/relu | He/relu+res  Glorot/tanh+res
+    q ratio (th.)    0.991 (1)  0.827 (0.827)  0.933 (0.939)  0.0513 (0.0512) | 2.72   1.135    (fwd err 2.8%, 0.5%)
+    g ratio (th.)    1.000 (1)  0.841 (0.842)  0.0551 (0.0551) 0.0514 (0.0512) | 2.19   1.36     (bwd err 34.5%, 0.7%)
+
+Sigmoid's gradient shrinks by 0.055 in variance per layer with LeCun/Glorot (<= sigma^2/16 = 0.0625; a factor
+~0.23 in scale), g_1/g_20 = 1e-24. With batch norm before the activation the activation's input has unit
+variance within 3e-4 for every initialiser, but the gradient grows going down (1.41 per layer for ReLU, g_1/g_20
+~ 680: the gradient explosion of batch norm at initialisation, Yang et al. 2019); layer norm keeps ReLU
+gradients near constant (0.98 per layer) and does not rescue sigmoid (0.145 per layer).
+Part 2 (depth 20, width 96, 10 epochs, test accuracy): He/relu 41.1%, Glorot/tanh 44.7%, LeCun/tanh 50.2%,
+LeCun/relu 26.9% (the variance halves per layer: slowly), every sigmoid network and every N(0, 0.01^2) network
+at chance (8.9-9.8%); batch norm trains all four initialisers it was tried with (43.7-55.7%, sigmoid included),
+layer norm trains relu and tanh (40.3%, 39.5%) but neither sigmoid nor N(0, 0.01^2)/relu; the He/relu residual
+network diverges at lr 0.02 (variance x2.7 per layer, 1.8e8 over 20 layers), Glorot/tanh+res trains (48.4%),
+with batch or layer norm the He/relu residual network trains (38.9%, 47.5%).
 """
 
 from __future__ import annotations
