@@ -72,7 +72,15 @@ def test_lanczos_top_eigenvalues_match_a_dense_hessian():
     np.testing.assert_allclose(dense @ vecs[0], top[0] * vecs[0], atol=1e-8 * abs(top[0]))
     # far fewer products than parameters already find the largest one
     assert C.top_eigenvalues(loss, params, iters=20)[0] == pytest.approx(exact[0], rel=1e-6)
-    np.testing.assert_allclose(C.dense_hessian(loss, params), dense, atol=1e-10 * np.abs(dense).max())
+
+
+def test_dense_hessian_of_a_quadratic():
+    a = _symmetric(np.array([3.0, -1.0, 0.5, 2.0]))
+    h = C.dense_hessian(lambda p: 0.5 * p["w"] @ jnp.asarray(a) @ p["w"] + jnp.sum(p["b"] ** 3),
+                        {"w": jnp.ones(4), "b": jnp.asarray([1.0, 2.0])})
+    expected = np.zeros((6, 6))             # ravel_pytree order: b, then w
+    expected[:2, :2], expected[2:, 2:] = np.diag([6.0, 12.0]), a
+    np.testing.assert_allclose(h, expected, atol=1e-12)
 
 
 def _symmetric(eigenvalues, seed=0):

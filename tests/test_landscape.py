@@ -61,11 +61,12 @@ def test_surface_at_the_origin_is_the_trained_loss_and_matches_direct_evaluation
     alphas, betas = np.array([-1.0, 0.0, 0.5, 1.0]), np.array([-0.5, 0.0, 1.0])
     z = L.surface(loss, params, d1, d2, alphas, betas)
     assert z.shape == (3, 4)
-    assert z[1, 1] == pytest.approx(float(loss(params)), rel=1e-13)
+    loss_jit = jax.jit(loss)
+    assert z[1, 1] == pytest.approx(float(loss_jit(params)), rel=1e-13)
     moved = jax.tree.map(lambda w, a, b: w + 0.5 * a + 1.0 * b, params, d1, d2)
-    assert z[2, 2] == pytest.approx(float(loss(moved)), rel=1e-12)
-    # flat directions and vmapped chunks give the same grid
-    z2 = L.surface(loss, params, ravel_pytree(d1)[0], d2, alphas, betas, chunk=5)
+    assert z[2, 2] == pytest.approx(float(loss_jit(moved)), rel=1e-12)
+    # flat directions give the same grid
+    z2 = L.surface(loss, params, ravel_pytree(d1)[0], d2, alphas, betas)
     np.testing.assert_allclose(z2, z, rtol=1e-12)
     assert len(np.unique(np.round(z, 8))) > 6            # a real surface, not a constant
 
@@ -162,19 +163,50 @@ def test_command_rejects_bad_arguments_in_one_line(tmp_path, capsys):
     assert "not an empty folder" in capsys.readouterr().err
 
 
+def test_loss_batches_windows_for_language_data_whole_batches_otherwise():
+    from types import SimpleNamespace
+
+    from funcdl.commands.landscape import loss_batches
+
+    data = SimpleNamespace(windowed=True, splits={"train": {"tokens": np.arange(100, dtype=np.int32)}})
+    loaded = {"config": {"train": {"batch_size": 4, "seq_len": 8}}, "info": None}
+    b = loss_batches(loaded, data, SimpleNamespace(split="train", batches=3, examples=1000, seed=0))
+    assert b["x"].shape == (3, 4, 8)
+    np.testing.assert_array_equal(b["y"], np.asarray(b["x"]) + 1)          # next-token targets
+    data = SimpleNamespace(windowed=False, splits={"train": {"x": np.arange(50.0)[:, None], "y": np.arange(50)}})
+    loaded["config"]["train"]["batch_size"] = 8
+    b = loss_batches(loaded, data, SimpleNamespace(split="train", batches=None, examples=30, seed=0))
+    assert b["x"].shape == (3, 8, 1) and len(np.unique(b["y"])) == 24      # 30 examples: 3 whole batches of 8
+    np.testing.assert_array_equal(b["x"][..., 0], b["y"])
+    with pytest.raises(ValueError, match="has the splits train"):
+        loss_batches(loaded, data, SimpleNamespace(split="test", batches=None, examples=30, seed=0))
+
+
 @pytest.mark.slow
-def test_command_on_a_tiny_run(tmp_path, monkeypatch):
+def test_command_on_a_run(tmp_path, monkeypatch):
+    """The whole command on a run of a small MLP; the run's loading (``load_image_model``, ``load_run_data``:
+    funcdl sample's and funcdl train's, tested with them) is replaced by the same model and data made here."""
+    from types import SimpleNamespace
+
+    import funcdl.commands.sample as sample
+    import funcdl.commands.train as train
     from funcdl.commands.cli import main
-    from funcdl.commands.train import load_run
 
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    task = as_task(mlp.Config(sizes=(6, 8, 3)))
+    params, state = task.init(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 6)).astype(np.float32)
+    data = SimpleNamespace(windowed=False, splits={"train": {"x": x, "y": (x[:, 0] > 0).astype(np.int32)}})
+    config = {"model": "mlp", "data": "fake", "train": {"batch_size": 50}}
+    loaded = {"task": task, "params": params, "state": state, "config": config, "info": None}
+    monkeypatch.setattr(sample, "load_image_model", lambda run, data_dir=None: loaded)
+    monkeypatch.setattr(train, "load_run_data", lambda name, data_dir, options: data)
     run = tmp_path / "run"
-    assert main(["train", "mlp", "--data", "mnist1d", "--steps", "30", "--set", "hidden=8", "--set", "dropout=0",
-                 "--set", "plots=false", "--quiet", "--no-compile-cache", "--out", str(run)]) == 0
-    loaded = load_run(run)
-    flat = np.asarray(ravel_pytree(loaded["params"])[0])
-    rng = np.random.default_rng(0)        # a trajectory as training with --set track=trajectory writes it
-    snaps = flat + np.linspace(1, 0, 6)[:, None] * rng.normal(size=flat.size) * 0.1
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(config))
+    flat = np.asarray(ravel_pytree(params)[0])
+    snaps = flat + np.linspace(1, 0, 6)[:, None] * rng.normal(size=flat.size) * 0.1     # as track=trajectory
     np.savez(run / "trajectory.npz", steps=np.arange(0, 30, 5), params=snaps.astype(np.float32))
     out = tmp_path / "ls"
     assert main(["landscape", str(run), "--grid", "5", "--examples", "200", "--path", "--out", str(out)]) == 0
@@ -184,7 +216,11 @@ def test_command_on_a_tiny_run(tmp_path, monkeypatch):
     with np.load(out / "landscape.npz") as f:
         z, center, path = f["loss"], float(f["center_loss"]), f["path"]
         assert z.shape == (5, 5) and f["pca_loss"].shape == (5, 5) and path.shape == (6, 2)
+        line, alphas = f["interp_loss"], f["interp_alphas"]
+        assert line[alphas == 1.0] == pytest.approx(center, rel=1e-5)                  # a = 1: the trained weights
+        assert 0.0 in alphas and len(line) == len(alphas) == 7
     assert z[2, 2] == pytest.approx(center, rel=1e-6)      # the grid's centre is the trained weights
+    assert 0.2 < center < 2.0
     np.testing.assert_allclose(path[-1], 0.0, atol=1e-4)
     assert json.loads((out / "summary.json").read_text())["examples"] == 200
     assert not any(p.name.startswith(".ls.tmp") for p in tmp_path.iterdir())

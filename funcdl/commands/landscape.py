@@ -97,7 +97,8 @@ def loss_batches(loaded: dict, data, args) -> dict:
         seq_len = int(train_cfg.get("seq_len") or loaded["info"].input_shape[0])
         nb = -(-total // batch_size)
         keys = jax.random.split(jax.random.PRNGKey(args.seed), nb)
-        return jax.vmap(lambda k: sample_windows(split["tokens"], k, batch_size, seq_len))(keys)
+        tokens = jax.numpy.asarray(split["tokens"])
+        return jax.vmap(lambda k: sample_windows(tokens, k, batch_size, seq_len))(keys)
     n = len(next(iter(split.values())))
     total = min(total, n)
     batch = min(batch_size, total)
@@ -164,7 +165,7 @@ def _path_plane(loss, params, traj_path: Path, grid: int, chunk: int) -> dict:
     pa, pb = L.path_range(path, points=grid)
     z = L.surface(loss, params, p1, p2, pa, pb, chunk=chunk)
     _, unravel = ravel_pytree(params)
-    alphas = np.linspace(-0.25, 1.25, grid)
+    alphas = np.union1d(np.linspace(-0.25, 1.25, grid), [0.0, 1.0])     # both ends exactly on the line
     line = L.interpolate(loss, unravel(snaps[0]), params, alphas)
     return {"pca_alphas": pa, "pca_betas": pb, "pca_loss": z, "path": path, "steps": steps,
             "explained": explained, "interp_alphas": alphas, "interp_loss": line}

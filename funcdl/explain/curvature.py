@@ -43,6 +43,7 @@ runs in the parameters' own dtype.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -69,19 +70,22 @@ def hvp(loss: Callable, params, v):
 def flat_hvp(loss: Callable, params) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
     """``(matvec, n)``: ``matvec(x)`` is H x for a flat float64 NumPy vector x of the n parameters (in the order of
     ``ravel_pytree(params)``), computed by one jitted HVP in the parameters' dtype and returned in float64."""
-    flat, unravel = ravel_pytree(params)
+    flat, _ = ravel_pytree(params)
     if flat.size == 0:
         raise ValueError("curvature: the parameters hold no floating-point numbers")
     dtype = flat.dtype
 
-    @jax.jit
-    def product(x):
-        return ravel_pytree(hvp(loss, params, unravel(x)))[0]
-
     def matvec(x):
-        return np.asarray(product(jnp.asarray(x, dtype)), np.float64)
+        return np.asarray(_flat_product(loss, params, jnp.asarray(x, dtype)), np.float64)
 
     return matvec, int(flat.size)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _flat_product(loss, params, x):
+    """H x for a flat x; compiled once per loss function (the parameters are an argument, not a constant)."""
+    _, unravel = ravel_pytree(params)
+    return ravel_pytree(hvp(loss, params, unravel(x)))[0]
 
 
 def dense_hessian(loss: Callable, params) -> np.ndarray:

@@ -65,9 +65,13 @@ def interpolate(loss: Callable, params_a, params_b, alphas) -> np.ndarray:
     if jax.tree.structure(params_a) != jax.tree.structure(params_b):
         raise ValueError("interpolate: the two parameter sets have different structures; give two sets of the same "
                          "model")
-    alphas = jnp.asarray(alphas, fa.dtype)
-    line = jax.jit(lambda al: jax.lax.map(lambda a: loss(unravel((1 - a) * fa + a * fb)), al))
-    return np.asarray(line(alphas))
+    return np.asarray(_line(loss, params_a, fb, jnp.asarray(alphas, fa.dtype)))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _line(loss, params_a, fb, alphas):
+    fa, unravel = ravel_pytree(params_a)
+    return jax.lax.map(lambda a: loss(unravel((1 - a) * fa + a * fb)), alphas)
 
 
 # -- filter-normalised directions ---------------------------------------------------------------------------------
@@ -131,19 +135,21 @@ def surface(loss: Callable, params, d1, d2, alphas, betas, *, chunk: int | None 
     ``Z[j, i] = L(w + alphas[i] d1 + betas[j] d2)`` (rows are b: matplotlib's ``contour(alphas, betas, Z)``).
     ``d1``, ``d2`` are pytrees shaped as ``params`` or flat vectors in ``ravel_pytree`` order. ``chunk`` grid
     points are evaluated at once (vmapped; default one at a time, the least memory)."""
-    flat, unravel = ravel_pytree(params)
+    flat, _ = ravel_pytree(params)
     f1, f2 = _as_flat(d1, flat, "d1"), _as_flat(d2, flat, "d2")
     alphas, betas = np.asarray(alphas, np.float64), np.asarray(betas, np.float64)
     if alphas.ndim != 1 or betas.ndim != 1 or not alphas.size or not betas.size:
         raise ValueError("surface: alphas and betas must be non-empty 1-D arrays of coordinates")
     A, B = np.meshgrid(alphas, betas)                   # (len(betas), len(alphas))
     coords = jnp.asarray(np.stack([A.ravel(), B.ravel()], 1), flat.dtype)
+    return np.asarray(_grid(loss, chunk, params, f1, f2, coords)).reshape(A.shape)
 
-    @jax.jit
-    def grid(c):
-        return jax.lax.map(lambda ab: loss(unravel(flat + ab[0] * f1 + ab[1] * f2)), c, batch_size=chunk)
 
-    return np.asarray(grid(coords)).reshape(A.shape)
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _grid(loss, chunk, params, f1, f2, coords):
+    """The plane's losses, compiled once per loss function and grid size (params and directions are arguments)."""
+    flat, unravel = ravel_pytree(params)
+    return jax.lax.map(lambda ab: loss(unravel(flat + ab[0] * f1 + ab[1] * f2)), coords, batch_size=chunk)
 
 
 def _as_flat(d, flat, name):
@@ -241,28 +247,28 @@ def optimizer_path(loss: Callable, params, opt, batches, *, every: int = 1, batc
     n_steps = jax.tree.leaves(batches)[0].shape[0]
     if every < 1 or n_steps % every:
         raise ValueError(f"optimizer_path: every={every} must divide the {n_steps} steps")
-    _, unravel = ravel_pytree(params)
     chunks = jax.tree.map(lambda a: a.reshape(n_steps // every, every, *a.shape[1:]), batches)
+    final, snaps, losses = _train(loss, opt, batch_to_update, params, chunks)
+    first = ravel_pytree(params)[0].astype(jnp.float32)[None]
+    snaps = np.concatenate([np.asarray(first), np.asarray(snaps)])
+    return final, np.arange(0, n_steps + 1, every), snaps, np.asarray(losses)
 
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _train(loss, opt, batch_to_update, params, chunks):
+    """Compiled once per (loss, optimizer, shapes): a scan over chunks of steps, a snapshot after each chunk."""
     def step(carry, batch):
         p, s = carry
         value, g = jax.value_and_grad(loss)(p, batch)
         u, s = opt.update(g, s, p, batch) if batch_to_update else opt.update(g, s, p)
-        return (jax.tree.map(lambda a, b: a + b, p, u), s), value
+        return (jax.tree.map(lambda a, b: (a + b).astype(a.dtype), p, u), s), value
 
     def chunk(carry, batches_k):
         carry, values = jax.lax.scan(step, carry, batches_k)
         return carry, (ravel_pytree(carry[0])[0].astype(jnp.float32), values)
 
-    @jax.jit
-    def run(p, chunks):
-        (p, _), (snaps, values) = jax.lax.scan(chunk, (p, opt.init(p)), chunks)
-        return p, snaps, values.reshape(-1)
-
-    final, snaps, losses = run(params, chunks)
-    first = ravel_pytree(params)[0].astype(jnp.float32)[None]
-    snaps = np.concatenate([np.asarray(first), np.asarray(snaps)])
-    return final, np.arange(0, n_steps + 1, every), snaps, np.asarray(losses)
+    (p, _), (snaps, values) = jax.lax.scan(chunk, (params, opt.init(params)), chunks)
+    return p, snaps, values.reshape(-1)
 
 
 # -- pictures -----------------------------------------------------------------------------------------------------
