@@ -126,5 +126,7 @@ def test_track_options_are_checked():
     assert TrainConfig(track="trajectory, gradflow").track == "trajectory,gradflow"
     with pytest.raises(ValueError, match="valid: gradflow, trajectory"):
         TrainConfig(track="gradients")
+    with pytest.raises(ValueError, match="expected gradflow and/or trajectory"):
+        TrainConfig(track=5)
     with pytest.raises(ValueError, match="track_every needs track"):
         TrainConfig(track_every=10)

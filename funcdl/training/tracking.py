@@ -45,6 +45,8 @@ def parse_track(value) -> tuple[str, ...]:
     """``"gradflow,trajectory"`` / ``("gradflow", "trajectory")`` / None -> a tuple of known kinds."""
     if value in (None, "", ()):
         return ()
+    if not isinstance(value, str | tuple | list):
+        raise ValueError(f"track={value!r}: expected gradflow and/or trajectory (--set track=gradflow,trajectory)")
     parts = value.split(",") if isinstance(value, str) else list(value)
     kinds = tuple(dict.fromkeys(str(p).strip() for p in parts if str(p).strip()))
     bad = [k for k in kinds if k not in TRACK_KINDS]
