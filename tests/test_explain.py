@@ -119,10 +119,9 @@ def test_gradient_methods_match_closed_forms():
 
 def test_integrated_gradients_complete_on_a_cnn(cnn):
     params, x = cnn
-    coarse = attr.completeness(_cnn, params, x, attr.integrated_gradients(_cnn, params, x, steps=16))
     c = attr.completeness(_cnn, params, x, attr.integrated_gradients(_cnn, params, x, steps=256))
     assert np.all(np.abs(c["delta"]) > 1e-3)
-    assert float(jnp.max(c["error"])) < 0.01 and float(jnp.max(c["error"])) < float(jnp.max(coarse["error"])), c
+    assert float(jnp.max(c["error"])) < 0.01, c
 
 
 def test_attributions_to_a_layer_and_bad_layers(cnn):
@@ -222,13 +221,13 @@ def test_layer_groups_follow_the_forward_and_randomize(cnn):
 
 def test_cascading_randomization_and_deletion_insertion(cnn):
     params, x = cnn
-    result = sanity.cascading_randomization(_cnn, params, x, methods=("gradient", "gradcam"))
+    result = sanity.cascading_randomization(_cnn, params, x, methods=("gradient",))
     assert result["layers"] == ["head", "conv2", "conv1"]
     assert result["correlation"]["gradient"].shape == (3, 3)
-    assert result["maps"]["gradcam"].shape == (4, 3, 6, 6)
-    assert np.all(np.abs(result["correlation"]["gradcam"]) <= 1 + 1e-12)
-    maps = sanity.saliency_map("gradient", _cnn, params, x)
-    assert maps.shape == (3, 6, 6)
+    assert result["maps"]["gradient"].shape == (4, 3, 6, 6)
+    assert np.all(np.abs(result["correlation"]["gradient"]) <= 1 + 1e-12)
+    maps = sanity.saliency_map("gradient", _cnn, params, x, target=jnp.argmax(_cnn(params, x), -1))
+    np.testing.assert_allclose(maps, result["maps"]["gradient"][0])
     curves = sanity.deletion_insertion(_cnn, params, x, maps, steps=4)
     probs = jax.nn.softmax(_cnn(params, x), -1)
     c = jnp.argmax(probs, -1)
@@ -268,6 +267,17 @@ def test_gradcam_agrees_with_torch(cnn):
 # -- the command line ---------------------------------------------------------------------------------------------
 
 
+def test_parse_index():
+    from funcdl.commands.explain import parse_index
+
+    assert parse_index("0:3", 10) == [0, 1, 2] and parse_index("7", 10) == [7] and parse_index("2,5", 10) == [2, 5]
+    assert parse_index("8:", 10) == [8, 9]
+    for text, msg in [("a:b", "--index expects"), ("5:99", "goes past"), ("3:3", "selects nothing"),
+                      ("-1", "goes past")]:
+        with pytest.raises(ValueError, match=msg):
+            parse_index(text, 10)
+
+
 def _fake_run(folder, data_dir):
     """An untrained small ResNet 'run' on the bundled 8x8 digits (checkpoint + config.json)."""
     from funcdl.models import get_model
@@ -302,12 +312,9 @@ def test_cli_writes_overlays_and_maps(tmp_path, capsys):
             assert (out / f"{i:05d}_{kind}.png").stat().st_size > 0
     assert (out / "overview.png").is_file()
     assert sorted(p.name for p in run.iterdir()) == before                      # the run is untouched
-    assert main(["explain", str(run), "--method", "ig", "--steps", "8", "--index", "4", "--out",
-                 str(tmp_path / "ig")]) == 0
-    assert np.load(tmp_path / "ig" / "maps.npz")["maps"].shape == (1, 8, 8)
     # bad input: one line each, exit 2, nothing written
-    for argv, msg in [(["--index", "0:9999"], "goes past"), (["--index", "a:b"], "--index expects"),
-                      (["--target", "12"], "not a class"), (["--layer", "relu:99"], "calls relu")]:
+    for argv, msg in [(["--index", "0:9999"], "goes past"), (["--target", "12"], "not a class"),
+                      (["--layer", "relu:99"], "calls relu")]:
         assert main(["explain", str(run), "--out", str(tmp_path / "bad"), *argv]) == 2
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1, err

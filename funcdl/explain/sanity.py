@@ -20,6 +20,7 @@ the class activation map for Grad-CAM(++).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 
@@ -169,19 +170,26 @@ def deletion_insertion(apply: Callable, params, x, maps, *, target=None, baselin
     t = attr.targets_of(apply(params, x), target)
     n, positions = maps.shape[0], int(np.prod(maps.shape[1:]))
     order = jnp.argsort(-maps.reshape(n, -1), axis=1)
-    rank = jnp.zeros((n, positions), jnp.int32).at[jnp.arange(n)[:, None], order].set(jnp.arange(positions))
+    rank = jnp.zeros((n, positions), jnp.int32).at[jnp.arange(n)[:, None], order].set(
+        jnp.arange(positions, dtype=jnp.int32))
     rank = rank.reshape(maps.shape + (1,) * (x.ndim - maps.ndim))
     counts = jnp.round(jnp.linspace(0, positions, steps + 1)).astype(jnp.int32)
-
-    @jax.jit
-    def curves(k):
-        gone = rank < k
-        pick = lambda z: jnp.take_along_axis(jax.nn.softmax(apply(params, z), -1), t[:, None], -1)[:, 0]  # noqa
-        return pick(jnp.where(gone, base, x)), pick(jnp.where(gone, x, base))
-
-    deletion, insertion = jax.lax.map(curves, counts)
+    deletion, insertion = _curves(apply, params, x, base, rank, t, counts)
     return {"fraction": np.asarray(counts / positions), "deletion": np.asarray(deletion.T),
             "insertion": np.asarray(insertion.T)}
+
+
+@functools.partial(jax.jit, static_argnames="apply")
+def _curves(apply, params, x, base, rank, t, counts):
+    """The target's probability with the first k positions of ``rank`` deleted / inserted, for each k."""
+    def pick(z):
+        return jnp.take_along_axis(jax.nn.softmax(apply(params, z), -1), t[:, None], -1)[:, 0]
+
+    def one(k):
+        gone = rank < k
+        return pick(jnp.where(gone, base, x)), pick(jnp.where(gone, x, base))
+
+    return jax.lax.map(one, counts)
 
 
 def auc(fraction, curve) -> np.ndarray:
