@@ -1,22 +1,24 @@
 """Capacity and generalisation: train and test error of one-hidden-layer MLPs against their width on MNIST-1D,
 the bias-variance decomposition over seeds, and whether a second descent appears (with and without label noise).
 
-    nice -n 10 python benchmarks/capacity.py --out runs/capacity          # the table and capacity.png (~10 min CPU)
+    nice -n 10 python benchmarks/capacity.py --out runs/capacity          # the table and capacity.png
+    nice -n 10 python benchmarks/capacity.py --loss ce --out runs/cap_ce  # the same with cross-entropy
     nice -n 10 python benchmarks/capacity.py --quick                      # a look (~1 min)
 
 Setting: the first ``--train-size`` MNIST-1D training examples (default 1000, so that the interpolation
 threshold -- about as many parameters as training labels to fit -- falls inside the width range), a share
 ``--noise`` of their labels replaced by a random other class (fixed draw, the same for every width and seed),
-the 1000 clean test examples. A 40 -> width -> 10 ReLU MLP (``models.mlp``, hand-derived gradients), Adam
-(lr ``--lr``), batch 100, ``--steps`` steps, no weight decay, no early stopping: every width trained to (near)
-interpolation, which is where the second descent lives (Belkin et al. 2019, Nakkiran et al. 2020). The
-``--seeds`` networks of a width (different initialisation and batch order) are trained together under
-``jax.vmap``, one compiled ``lax.scan`` per width.
+the 1000 clean test examples. A 40 -> width -> 10 ReLU MLP (``models.mlp``, hand-derived gradients) trained on
+the squared error of its 10 outputs against the one-hot labels (``--loss mse``, the loss of Belkin et al. 2019;
+``--loss ce``: softmax cross-entropy), Adam (lr ``--lr``), batch 100, ``--steps`` steps, no weight decay, no
+early stopping: every width trained to (near) interpolation, which is where the second descent lives (Belkin et
+al. 2019, Nakkiran et al. 2020). The ``--seeds`` networks of a width (different initialisation and batch order)
+are trained together under ``jax.vmap``, one compiled ``lax.scan`` per width.
 
-Bias-variance of the predicted class probabilities p_s(x) of seeds s against the one-hot label y (squared
-error, exact for any set of seeds): E_s ||p_s - y||^2 = ||p_bar - y||^2 + E_s ||p_s - p_bar||^2 (bias^2 +
-variance), averaged over the test set. Variance peaking at the threshold is the classical explanation of the
-peak of the test error.
+Bias-variance of the predictions p_s(x) of seeds s (the outputs for mse, the class probabilities for ce)
+against the one-hot label y (squared error, exact for any set of seeds): E_s ||p_s - y||^2 = ||p_bar - y||^2 +
+E_s ||p_s - p_bar||^2 (bias^2 + variance), averaged over the test set. Variance peaking at the threshold is the
+classical explanation of the peak of the test error.
 """
 
 from __future__ import annotations
@@ -39,14 +41,14 @@ from funcdl.data import load
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--widths", default="4,8,16,32,64,96,128,256,512")
+    p.add_argument("--widths", default="4,8,16,32,64,128,256,512,1024,2048")
     p.add_argument("--noise", default="0,0.2", help="label-noise shares to compare (comma-separated)")
     p.add_argument("--train-size", type=int, default=1000)
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--loss", choices=("ce", "mse"), default="ce",
+    p.add_argument("--loss", choices=("ce", "mse"), default="mse",
                    help="softmax cross-entropy, or squared error of the outputs against one-hot labels")
     p.add_argument("--quick", action="store_true", help="widths 4..256, 1500 steps, 2 seeds, noise 0.2 only")
     p.add_argument("--out", default="runs/capacity")

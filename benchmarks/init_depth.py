@@ -13,7 +13,8 @@ ratios averaged over them) and predicted one layer at a time by the mean-field r
 mean over networks), so the noise of the average is spread / sqrt(networks). The width sets that noise: deep
 in a ReLU net the examples become correlated and only the ``width`` units average (about 2.2 / sqrt(width) per
 network), hence width 1024 and 8 networks by default. The N(0, 0.01^2) rows run in float64 (their statistics
-fall below float32's range within 30 layers); the others in float32. For square layers Glorot's variance
+and the sigmoid rows run in float64 (their statistics fall below float32's range within 30 to 50 layers); the
+others in float32. For square layers Glorot's variance
 2 / (fan_in + fan_out) is LeCun's 1 / fan_in: the two rows differ only in the draw (Glorot uniform, LeCun
 normal), and their theory is the same.
 
@@ -87,7 +88,7 @@ def parse_args(argv=None):
 
 
 def measure(config: DeepMLP, args, networks: int):
-    dtype = jnp.float64 if config.init == "normal" else jnp.float32
+    dtype = jnp.float64 if config.init == "normal" or config.activation == "sigmoid" else jnp.float32
     return [variance_profile(config, jax.random.PRNGKey(1000 * args.seed + s), batch=args.batch, dtype=dtype)
             for s in range(networks)]
 

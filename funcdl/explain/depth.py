@@ -214,6 +214,11 @@ def theory_ratios(config: DeepMLP, prof: dict) -> dict:
     """Measured and predicted per-layer ratios ``fwd`` q_l / q_{l-1} and ``bwd`` g_{l-1} / g_l, each as arrays
     ``(measured, predicted)`` over the layers where the prediction is defined (NaN predictions for normalised
     networks). Predictions come from the measured statistics of the neighbouring layer (module docstring)."""
+    with np.errstate(divide="ignore", invalid="ignore"):      # statistics that underflowed give NaN ratios
+        return _theory_ratios(config, prof)
+
+
+def _theory_ratios(config, prof):
     q, g, s, m, r = (prof[k] for k in ("act_var", "grad_var", "stream_sq", "stream_mean", "stream_grad"))
     s2, s2b = prof["sigma2"], prof["sigma2_back"]
     L = len(q)
@@ -289,6 +294,8 @@ def summarize_profile(config: DeepMLP, profiles, tiny: float = 1e-280) -> dict:
         row[f"{name}_ratio"] = float(np.exp(np.mean(np.log(meas[pos])))) if pos.any() else float("nan")
         row[f"{name}_theory"] = float(np.exp(np.mean(np.log(pred[ok])))) if ok.any() else float("nan")
         row[f"{name}_err"] = float(np.max(np.abs(meas[ok] / pred[ok] - 1))) if ok.any() else float("nan")
-        single = np.array([t[name][0] / meas - 1 for t in ts])
-        row[f"{name}_spread"] = float(np.nanmean(np.nanstd(single, axis=0))) if len(ts) > 1 else float("nan")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            single = np.array([t[name][0] / meas - 1 for t in ts])
+            spread = np.nanstd(single[:, ok], axis=0) if ok.any() else np.array([np.nan])
+        row[f"{name}_spread"] = float(np.mean(spread)) if len(ts) > 1 else float("nan")
     return row
