@@ -11,7 +11,7 @@ same initialisation per seed for the three optimizers: SGD (constant lr), SAM wr
 Cross-entropy on a training set the MLP can memorise keeps falling towards 0, and the Hessian shrinks with it
 (the softmax saturates), so lambda_max at the *end* of training mostly ranks the final losses. The fair comparison
 is at the same training loss: the first snapshot (every 100 steps) at which each run's loss is <= 0.05.
-Measured (the default command, 2 cores shared with other jobs, 308 s in all):
+Measured (the default command, 2 cores shared with other jobs, 157 s in all, 72 s of CPU):
 
     seed  optimizer  at loss <= 0.05: step  loss    lambda_max  trace   |  end (4000): loss  lambda_max  trace
     0     SGD                           1900  0.0327  3.49        81.9    |  0.0013            0.34        8.4

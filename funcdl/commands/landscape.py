@@ -147,8 +147,7 @@ def run(args) -> int:
         e = summary["pca_explained_variance"]
         print(f"PCA plane of {summary['snapshots']} snapshots: {100 * e[0]:.1f}% + {100 * e[1]:.1f}% of the "
               "path's variance")
-    print(f"wrote {out}/ (contour.png, surface.png, landscape.npz{', pca_contour.png' if args.path else ''}) in "
-          f"{summary['seconds']} s")
+    print(f"wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))}) in {summary['seconds']} s")
     return 0
 
 

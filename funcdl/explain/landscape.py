@@ -57,7 +57,7 @@ def _floating(a) -> bool:
 def interpolate(loss: Callable, params_a, params_b, alphas) -> np.ndarray:
     """``L((1 - a) w_a + a w_b)`` for each a in ``alphas`` (a = 0 is ``params_a``, 1 is ``params_b``; values
     outside [0, 1] extrapolate). One compiled ``lax.map`` over the alphas."""
-    fa, unravel = ravel_pytree(params_a)
+    fa, _ = ravel_pytree(params_a)
     fb, _ = ravel_pytree(params_b)
     if fa.shape != fb.shape:
         raise ValueError(f"interpolate: the two parameter sets have {fa.size} and {fb.size} numbers; give two sets "
