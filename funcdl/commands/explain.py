@@ -93,13 +93,15 @@ def _cam_options(apply, params, x, layer):
         return cam.default_cam_layer(apply, params, x), None
     except ValueError:
         pass
+    # a pre-norm block calls layer_norm twice on its tokens (N, T, D); the first of the last block's two feeds the
+    # attention, through which the [CLS] output depends on every patch token (the second feeds a per-token MLP)
     shapes = attribution._count_calls(apply, params, x, "layer_norm")
     tokens = [i for i, s in enumerate(shapes) if len(s.shape) == 3]
-    if tokens:
-        n = shapes[tokens[-1]].shape[1] - 1
+    if len(tokens) >= 2:
+        n = shapes[tokens[-2]].shape[1] - 1
         side = math.isqrt(n)
         if side * side == n:
-            return f"layer_norm:{tokens[-1]}", cam.tokens_to_map((side, side))
+            return f"layer_norm:{tokens[-2]}", cam.tokens_to_map((side, side))
     raise ValueError("explain: this model has no ReLU feature map nor ViT tokens for Grad-CAM; pick a gradient "
                      "method or name --layer")
 
