@@ -19,6 +19,20 @@ Bias-variance of the predictions p_s(x) of seeds s (the outputs for mse, the cla
 against the one-hot label y (squared error, exact for any set of seeds): E_s ||p_s - y||^2 = ||p_bar - y||^2 +
 E_s ||p_s - p_bar||^2 (bias^2 + variance), averaged over the test set. Variance peaking at the threshold is the
 classical explanation of the peak of the test error.
+
+Measured (the default command: mse, noise 0 and 20%, 3 seeds, 3000 steps; 7 min wall on the loaded 2-vCPU
+machine), test error (mean of 3 seeds, their sd) against width:
+
+    width            4     8     16    32    64    128   256   512   1024  2048
+    noise 0%   test  70.5  65.1  62.3  59.0  61.3  63.6  63.1  61.3  58.3  54.8   (train error 0 from width 128)
+    noise 20%  test  71.4  67.4  65.4  66.0  68.4  69.5  71.2  68.8  66.2  64.4   (noisy labels all fitted from 256)
+
+Both curves descend, rise towards the interpolation threshold and descend again; with 20% label noise the
+rise (65.4% -> 71.2%, sd 0.7% each) and the second fall (-> 64.4% at 2048, below the first minimum) are both
+beyond two standard errors: a second descent. Without noise the peak (+4.6 points, sds 2.7% and 1.5%) is just
+inside two standard errors. The variance term peaks at width 256 (0.34 without noise, 0.41 with), where the
+error peaks. With ``--loss ce`` (cross-entropy, widths 4-512) the curves are flatter: a 1.3-point bump at width
+64 without noise (beyond two standard errors), none with noise (a plateau from 16 to 64, then a slow descent).
 """
 
 from __future__ import annotations
