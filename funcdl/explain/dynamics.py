@@ -15,7 +15,9 @@ Activations are read from the forward pass itself: :func:`capture_activations` t
 and evaluates it again, keeping the output of every registered elementwise activation (relu, tanh, gelu, ...)
 it meets, in order. An activation is recognised by comparing its traced body with the registered primitive's
 (the hand-rule wrappers carry no name in the jaxpr). Activations inside a ``lax.scan`` or ``while`` body (a
-scanned stack of blocks, a recurrent cell) are not seen; those inside ``jit`` and ``checkpoint`` are.
+scanned stack of blocks, a recurrent cell, a loss computed in scanned chunks) are not seen; those inside
+``jit``, ``checkpoint`` and other ``custom_vjp`` functions are, and so are those a fused primitive calls as
+primitives (one that computes its activation inline, as ``gelu_mlp``, hides it).
 Statistics per activation layer: the root mean square, the share of exact zeros and, for ReLU, the share of
 *dead* units -- units (all axes but the batch) that are zero for every example of the batch.
 
@@ -122,10 +124,12 @@ def _eval(jaxpr, consts, args, names, found):
     for eqn in jaxpr.eqns:
         invals = [read(v) for v in eqn.invars]
         prim = eqn.primitive.name
-        if prim == "custom_vjp_call":
+        if prim == "custom_vjp_call":      # forward only: the hand rule is not needed
             inner = eqn.params["call_jaxpr"]
-            outs = _eval(inner.jaxpr, inner.consts, invals, (), [])     # forward only: the hand rule is not needed
             tag = _which_activation(eqn, names) if names else None
+            # an activation is recorded whole; any other wrapper (a fused primitive, a model's chunked loss) is
+            # looked into, so the activations it calls are seen
+            outs = _eval(inner.jaxpr, inner.consts, invals, () if tag else names, found)
             if tag is not None:
                 found.append((tag, outs[0]))
         elif prim in _CALLS and _CALLS[prim] in eqn.params:
