@@ -30,8 +30,8 @@ randomised, randomisation seeds S = 0 / 1 / 2:
     fresh      0.109 / 0.102 / 0.074  0.264 / 0.102 / 0.134  0.831 / 0.786 / 0.763
     normal     0.090 / 0.084 / 0.094  0.103 / 0.207 / 0.266  0.775 / 0.798 / 0.790
 
-Gradient maps decorrelate at once (< 0.2 for every seed and protocol); guided backpropagation stays high down to
-the first block (0.26-0.38 only when the stem goes too), the published finding; Grad-CAM's mean over the seeds
+Gradient maps decorrelate at once (< 0.2 for every seed and protocol); guided backpropagation stays high (above
+0.35 until the stem is randomised too, then 0.26-0.38), the published finding; Grad-CAM's mean over the seeds
 is below 0.2 (0.167 fresh, 0.192 normal) but single seeds reach 0.26: its per-image correlations scatter widely
 (sd 0.25-0.45), since a random network's last feature map still separates the digit from the flat background.
 Deletion / insertion AUC (same for every seed but the random ordering's; seed 0):
@@ -40,8 +40,8 @@ Deletion / insertion AUC (same for every seed but the random ordering's; seed 0)
     random   0.509 / 0.520   (seeds 1, 2: 0.536 / 0.506, 0.504 / 0.525)
 
 IG completeness at 256 steps: ResNet mean 2.3e-3, max 1.5e-2 of |S(x) - S(x')|; LeNet (``... L``) mean 5.6e-4,
-max 1.8e-3. On LeNet (seed 0, fresh) the gradient's correlation stays higher (0.54 after its output layer, 0.30
-with everything randomised): max pooling routes the gradient along the input's strokes whatever the weights.
+max 1.8e-3. On LeNet (seed 0, fresh) the gradient's correlation stays higher: 0.54 after its output layer, 0.30
+with everything randomised.
 """
 
 from __future__ import annotations
