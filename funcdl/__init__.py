@@ -6,7 +6,18 @@ from them runs the hand-derived rules; ``funcdl.autodiff(fn)`` differentiates th
 """
 
 from .core import xla
-from .core.primitive import REGISTRY, Example, Primitive, autodiff, get, primitive, registered, use_reference
+from .core.primitive import (
+    REGISTRY,
+    Example,
+    Instead,
+    Primitive,
+    autodiff,
+    get,
+    primitive,
+    registered,
+    use_reference,
+    with_rules,
+)
 from .nn import activations, init, linear, losses, nf4, quant
 from .nn import dropout as _dropout_module
 from .nn.activations import (
@@ -94,7 +105,8 @@ __all__ = [
     "adaptive_max_pool2d", "adaptive_max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "global_avg_pool",
     "global_max_pool", "max_pool1d", "max_pool2d", "max_pool3d",
     "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
-    "REGISTRY", "Example", "Primitive", "autodiff", "get", "primitive", "registered", "use_reference",
+    "REGISTRY", "Example", "Instead", "Primitive", "autodiff", "get", "primitive", "registered", "use_reference",
+    "with_rules",
     "activations", "init", "linear", "losses", "xla", "dense", "dropout", "cross_entropy", "softmax_cross_entropy",
     "softmax_cross_entropy_with_probs", "nll_loss", "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss",
     "binary_cross_entropy_with_logits", "binary_cross_entropy", "kl_div", "multi_margin_loss",
