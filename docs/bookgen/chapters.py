@@ -55,12 +55,12 @@ CHAPTERS = [
     dict(slug="08_explainability", title="Explainability",
          intro="What a trained network attends to and how its loss surface looks: attributions, loss landscapes, "
                "curvature and training dynamics (`funcdl.explain`).",
-         modules=[], models=[], optimizers=[], notebooks=["08", "09"], commands=["explain", "landscape"]),
+         modules=[], models=[], optimizers=[], notebooks=["08", "09", "10"], commands=["explain", "landscape"]),
     dict(slug="09_engineering", title="Training engineering",
          intro="Making training and inference practical: quantization (post-training and quantization-aware), "
                "pruning and lottery tickets, export to StableHLO and ONNX, and the engineering of the training "
                "loop itself.",
-         modules=["funcdl.nn.quant"], models=[], optimizers=[], notebooks=["10", "11"],
+         modules=["funcdl.nn.quant"], models=[], optimizers=[], notebooks=["11"],
          commands=["quantize", "prune", "export", "train"]),
 ]
 
