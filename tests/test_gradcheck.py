@@ -128,3 +128,17 @@ def test_cli_gradcheck_json_and_exit_code():
     bad = subprocess.run([sys.executable, "-m", "funcdl", "gradcheck", "nope"], capture_output=True, text=True,
                          check=False)
     assert bad.returncode == 2 and "registered" in bad.stderr
+
+
+def test_cli_quick_runs_the_costly_checks_on_the_first_configuration_only(capsys):
+    """``funcdl gradcheck --quick`` (the book's default and the suite's depth): float64 VJP and finite differences
+    on every configuration; float32, jit, vmap and second order on the first one only."""
+    from funcdl.commands.cli import main
+
+    assert main(["gradcheck", "--json", "--quick", "--fuzz", "2", "relu"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    assert len(configs) > 1
+    assert {r["config"] for r in rows if r["check"] in ("hvp", "jit", "vmap")} == {configs[0]}
+    assert {r["config"] for r in rows if r["check"] == "vjp" and r["dtype"] == "float32"} == {configs[0]}
+    assert {r["config"] for r in rows if r["check"] == "fd"} == set(configs)

@@ -87,7 +87,18 @@ def source_hash() -> str:
 
 
 # configurations drawn at random from each primitive's space, checked besides its hand-picked examples
-FUZZ = 0
+FUZZ = 1
+# "quick" (default): the test suite's depth (``funcdl gradcheck --quick``: float64 VJP and finite differences on
+# every configuration; float32, jit, vmap and second order on the first), which keeps a clean build within its
+# 10 minutes on two cores; FUNCDL_BOOK_CHECK=full runs every check on every configuration (about 3x the time)
+CHECK = "quick"
+
+
+def check_depth() -> str:
+    depth = os.environ.get("FUNCDL_BOOK_CHECK", CHECK)
+    if depth not in ("quick", "full"):
+        raise ValueError(f"FUNCDL_BOOK_CHECK={depth!r}: use quick (default) or full")
+    return depth
 
 
 def gradcheck_rows(cache_dir: Path, log=print) -> tuple[list[dict], float | None, bool]:
@@ -95,12 +106,13 @@ def gradcheck_rows(cache_dir: Path, log=print) -> tuple[list[dict], float | None
     are unchanged; else computed in a subprocess and cached. Returns (rows, seconds, cached)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     fuzz = int(os.environ.get("FUNCDL_BOOK_FUZZ", str(FUZZ)))
-    path = cache_dir / f"gradcheck-{source_hash()}-fuzz{fuzz}.json"
+    depth = check_depth()
+    path = cache_dir / f"gradcheck-{source_hash()}-fuzz{fuzz}-{depth}.json"
     if path.exists():
         return json.loads(path.read_text()), None, True
     names = primitive_names()
     jobs = max(1, min(len(names), int(os.environ.get("FUNCDL_BOOK_JOBS") or os.cpu_count() or 1)))
-    log(f"[funcdl book] running funcdl gradcheck --json --fuzz {fuzz} on every primitive in {jobs} processes "
+    log(f"[funcdl book] running funcdl gradcheck --json --fuzz {fuzz} ({depth}) on every primitive in {jobs} processes "
         f"(cached in {path}) ...")
     t = time.perf_counter()
     env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
@@ -108,8 +120,10 @@ def gradcheck_rows(cache_dir: Path, log=print) -> tuple[list[dict], float | None
     procs = []
     for j, (o, e) in enumerate(outs):   # files, not pipes: a full pipe would stall a worker until it is read
         with open(o, "w") as fo, open(e, "w") as fe:
+            quick = ["--quick"] if depth == "quick" else []
             procs.append(subprocess.Popen([sys.executable, "-m", "funcdl", "gradcheck", "--json", "--fuzz",
-                                           str(fuzz), *names[j::jobs]], stdout=fo, stderr=fe, env=env, cwd=ROOT))
+                                           str(fuzz), *quick, *names[j::jobs]], stdout=fo, stderr=fe, env=env,
+                                          cwd=ROOT))
     rows: list[dict] = []
     for proc, (o, e) in zip(procs, outs, strict=True):
         proc.wait()
