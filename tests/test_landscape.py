@@ -184,12 +184,11 @@ def test_loss_batches_windows_for_language_data_whole_batches_otherwise():
 
 @pytest.mark.slow
 def test_command_on_a_run(tmp_path, monkeypatch):
-    """The whole command on a run of a small MLP; the run's loading (``load_image_model``, ``load_run_data``:
-    funcdl sample's and funcdl train's, tested with them) is replaced by the same model and data made here."""
+    """The whole command on a run of a small MLP; the run's loading (``load_image_model``, funcdl sample's, tested
+    with it) is replaced by the same model and data made here."""
     from types import SimpleNamespace
 
     import funcdl.commands.sample as sample
-    import funcdl.commands.train as train
     from funcdl.commands.cli import main
 
     monkeypatch.setenv("MPLBACKEND", "Agg")
@@ -199,9 +198,8 @@ def test_command_on_a_run(tmp_path, monkeypatch):
     x = rng.normal(size=(300, 6)).astype(np.float32)
     data = SimpleNamespace(windowed=False, splits={"train": {"x": x, "y": (x[:, 0] > 0).astype(np.int32)}})
     config = {"model": "mlp", "data": "fake", "train": {"batch_size": 50}}
-    loaded = {"task": task, "params": params, "state": state, "config": config, "info": None}
+    loaded = {"task": task, "params": params, "state": state, "config": config, "data": data, "info": None}
     monkeypatch.setattr(sample, "load_image_model", lambda run, data_dir=None: loaded)
-    monkeypatch.setattr(train, "load_run_data", lambda name, data_dir, options: data)
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps(config))

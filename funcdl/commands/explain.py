@@ -40,22 +40,10 @@ def register(sub) -> None:
 
 
 def load_classifier(path: str, data_dir: str | None = None) -> dict:
-    """A classifier run through ``funcdl sample``'s loader: ``apply(params, x) -> logits`` (its batch-norm state
-    bound), ``params``, ``init`` (the task's, for a fresh initialisation), ``test`` split, ``config``, ``name``."""
-    from .sample import load_image_model
-    from .train import load_run_data
+    """A classifier run through ``funcdl sample``'s loader (``sample.load_classifier``)."""
+    from .sample import load_classifier as load
 
-    loaded = load_image_model(path, data_dir)
-    task, cfg = loaded["task"], loaded["config"]
-    if task.kind != "classification" or task.apply is None:
-        raise ValueError(f"explain: {path} is a {task.kind} run; explain works on classifiers")
-    data = load_run_data(cfg["data"], data_dir or cfg.get("data_dir"), cfg.get("train", {}))
-    split = "test" if "test" in data.splits else "val"
-    if split not in data.splits or "x" not in data.splits[split]:
-        raise ValueError(f"explain: data set {cfg['data']!r} has no test split with inputs 'x'")
-    state = loaded["state"]
-    return {"apply": lambda p, x: task.apply(p, state, x), "params": loaded["params"], "init": task.init,
-            "test": data.splits[split], "config": cfg, "name": f"{cfg['model']}/{cfg['data']}"}
+    return load(path, data_dir, "explain")
 
 
 def parse_index(text: str, n: int) -> list[int]:

@@ -114,13 +114,11 @@ def run(args) -> int:
     from funcdl.explain import landscape as L
 
     from .sample import load_image_model
-    from .train import load_run_data
 
     out, (lo, hi) = _check_args(args)
     t0 = time.time()
     loaded = load_image_model(args.run, args.data_dir)
-    cfg = loaded["config"]
-    data = load_run_data(cfg["data"], args.data_dir or cfg.get("data_dir"), cfg.get("train", {}))
+    cfg, data = loaded["config"], loaded["data"]
     task, params, state = loaded["task"], loaded["params"], loaded["state"]
     batches = loss_batches(loaded, data, args)
     loss = L.batches_loss(lambda p, b: task.loss(p, state, b, None, False)[0], batches)

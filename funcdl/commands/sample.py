@@ -134,8 +134,8 @@ def _language_data(path: str) -> bool:
 
 def load_image_model(path: str, data_dir: str | None = None) -> dict:
     """A run rebuilt for sampling: ``task``, ``params``, ``state``, ``opt_state`` (None unless the task has
-    ``sampling_params``, which reads it), ``config`` (config.json), ``info`` (the DataInfo) and ``text`` (whether
-    the data set has a character vocabulary)."""
+    ``sampling_params``, which reads it), ``config`` (config.json), ``data`` (the run's data set, loaded once here),
+    ``info`` (the DataInfo) and ``text`` (whether the data set has a character vocabulary)."""
     import jax
 
     from funcdl import models
@@ -157,7 +157,24 @@ def load_image_model(path: str, data_dir: str | None = None) -> dict:
         templates["opt_state"] = _opt_state_template(task, params, train_cfg, cfg.get("total_steps"))
     trees, _ = checkpoint.restore(ckpt, templates)
     return {"task": task, "params": trees["params"], "state": trees["state"], "opt_state": trees.get("opt_state"),
-            "config": cfg, "info": info, "text": "encode" in (ds.extras or {})}
+            "config": cfg, "data": ds, "info": info, "text": "encode" in (ds.extras or {})}
+
+
+def load_classifier(path: str, data_dir: str | None = None, command: str = "funcdl") -> dict:
+    """A classifier run for the commands that evaluate one (explain, quantize): ``apply(params, x) -> logits``
+    with its batch-norm state bound, ``params``, ``init`` (the task's), ``train`` and ``test`` splits (``val``
+    where the data set has no test split), ``config`` and ``name``."""
+    loaded = load_image_model(path, data_dir)
+    task, cfg, data = loaded["task"], loaded["config"], loaded["data"]
+    if task.kind != "classification" or task.apply is None:
+        raise ValueError(f"{command}: {path} is a {task.kind} run; {command} works on classifiers")
+    split = "test" if "test" in data.splits else "val"
+    if split not in data.splits or "x" not in data.splits[split]:
+        raise ValueError(f"{command}: data set {cfg['data']!r} has no test split with inputs 'x'")
+    state = loaded["state"]
+    return {"apply": lambda p, x: task.apply(p, state, x), "params": loaded["params"], "init": task.init,
+            "train": data.splits["train"], "test": data.splits[split], "config": cfg,
+            "name": f"{cfg['model']}/{cfg['data']}"}
 
 
 def _opt_state_template(task, params, train_cfg: dict, total_steps):

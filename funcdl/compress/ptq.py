@@ -22,19 +22,9 @@ __all__ = ["load", "evaluate_config", "calibration_batches", "predict"]
 
 def load(run: str, data_dir: str | None = None) -> dict:
     """``{"apply", "params", "test", "train", "config", "name"}`` of an image classifier run directory."""
-    from funcdl.commands.sample import load_image_model
-    from funcdl.commands.train import load_run_data
+    from funcdl.commands.sample import load_classifier
 
-    loaded = load_image_model(run, data_dir)
-    task, cfg = loaded["task"], loaded["config"]
-    if task.kind != "classification" or task.apply is None:
-        raise ValueError(f"quantize: {run} is a {task.kind} run; quantize evaluates image classifiers (accuracy)")
-    data = load_run_data(cfg["data"], data_dir or cfg.get("data_dir"), cfg.get("train", {}))
-    if "test" not in data.splits or "x" not in data.splits["test"]:
-        raise ValueError(f"quantize: data set {cfg['data']!r} has no test split with inputs 'x' to evaluate on")
-    state = loaded["state"]
-    return {"apply": lambda p, x: task.apply(p, state, x), "params": loaded["params"], "config": cfg,
-            "test": data.splits["test"], "train": data.splits["train"], "name": f"{cfg['model']}/{cfg['data']}"}
+    return load_classifier(run, data_dir, "quantize")
 
 
 def calibration_batches(train: dict, n: int, batch: int = 256, seed: int = 0) -> list:
