@@ -19,6 +19,7 @@ from .core.primitive import (
     with_rules,
 )
 from .nn import activations, init, linear, losses, nf4, quant
+from .nn import boxes, relpos, render, timestep  # noqa: F401  (registering; flat re-exports below as they land)
 from .nn import dropout as _dropout_module
 from .nn.activations import (
     elu,

@@ -46,10 +46,12 @@ against pure autodiff and trains it a few steps, with no test edit.
 """
 
 from . import (
+    aaconv,
     autoencoder,
     bert,
     bert_classifier,
     char_lstm,
+    cifar_fast,
     cnn,
     densenet,
     dilated,
@@ -61,6 +63,7 @@ from . import (
     lenet,
     mbconv,
     mlp,
+    nerf,
     pretrained,
     qa,
     resnet,
@@ -71,10 +74,11 @@ from . import (
     transformer_seq2seq,
     vae,
     vit,
+    yolo,
 )
 from .registry import MODELS, ModelEntry, as_task, get_model, register
 
 __all__ = ["MODELS", "ModelEntry", "as_task", "get_model", "register", "layers", "mlp", "cnn", "lenet", "dilated",
            "resnet", "densenet", "mbconv", "tcn", "rnn", "char_lstm", "forecast", "seq2seq", "gpt", "bert",
            "transformer_seq2seq", "vit", "autoencoder", "vae", "gan", "stylegan", "judge", "bert_classifier",
-           "pretrained", "qa"]
+           "pretrained", "qa", "aaconv", "cifar_fast", "nerf", "yolo"]

@@ -12,7 +12,7 @@ import sys
 
 # module names under funcdl.commands, in the order ``funcdl --help`` lists them
 COMMANDS = ["gradcheck", "train", "catalog", "plot", "sample", "hf", "quantize", "prune", "export", "explain",
-            "landscape"]
+            "landscape", "detect"]
 
 
 def build_parser() -> argparse.ArgumentParser:

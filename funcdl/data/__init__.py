@@ -57,6 +57,11 @@ def get_dataset(name: str) -> DatasetEntry:
     if name.startswith("text:"):
         return DatasetEntry(name, lambda **kw: text.load_text_file(name[5:], **kw),
                             "a local UTF-8 text file, character level", "language")
+    if name.startswith("folder:"):
+        from . import folder
+
+        return DatasetEntry(name, lambda **kw: folder.load_image_folder(name[7:], **kw),
+                            "a local image folder, one subfolder per class (PNG/JPEG)", "classification")
     if name.startswith("prepared:"):
         return DatasetEntry(name, lambda **kw: stream.load_prepared(name[9:], **kw),
                             "a folder written by `funcdl data prepare`, memory-mapped", "any")
@@ -64,7 +69,8 @@ def get_dataset(name: str) -> DatasetEntry:
         return DATASETS[name]
     except KeyError:
         raise ValueError(f"unknown data set {name!r}; valid data sets: {', '.join(names())}, "
-                         "text:PATH for a local text file, or prepared:DIR for a prepared one") from None
+                         "text:PATH for a local text file, folder:PATH for an image folder (one subfolder per class), "
+                         "or prepared:DIR for a prepared one") from None
 
 
 def load(name: str, data_dir=None, val_fraction: float | None = None, **options) -> Dataset:
@@ -92,7 +98,7 @@ register_dataset("tinyshakespeare", text.load_tinyshakespeare,
                  "Tiny Shakespeare, 1.1M characters, 65-character vocabulary (char-level LM)", kind="language")
 
 # data-set modules written elsewhere register themselves when imported
-for _module in ("timeseries", "synthetic", "generative", "sentiment", "qa"):
+for _module in ("timeseries", "synthetic", "generative", "sentiment", "qa", "detection", "scenes"):
     try:
         importlib.import_module(f"{__name__}.{_module}")
     except ModuleNotFoundError as _err:
