@@ -48,7 +48,7 @@ SCENE = (
 )
 LIGHT = (0.45, 0.35, 0.82)          # direction towards the light (normalised below)
 AMBIENT = 0.25
-RADIUS, NEAR, FAR, FOV_DEGREES = 4.0, 2.0, 6.0, 40.0
+RADIUS, NEAR, FAR, FOV_DEGREES = 4.0, 2.5, 5.5, 40.0
 
 # the public tiny-NeRF file (106 views, 100 x 100, focal 138.9). Its checksum is not published with it: the
 # loader checks the arrays' names and shapes instead (see ``tiny_nerf_dataset``).
