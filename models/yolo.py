@@ -243,7 +243,7 @@ def ground_truth(split):
 def report(params, state, opt_state, data, out_dir, *, config: Config, pictures: int = 8) -> dict:
     """COCO mAP on the test split (the validation split when there is none): ``test_map50``, ``test_map``
     (0.5:0.95), ``test_ap50`` and ``test_ap`` per class; prints the per-class table and writes
-    ``predictions.png`` (the first ``pictures`` test images with their detections) into ``out_dir``."""
+    ``predictions.png`` (the first ``pictures`` test images with their detections scoring >= 0.3) in ``out_dir``."""
     from funcdl.detection import ap_table, evaluate
     from funcdl.detection.draw import save_grid
 
@@ -257,7 +257,8 @@ def report(params, state, opt_state, data, out_dir, *, config: Config, pictures:
     classes = [str(c) for c in (data.extras or {}).get("classes", range(config.num_classes))]
     print(f"{name} mAP@0.5 {result['map50']:.4f}  mAP@0.5:0.95 {result['map']:.4f}\n" + ap_table(result, classes))
     if out_dir is not None and pictures:
-        save_grid(f"{out_dir}/predictions.png", split["x"][:pictures], dets[:pictures], classes)
+        shown = [tuple(a[d[1] >= 0.3] for a in d) for d in dets[:pictures]]     # the confident ones
+        save_grid(f"{out_dir}/predictions.png", split["x"][:pictures], shown, classes)
     return {f"{name}_map50": result["map50"], f"{name}_map": result["map"],
             f"{name}_ap50": dict(zip(classes, result["ap50"], strict=True)),
             f"{name}_ap": dict(zip(classes, result["ap"], strict=True))}
