@@ -191,9 +191,9 @@ def load_synthetic_scene(data_dir=None, val_fraction=None, *, size: int = 64, n_
         raise ValueError(f"synthetic_scene: need size >= 4, n_train >= 1, n_test >= 1, n_val >= 0; got size={size}, "
                          f"n_train={n_train}, n_val={n_val}, n_test={n_test}")
     focal = 0.5 * size / math.tan(math.radians(FOV_DEGREES) / 2)
-    poses = {"train": sphere_poses(n_train), "val": sphere_poses(n_val, seed=1), "test": sphere_poses(n_test, seed=2)}
-    if n_val == 0:
-        del poses["val"]
+    poses = {"train": sphere_poses(n_train), "test": sphere_poses(n_test, seed=2)}
+    if n_val:
+        poses["val"] = sphere_poses(n_val, seed=1)
     images, depths, hits, splits = {}, {}, {}, {}
     for split, ps in poses.items():
         views = [render_view(p, size, size, focal, background=background) for p in ps]
