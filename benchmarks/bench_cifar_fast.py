@@ -110,7 +110,38 @@ def torch_step(widths, x, y, whiten_w):
         with torch.no_grad():
             torch._foreach_lerp_(ema, trainable, 1 - EMA)
 
-    return run
+    return run, net
+
+
+def copy_into_torch(net, params):
+    """funcdl's weights (HWIO kernels, (in, out) dense) into the torch network (OIHW, (out, in))."""
+    import torch
+
+    t = lambda a, axes=None: torch.tensor(np.transpose(np.asarray(a), axes).copy())  # noqa: E731
+    p = params["net"]
+    with torch.no_grad():
+        net.whiten.bias.copy_(t(p["whiten_b"]))
+        for group, g in zip(net.groups, p["groups"], strict=True):
+            group.conv1.weight.copy_(t(g["conv1"]["w"], (3, 2, 0, 1)))
+            group.conv2.weight.copy_(t(g["conv2"]["w"], (3, 2, 0, 1)))
+            for bn, q in ((group.bn1, g["bn1"]), (group.bn2, g["bn2"])):
+                bn.weight.copy_(t(q["scale"]))
+                bn.bias.copy_(t(q["bias"]))
+        net.head.weight.copy_(t(p["head"]["w"], (1, 0)))
+
+
+def same_loss(net, params, state, widths, x, y) -> float:
+    """|funcdl loss - torch loss| on the batch, training mode, the same weights: the two run the same network."""
+    import torch
+
+    copy_into_torch(net, params)
+    config = cifar_fast.Config(widths=widths, ema=EMA)
+    mine = float(cifar_fast.loss(params, state, {"x": x, "y": y}, config, train=True)[0])
+    net.train()
+    with torch.no_grad():
+        theirs = float(torch.nn.CrossEntropyLoss(label_smoothing=SMOOTH)(
+            net(torch.tensor(np.moveaxis(np.asarray(x), -1, 1).copy())), torch.tensor(np.asarray(y), dtype=torch.long)))
+    return abs(mine - theirs)
 
 
 def main(argv=None):
@@ -128,7 +159,12 @@ def main(argv=None):
     y = jnp.asarray(rng.integers(0, 10, args.batch), jnp.int32)
     f_run, carry = funcdl_step(widths, x, y)
     whiten_w = np.asarray(carry[2]["whiten"]["w"])
-    t_run = torch_step(widths, x, y, whiten_w)
+    t_run, net = torch_step(widths, x, y, whiten_w)
+    n_torch = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    n_funcdl = sum(a.size for a in jax.tree.leaves(carry[0]))
+    assert n_torch == n_funcdl, (n_torch, n_funcdl)
+    gap = same_loss(net, jax.tree.map(np.asarray, carry[0]), carry[2], widths, x, y)
+    assert gap < 1e-4, f"funcdl and torch losses differ by {gap} with the same weights"
     times = {"funcdl": [], "torch": []}
     for _ in range(args.rounds):
         times["funcdl"].append(timeit(f_run, args.reps))
@@ -136,7 +172,8 @@ def main(argv=None):
     tf, tt = (statistics.median(times[k]) for k in ("funcdl", "torch"))
     print(f"cifar_fast training step, batch {args.batch}, widths {widths}, float32, CPU "
           f"({os.cpu_count()} cores, torch threads {torch.get_num_threads()}); median of {args.rounds} interleaved "
-          f"rounds of {args.reps} steps")
+          f"rounds of {args.reps} steps; {n_funcdl} trained parameters in both, the same loss to {gap:.1e} "
+          "with funcdl's weights copied in")
     print(f"{'funcdl ms':>10}{'torch ms':>10}{'torch/funcdl':>14}")
     print(f"{tf * 1e3:>10.1f}{tt * 1e3:>10.1f}{tt / tf:>14.2f}")
     print("load average (1, 5, 15 min):", " ".join(f"{v:.2f}" for v in os.getloadavg()))
