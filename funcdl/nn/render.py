@@ -65,7 +65,7 @@ def _volume_render(sigma, rgb, delta, t):
 
     Backward. Every output is linear in the weights, so the cotangents (dC, dD, dA, dw) first collapse into one
     cotangent per weight:
-        g_i = dw_i + <dC, c_i> + dD t_i + dA,      and directly   dc_i = w_i dC,   dt_i = w_i dD.
+        g_i = dw_i + <dC, c_i> + dD t_i + dA,      and directly   drgb_i = w_i dC,   dt_i = w_i dD.
     Write T_i = exp(-sum_{j<i} s_j) and w_i = T_i (1 - exp(-s_i)). For k < i the weight w_i depends on s_k only
     through T_i, so dw_i/ds_k = -w_i; for k = i, dw_k/ds_k = T_k exp(-s_k) = T_{k+1}; for k > i it is 0. Hence
         ds_k = g_k T_{k+1} - sum_{i>k} g_i w_i
