@@ -8,7 +8,7 @@ with Nesterov momentum 0.9 and weight decay 5e-4, and the EMA of the weights (de
 ``funcdl train cifar_fast`` compiles (``funcdl.training.step.make_players_step``, the one-player optimizer with
 ``optim.ema_params``, XLA options of ``funcdl.core.xla.compiler_options``), after the whitening filters were set
 by a first step; torch runs the same layers (a frozen 2x2 whitening convolution with a trained bias, GELU, three
-conv-pool-BN-GELU-conv-BN-GELU groups, global max pool, a bias-free linear layer scaled by 1/9) in eager mode,
+residual groups, global max pool, a bias-free linear layer scaled by 1/9) in eager mode,
 with ``torch.optim.SGD`` and an in-place EMA. Augmentation is left out of both (it is data-side work that the two
 would do differently). Times are medians over --rounds interleaved rounds (funcdl, torch in turn) of the median
 of --reps steps after a warm-up; the ratio is torch / funcdl (> 1: funcdl is faster).
@@ -79,7 +79,7 @@ def torch_step(widths, x, y, whiten_w):
 
         def forward(self, h):
             h = nn.functional.gelu(self.bn1(nn.functional.max_pool2d(self.conv1(h), 2)))
-            return nn.functional.gelu(self.bn2(self.conv2(h)))
+            return h + nn.functional.gelu(self.bn2(self.conv2(h)))
 
     class Net(nn.Module):
         def __init__(self):

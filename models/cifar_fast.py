@@ -1,13 +1,14 @@
-"""A fast CIFAR-10 recipe in the style of the current speed records (Page's and Jordan's ``airbench`` line of
-work): a small residual-free VGG-like network behind a patch-whitening layer, trained briefly with label
-smoothing, flip and translate augmentation, an EMA of the weights, and flipped copies at test time.
+"""A fast CIFAR-10 recipe in the style of the current speed records (Page's ResNet-9 and Jordan's ``airbench``
+line of work): a small residual network behind a patch-whitening layer, trained briefly with label smoothing,
+flip and translate augmentation, an EMA of the weights, and flipped copies at test time.
 
 The network (widths (64, 256, 256) by default, 32 x 32 inputs):
 
     whiten   2x2 convolution, stride 1, no padding, whose 2*12 filters are fixed: the eigenvectors v_i of the
              covariance of the training images' 2x2x3 patches scaled by 1/sqrt(lambda_i + eps), and their
              negatives (the GELU that follows then sees both signs); only its bias trains.   31 x 31 x 24
-    3 groups conv3x3 -> max_pool 2 -> batch norm -> GELU -> conv3x3 -> batch norm -> GELU    15, 7, 3 pixels
+    3 groups h = GELU(BN(max_pool2(conv3x3(x))));  out = h + GELU(BN(conv3x3(h)))            15, 7, 3 pixels
+             (the residual branch as in ResNet-9; ``residual=false`` drops the "h +", airbench's plain groups)
     head     global max pool -> dense (no bias) scaled by 1/9
 
 The whitening filters are computed from the patches of the first training batch (1024 augmented training
@@ -16,7 +17,7 @@ batch-norm statistics: ``state["whiten"]["ready"]`` turns 1 after that batch, so
 ``lax.cond``), the filters travel with checkpoints and ``--init-from``, and everything stays a pure function.
 (The records compute them from 5000 training images before training; the model builders here see no data.)
 
-Training: cross-entropy with label smoothing 0.2; ``--augment flip+translate=2``; SGD with Nesterov momentum
+Training: cross-entropy with label smoothing 0.2; ``augment=flip+translate=2`` (a default); SGD with Nesterov momentum
 0.9 and weight decay on a warm-up + cosine schedule; the weights' EMA is kept by the optimizer (the model is one
 player with ``ema``, ``optim.ema_params``). Evaluation averages the logits of each image and its mirror image.
 The end-of-run report adds ``test_accuracy_ema`` (the EMA weights, with the flip) to ``summary.json``.
@@ -54,6 +55,7 @@ class Config:
     head_scale: float = 1 / 9
     ema: float | None = 0.99        # decay of the weights' EMA (None: no averaging)
     tta: bool = True                # evaluation averages the logits of x and of x mirrored left-right
+    residual: bool = True           # each group adds its second convolution's branch to its input
 
     def __post_init__(self):
         if not self.widths:
@@ -125,8 +127,9 @@ def _logits(p, state, x, w_white, config: Config, train: bool):
     for gp, gs in zip(p["groups"], state["groups"], strict=True):
         h = fd.max_pool2d(conv(gp["conv1"], h, padding=1), kernel=2)
         h, s1 = bn(gp["bn1"], gs["bn1"], h, train)
-        h, s2 = bn(gp["bn2"], gs["bn2"], conv(gp["conv2"], fd.gelu(h), padding=1), train)
         h = fd.gelu(h)
+        r, s2 = bn(gp["bn2"], gs["bn2"], conv(gp["conv2"], h, padding=1), train)
+        h = h + fd.gelu(r) if config.residual else fd.gelu(r)
         new.append({"bn1": s1, "bn2": s2})
     h = fd.global_max_pool(h)
     return fd.dense(h, p["head"]["w"]) * config.head_scale, new
@@ -172,13 +175,13 @@ def extras(config: Config) -> dict:
     return {"report": report}
 
 
-def build(info: DataInfo, *, widths=(64, 256, 256), label_smoothing=0.2, ema=0.99, tta=True, patch=2):
+def build(info: DataInfo, *, widths=(64, 256, 256), label_smoothing=0.2, ema=0.99, tta=True, patch=2, residual=True):
     """The fast CIFAR-10 network (see the module docstring), any option replaced; ``ema=none`` trains without
     weight averaging."""
     need_classes("cifar_fast", info)
     config = Config(image=image_shape(info), num_classes=info.num_classes, widths=tuple(widths),
                     label_smoothing=float(label_smoothing), ema=None if ema is None else float(ema), tta=bool(tta),
-                    patch=int(patch))
+                    patch=int(patch), residual=bool(residual))
     task = as_task(config)
     return task._replace(players=(optim_player(task, config),))
 
