@@ -173,14 +173,14 @@ def targets(batch, config: Config):
         col = jnp.clip(jnp.floor(c[..., 0] / stride), 0, side - 1).astype(jnp.int32)
         owner = jnp.where(mask, row * side + col, n_pos)                 # (B, M); n_pos: dropped
         which = jnp.full((nb, n_pos), -1, jnp.int32)
-        which = which.at[jnp.arange(nb)[:, None], owner].set(jnp.arange(m)[None, :], mode="drop")
+        which = which.at[jnp.arange(nb)[:, None], owner].set(jnp.arange(m, dtype=jnp.int32)[None, :], mode="drop")
     else:
         iou = B.iou_matrix(gt, anchors)                                   # (B, M, P)
         iou = jnp.where(mask[..., None], iou, -1.0)
         best_gt, best_iou = jnp.argmax(iou, axis=1), jnp.max(iou, axis=1)  # (B, P)
         which = jnp.where(best_iou >= 0.5, best_gt, -1).astype(jnp.int32)
         best_anchor = jnp.where(mask, jnp.argmax(iou, axis=2), n_pos)    # every box claims its best anchor
-        which = which.at[jnp.arange(nb)[:, None], best_anchor].set(jnp.arange(m)[None, :], mode="drop")
+        which = which.at[jnp.arange(nb)[:, None], best_anchor].set(jnp.arange(m, dtype=jnp.int32)[None, :], mode="drop")
     pos = which >= 0
     idx = jnp.maximum(which, 0)
     box = jnp.take_along_axis(gt, idx[..., None], axis=1)
