@@ -49,7 +49,8 @@ from funcdl.training.task import DataInfo
 from .layers import bn, bn_init, conv, conv_init, image_shape
 from .registry import as_task, register
 
-__all__ = ["Config", "KIND", "init", "apply", "loss", "predict", "targets", "fake_batch", "report"]
+__all__ = ["Config", "KIND", "init", "apply", "loss", "predict", "jitted_predict", "detect_split", "ground_truth",
+           "targets", "fake_batch", "report"]
 
 KIND = "detection"
 
@@ -222,9 +223,15 @@ def predict(params, state, x, config: Config, *, score_threshold: float = 0.0):
     return b, s, c, valid & (s > score_threshold)
 
 
+@functools.lru_cache(maxsize=8)
+def jitted_predict(config: Config, score_threshold: float = 0.0):
+    """``predict`` compiled once per (config, threshold): ``run(params, state, x)``."""
+    return jax.jit(functools.partial(predict, config=config, score_threshold=score_threshold))
+
+
 def detect_split(params, state, split, config: Config, *, batch_size: int = 250):
     """Detections for every image of a split (NumPy): a list of (boxes, scores, classes) per image."""
-    run = jax.jit(functools.partial(predict, config=config))
+    run = jitted_predict(config)
     x, result = split["x"], []
     for start in range(0, len(x), batch_size):
         b, s, c, v = (np.asarray(a) for a in run(params, state, jnp.asarray(x[start:start + batch_size])))
