@@ -69,7 +69,8 @@ def _giou_loss(pred, target):
         dx1 = g (-gU hp - g_iw s1 - g_cw (1 - s1)),   dX1 = g (-gU ht - g_iw (1 - s1) - g_cw s1)
         dx2 = g ( gU hp + g_iw s2 + g_cw (1 - s2)),   dX2 = g ( gU ht + g_iw (1 - s2) + g_cw s2)
     with hp = y2 - y1, ht = Y2 - Y1 and g the cotangent; y1, y2, Y1, Y2 the same with the widths wp, wt and
-    (ih, ch) in place of (iw, cw). The min/max kinks (equal edges, iw = 0) are a set of measure zero.
+    (ih, ch) in place of (iw, cw); dpred = (dx1, dy1, dx2, dy2) and dtarget = (dX1, dY1, dX2, dY2). The min/max
+    kinks (equal edges, iw = 0) are a set of measure zero.
     Residuals: the two boxes (every intermediate is recomputed: a few products per box).
     """
     q = _parts(pred, target)
