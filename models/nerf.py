@@ -302,6 +302,7 @@ def build(info: DataInfo, *, n_coarse=32, n_fine=32, width=64, depth=4, pos_freq
         raise ValueError(f"nerf: needs a ray data set (x = origin and direction, 6 numbers per ray); {info.name!r} "
                          f"has inputs of shape {tuple(info.input_shape)}; use --data synthetic_scene or tiny_nerf")
     bg = ex.get("background", 0.0) if background is None else float(background)
+    encoding = "none" if encoding is None else encoding          # `--set encoding=none` arrives as None
     config = Config(near=float(ex.get("near", 2.0)), far=float(ex.get("far", 6.0)), n_coarse=n_coarse,
                     n_fine=n_fine, width=width, depth=depth, pos_freqs=pos_freqs, dir_freqs=dir_freqs,
                     encoding=encoding, background=bg)

@@ -138,6 +138,7 @@ def test_nerf_refuses_image_data_and_bad_options():
         entry.build(info, encoding="fourier")
     with pytest.raises(ValueError, match="n_fine"):
         entry.build(info, n_fine=-1)
+    assert entry.build(info, encoding=None).extras["config"].encoding == "none"     # `--set encoding=none`
 
 
 @pytest.mark.slow
