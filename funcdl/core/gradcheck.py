@@ -146,13 +146,14 @@ def _cast(args: tuple, dtype) -> tuple:
 
 # The checker's own programs are small and run once: XLA's backend optimisations would cost more compile time
 # than they could save (about half of the checker's time), and they do not change what is computed.
-jit_once = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+jit_once = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False})
 
 
 def _fd_jv(evals, h):
-    """J v from f at x + 2hv, x + hv, x - hv, x - 2hv: the fourth-order central difference
+    """J v from f at x + 2hv, x + hv, x - hv, x - 2hv (stacked on a leading axis): the fourth-order central difference
     (-f(x+2h) + 8 f(x+h) - 8 f(x-h) + f(x-2h)) / 12h."""
-    fp2, fp1, fm1, fm2 = evals
+    fp2, fp1, fm1, fm2 = (jax.tree.map(lambda x, j=j: np.asarray(x[j], np.float64), evals) for j in range(4))
+    # on the host: eager jnp arithmetic would compile one small program per output shape
     return jax.tree.map(lambda a, b, c, d: (-a + 8 * b - 8 * c + d) / (12 * h), fp2, fp1, fm1, fm2)
 
 
@@ -160,8 +161,8 @@ def _fd_noise(u, evals, h) -> float:
     """What rounding alone can put in ``<u, J v>`` by differences: each f carries ~eps |f|, the stencil's
     weights sum to 18/12h, times sum |u|; ten times that. A direction whose true product is 0 (an input
     wholly in a flat region, e.g. hard_tanh's clipped side) measures this noise, not a wrong gradient."""
-    f_max = max((float(np.max(np.abs(np.asarray(x, np.float64)))) for e in evals for x in jax.tree.leaves(e)
-                 if np.size(x)), default=0.0)
+    f_max = max((float(np.max(np.abs(np.asarray(x, np.float64)))) for x in jax.tree.leaves(evals) if np.size(x)),
+                default=0.0)
     u_sum = sum(float(np.sum(np.abs(np.asarray(x, np.float64)))) for x in jax.tree.leaves(u)
                 if np.asarray(x).dtype != jax.dtypes.float0)
     return 10 * 1.5 * np.finfo(np.float64).eps * f_max * u_sum / h
@@ -219,7 +220,9 @@ def _check_float64(c: _Case, key, checks, h):
         hand_out = _vjp(c.hand, a, c.diff, ct)
         ref_out = _vjp(c.ref, a, c.diff, ct)
         ref_u = _vjp(c.ref, a, c.diff, u)[1]
-        evals = [[c.ref(*shifted(a, i, t, v)) for t in steps] for i, v in zip(c.diff, vs, strict=True)]
+        # the four shifted evaluations of each input as one batched call: a quarter of the program to compile
+        evals = [jax.vmap(lambda t, i=i, v=v: c.ref(*shifted(a, i, t, v)))(jnp.asarray(steps, a[i].dtype))
+                 for i, v in zip(c.diff, vs, strict=True)]
         return hand_out, ref_out, ref_u, evals
 
     try:
