@@ -163,7 +163,8 @@ def decode(out, config: Config):
 def targets(batch, config: Config):
     """Ground truth -> per position (B, P): positive flags, the matched box (B, P, 4) and its class (-100 where
     negative). Computed from data only (no gradient flows through it)."""
-    gt, labels, mask = batch["boxes"], batch["labels"].astype(jnp.int32), batch["mask"] > 0
+    gt, labels = jnp.asarray(batch["boxes"]), jnp.asarray(batch["labels"]).astype(jnp.int32)
+    mask = jnp.asarray(batch["mask"]) > 0
     nb, m = labels.shape
     anchors = jnp.asarray(config.anchor_boxes)
     n_pos = anchors.shape[0]
@@ -305,8 +306,13 @@ def build_ssd(info: DataInfo, *, widths=(16, 32, 64, 128), box_weight=1.0, iou_t
     return _build(info, "ssd", widths, 0.3, box_weight, iou_threshold)
 
 
+def _small_batch(n: int = 4, seed: int = 0) -> dict:
+    return fake_batch(_SMALL_DATA, n, seed)
+
+
+# extras["fake_batch"]: how tests/test_models.py makes a batch of this data (boxes, labels, mask, not just labels)
 _SMALL_DATA = DataInfo("fake-detection", (16, 16, 1), num_classes=3, kind="detection",
-                       extras={"task": "detection"})
+                       extras={"task": "detection", "fake_batch": _small_batch})
 _DATA = ("mnist_detection", "shapes_detection")
 # the recipe measured for issue 21 (benchmarks/detection.py): 1000 Adam steps of 64 images (about 2 epochs of the
 # 30000 training scenes), cosine decay after 100 warm-up steps

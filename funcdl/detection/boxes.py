@@ -46,7 +46,7 @@ def area(b):
 
 
 def _pairwise(a, b):
-    xp = xp_of(a)
+    xp = xp_of(a) if xp_of(a) is not np else xp_of(b)
     a, b = a[..., :, None, :], b[..., None, :, :]
     iw = xp.maximum(xp.minimum(a[..., 2], b[..., 2]) - xp.maximum(a[..., 0], b[..., 0]), 0)
     ih = xp.maximum(xp.minimum(a[..., 3], b[..., 3]) - xp.maximum(a[..., 1], b[..., 1]), 0)
