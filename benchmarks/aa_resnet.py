@@ -1,11 +1,11 @@
 """The attention-augmented ResNet (models/aaconv.py) against the plain small ResNet on MNIST: test accuracy per
 seed, parameters and training-step time in one table.
 
-    python benchmarks/aa_resnet.py --data-dir /work/shared/data/mnist [--steps 400] [--seeds 0,1,2] [--batch 128]
+    python benchmarks/aa_resnet.py --data-dir /work/shared/data/mnist [--steps 200] [--seeds 0,1,2] [--batch 128]
 
 Both models train with ``funcdl train`` and the plain ResNet's MNIST recipe (SGD momentum 0.9, lr 0.05, weight
 decay 5e-4, 100 warm-up steps then cosine, +-2 pixel translations, batch 128), for --steps steps instead of its 8
-epochs (400 steps = 0.93 epoch of the 55000 training images: a short run, to compare the two, not to reach their
+epochs (200 steps = 0.47 epoch of the 55000 training images: a short run, to compare the two, not to reach their
 best accuracy); the test accuracy is on all 10000 test images. The step time is timed separately, in --rounds
 interleaved rounds (resnet, aa_resnet in turn) of the median of --reps jitted steps on one batch, so a busy machine
 slows both alike. Runs are written to a temporary folder.
@@ -89,7 +89,7 @@ def step_times(args) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", required=True, help="folder with MNIST's IDX files")
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=200)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--reps", type=int, default=10)
