@@ -200,6 +200,10 @@ def test_missing_files_say_what_to_do(tmp_path):
         data.load("mnist", data_dir=tmp_path)
     with pytest.raises(MissingDataError, match="cifar-10-python.tar.gz"):
         data.load("cifar10")
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"not the archive")    # a local archive is verified too
+    with pytest.raises(MissingDataError, match="has md5 .* not the published"):
+        data.load("cifar10", data_dir=tmp_path)
+    assert not (tmp_path / "cifar-10-batches-py").exists()
 
 
 def test_download_is_verified_and_atomic(tmp_path, monkeypatch):

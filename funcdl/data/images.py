@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import Dataset, split_validation, standardize
-from .download import MissingDataError, cache_dir, fetch
+from .download import MissingDataError, cache_dir, checksum, fetch
 
 __all__ = ["read_idx", "load_digits", "load_mnist", "load_fashion_mnist", "load_cifar10", "MNIST_FILES",
            "FASHION_FILES"]
@@ -149,6 +149,10 @@ def _cifar_folder(data_dir) -> Path:
                 return c
         if (d / "cifar-10-python.tar.gz").is_file():
             archive = d / "cifar-10-python.tar.gz"
+            # a local archive is checked like a download before anything is unpacked from it
+            if (got := checksum(archive)) != CIFAR10_MD5:
+                raise MissingDataError(f"cifar10: {archive} has md5 {got}, not the published {CIFAR10_MD5}; "
+                                       f"fetch {CIFAR10_URL} again")
         else:
             raise MissingDataError(
                 f"cifar10: no data_batch_1..5/test_batch or cifar-10-python.tar.gz in --data-dir {data_dir}. "
