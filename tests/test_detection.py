@@ -239,11 +239,11 @@ def test_detector_gradient_hand_equals_autodiff():
     def f(p):
         return task.loss(p, state, batch, None, True)
 
-    @jax.jit
-    def both(p):          # one compiled program for both gradients
+    def both(p):          # one compiled program for both gradients, with XLA's cheaper CPU code generation
         return jax.value_and_grad(f, has_aux=True)(p), jax.grad(fd.autodiff(f), has_aux=True)(p)[0]
 
-    ((value, (_, metrics)), g_hand), g_auto = both(params)
+    fast = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+    ((value, (_, metrics)), g_hand), g_auto = jax.jit(both).lower(params).compile(fast)(params)
     assert np.isfinite(float(value)) and set(metrics) >= {"box_loss", "obj_loss", "cls_loss"}
     for a, b in zip(jax.tree.leaves(g_hand), jax.tree.leaves(g_auto), strict=True):
         assert float(jnp.max(jnp.abs(a - b))) <= 1e-4 * (1e-6 + float(jnp.max(jnp.abs(b))))
