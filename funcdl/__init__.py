@@ -18,8 +18,7 @@ from .core.primitive import (
     use_reference,
     with_rules,
 )
-from .nn import activations, init, linear, losses, nf4, quant
-from .nn import boxes, relpos, render, timestep  # noqa: F401  (registering; flat re-exports below as they land)
+from .nn import activations, boxes, init, linear, losses, nf4, quant, relpos, render, timestep
 from .nn import dropout as _dropout_module
 from .nn.activations import (
     elu,
@@ -49,6 +48,7 @@ from .nn.adaptive_pool import (
     adaptive_max_pool3d,
 )
 from .nn.attention import dot_product_attention, multi_head_attention
+from .nn.boxes import giou_loss
 from .nn.bptt import gru, lengths_to_mask, lstm, rnn
 from .nn.conv import conv1d, conv2d, conv3d
 from .nn.conv_transpose import conv_transpose1d, conv_transpose2d, conv_transpose3d
@@ -92,14 +92,19 @@ from .nn.pool import (
 from .nn.positional import rope
 from .nn.quant import fake_quant, lsq_quant
 from .nn.recurrent import gru_cell, lstm_cell, rnn_cell
+from .nn.relpos import relative_logits_2d
+from .nn.render import posenc, volume_render
 from .nn.spatial import concat_channels, flatten, spatial_dropout, squeeze_excitation
 from .nn.spectral import spectral_norm
 from .nn.style import minibatch_stddev, modulated_conv2d
+from .nn.timestep import timestep_embedding
 from .nn.upsample import upsample_bilinear, upsample_nearest
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "giou_loss", "relative_logits_2d", "posenc", "volume_render", "timestep_embedding", "boxes", "relpos", "render",
+    "timestep",
     "concat_channels", "flatten", "spatial_dropout", "squeeze_excitation", "upsample_bilinear", "upsample_nearest",
     "batch_norm", "batch_norm_apply", "batch_norm_eval", "batch_norm_init", "group_norm", "instance_norm",
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",

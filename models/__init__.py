@@ -38,7 +38,9 @@ stack), ``char_lstm`` (char-lstm), ``forecast`` (lstm-forecast), ``seq2seq`` (GR
 ``vae`` (vae, conv_vae), ``gan`` (gan, dcgan, cdcgan), ``stylegan``; ``judge`` is the MNIST classifier that scores
 generated images, ``hf`` maps Hugging Face GPT-2/BERT checkpoints in and out and ``pretrained`` loads MiniLM
 (none of the three is a registered model); ``bert_classifier`` fine-tunes a pretrained encoder; ``qa`` is a
-T5/BART-style encoder-decoder for extractive question answering;
+T5/BART-style encoder-decoder for extractive question answering; ``yolo`` (yolo, ssd: single-shot detectors),
+``aaconv`` (aa_resnet: attention-augmented convolutions), ``cifar_fast`` (the fast CIFAR-10 recipe), ``nerf`` (a
+neural radiance field that renders held-out views);
 ``layers`` holds the building blocks they share.
 Adding a model is one new module with a ``register(...)`` call, plus its name in the import line below: the
 registry test (tests/test_models.py) then builds it at its ``small`` size, checks its whole-model gradient
