@@ -128,7 +128,7 @@ def sample_pdf(key, bins, weights, n: int):
     None). A constant of the parameters (stop_gradient), as in NeRF."""
     weights = jax.lax.stop_gradient(weights) + 1e-5
     pdf = weights / jnp.sum(weights, -1, keepdims=True)
-    cdf = jnp.concatenate([jnp.zeros_like(pdf[:, :1]), jnp.cumsum(pdf, -1)], -1)        # (R, K + 1)
+    cdf = jnp.concatenate([jnp.zeros_like(pdf[:, :1]), jnp.cumsum(pdf, axis=-1)], -1)        # (R, K + 1)
     r = bins.shape[0]
     if key is None:
         u = jnp.broadcast_to((jnp.arange(n, dtype=bins.dtype) + 0.5) / n, (r, n))
