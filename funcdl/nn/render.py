@@ -102,7 +102,8 @@ def _volume_render_examples(key, dtype):
     opaque[:, 2] = 2000.0
     delta = uniform(k[2], (3, 6), dtype, 0.1, 0.5)
     return [
-        Example((sigma, uniform(k[3], (3, 6, 3), dtype), delta, jnp.cumsum(delta, axis=-1)), {}, "3 rays, 6 samples, rgb"),
+        Example((sigma, uniform(k[3], (3, 6, 3), dtype), delta, jnp.cumsum(delta, axis=-1)), {},
+                "3 rays, 6 samples, rgb"),
         Example((jnp.asarray(opaque, dtype), uniform(k[4], (2, 5, 3), dtype), uniform(k[5], (2, 5), dtype, 0.5, 1.0),
                  normal(k[6], (2, 5), dtype)), {}, "an opaque sample: transmittance 0 behind it"),
         Example((uniform(k[7], (2, 2, 4), dtype, 0.0, 3.0), normal(k[0], (2, 2, 4, 2), dtype),
