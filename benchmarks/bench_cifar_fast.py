@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from bench_conv import timeit  # the one median-of-reps timer the benchmarks share (run from benchmarks/)
 from funcdl.models import cifar_fast
 
 import funcdl as fd
@@ -32,16 +32,6 @@ from funcdl.training.step import make_players_step, players_optimizer
 from funcdl.training.task import DataInfo
 
 LR, MOMENTUM, WD, EMA, SMOOTH = 0.05, 0.9, 5e-4, 0.99, 0.2
-
-
-def timeit(fn, reps):
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def funcdl_step(widths, x, y):
