@@ -40,7 +40,8 @@ generated images, ``hf`` maps Hugging Face GPT-2/BERT checkpoints in and out and
 (none of the three is a registered model); ``bert_classifier`` fine-tunes a pretrained encoder; ``qa`` is a
 T5/BART-style encoder-decoder for extractive question answering; ``yolo`` (yolo, ssd: single-shot detectors),
 ``aaconv`` (aa_resnet: attention-augmented convolutions), ``cifar_fast`` (the fast CIFAR-10 recipe), ``nerf`` (a
-neural radiance field that renders held-out views);
+neural radiance field that renders held-out views), ``ddpm`` (ddpm, cddpm: denoising diffusion with DDPM/DDIM
+samplers and classifier-free guidance, on the UNet of ``unet``);
 ``layers`` holds the building blocks they share.
 Adding a model is one new module with a ``register(...)`` call, plus its name in the import line below: the
 registry test (tests/test_models.py) then builds it at its ``small`` size, checks its whole-model gradient
@@ -55,6 +56,7 @@ from . import (
     char_lstm,
     cifar_fast,
     cnn,
+    ddpm,
     densenet,
     dilated,
     forecast,
@@ -74,6 +76,7 @@ from . import (
     stylegan,
     tcn,
     transformer_seq2seq,
+    unet,
     vae,
     vit,
     yolo,
@@ -83,4 +86,4 @@ from .registry import MODELS, ModelEntry, as_task, get_model, register
 __all__ = ["MODELS", "ModelEntry", "as_task", "get_model", "register", "layers", "mlp", "cnn", "lenet", "dilated",
            "resnet", "densenet", "mbconv", "tcn", "rnn", "char_lstm", "forecast", "seq2seq", "gpt", "bert",
            "transformer_seq2seq", "vit", "autoencoder", "vae", "gan", "stylegan", "judge", "bert_classifier",
-           "pretrained", "qa", "aaconv", "cifar_fast", "nerf", "yolo"]
+           "pretrained", "qa", "aaconv", "cifar_fast", "nerf", "yolo", "ddpm", "unet"]

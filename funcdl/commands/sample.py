@@ -1,5 +1,6 @@
 """``funcdl sample RUN --prompt TEXT``: generate text from a trained language model (GPT, char-lstm);
-``funcdl sample RUN --grid 8x8 --out grid.png [--class K]``: draw a grid of images from a trained image model.
+``funcdl sample RUN --grid 8x8 --out grid.png [--class K]``: draw a grid of images from a trained image model
+(a diffusion model also takes ``--sampler ddpm|ddim --steps N --eta E`` and, class-conditional, ``--guidance W``).
 
 RUN is a run directory of ``funcdl train`` or a ``checkpoint.npz`` inside one; the run's ``config.json`` says which
 model, options and data set (for the character vocabulary, or the image shape and classes) to rebuild. An image
@@ -35,6 +36,12 @@ def register(sub) -> None:
     p.add_argument("--out", help="image models: the PNG to write (default: grid.png in the run directory)")
     p.add_argument("--class", dest="class_", metavar="K", help="image models: the class a class-conditional model "
                    "draws (0-9 on MNIST)")
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), help="diffusion models: ddpm (ancestral, all T steps) "
+                   "or ddim (default)")
+    p.add_argument("--steps", type=int, help="diffusion models: DDIM sampling steps (default 50)")
+    p.add_argument("--eta", type=float, help="diffusion models: DDIM's eta, 0 (deterministic, default) to 1")
+    p.add_argument("--guidance", type=float, help="class-conditional diffusion models: classifier-free guidance "
+                   "weight w, eps = (1 + w) eps(c) - w eps(null) (default 0)")
     p.set_defaults(func=run)
 
 
@@ -79,7 +86,7 @@ def run(args) -> int:
 
     if is_imported(args.checkpoint):            # a Hugging Face checkpoint: token ids in and out, no vocabulary
         return sample_imported(args)
-    images = args.grid is not None or args.out is not None or args.class_ is not None
+    images = any(v is not None for v in (args.grid, args.out, args.class_, *_diffusion_flags(args).values()))
     if args.grid is not None:
         parse_grid(args.grid)           # a malformed grid fails before anything is loaded
     if not images and _language_data(args.checkpoint):
@@ -118,6 +125,12 @@ def _run_text(args) -> int:
 
 
 # -- image models -------------------------------------------------------------------------------------------------
+
+
+def _diffusion_flags(args) -> dict:
+    """The diffusion sampler's options given on the command line (those not None)."""
+    names = ("sampler", "steps", "eta", "guidance")
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
 def _language_data(path: str) -> bool:
@@ -250,9 +263,16 @@ def _run_images(args, loaded: dict) -> int:
         params = task.extras["sampling_params"](params, loaded["opt_state"])
     n = rows * cols
     labels = None if label is None else jnp.full((n,), label, jnp.int32)
-    images = np.asarray(sample(params, jax.random.PRNGKey(args.seed), n, labels=labels))
+    options = _diffusion_flags(args)
+    accepted = task.extras.get("sample_options", ())
+    refused = [k for k in options if k not in accepted]
+    if refused:
+        raise ValueError(f"model {model!r} takes no --{' --'.join(refused)}: --sampler, --steps, --eta and "
+                         "--guidance are for diffusion models (ddpm, cddpm)")
+    images = np.asarray(sample(params, jax.random.PRNGKey(args.seed), n, labels=labels, **options))
     out = Path(args.out) if args.out else _locate(args.checkpoint)[0].parent / "grid.png"
-    title = f"{model}: {n} samples, seed {args.seed}" + ("" if label is None else f", class {label}")
+    title = f"{model}: {n} samples, seed {args.seed}" + ("" if label is None else f", class {label}") + \
+        "".join(f", {k} {v}" for k, v in options.items())
     path = image_grid(images, rows, cols, out, title=title)
     print(f"wrote {path} ({rows}x{cols} samples{'' if label is None else f' of class {label}'})")
     return 0

@@ -160,6 +160,9 @@ def _expect(option: str, value, default, owner: str):
         value = float(value) if ok and isinstance(default, float) else value
     elif isinstance(default, dict):
         ok = isinstance(value, dict)
+    elif isinstance(default, tuple | list) and default and all(isinstance(d, str) for d in default):
+        value = tuple(value) if isinstance(value, tuple | list) else (value,)      # words separated by commas
+        ok = all(isinstance(v, str) for v in value)
     elif isinstance(default, tuple | list):
         ok = all(number(v) for v in (value if isinstance(value, tuple | list) else (value,))) or not default
     else:
@@ -173,6 +176,8 @@ def _expect(option: str, value, default, owner: str):
     if not ok:
         kind = {bool: "true or false", tuple: "numbers separated by commas", list: "numbers separated by commas",
                 str: "a word"}.get(type(default), "a number")
+        if isinstance(default, tuple | list) and default and isinstance(default[0], str):
+            kind = "words separated by commas"
         raise ValueError(f"{owner} option {option}={value!r}: expected {kind} (default {default!r})")
     return value
 
