@@ -102,6 +102,10 @@ def test_grid_of_an_unconditional_model(painter, tmp_path, capsys):
 
     assert main(["sample", str(run), "--class", "3", "--out", str(png)]) == 2
     assert "is unconditional" in capsys.readouterr().err
+    # the diffusion sampler's flags on a model that is not a diffusion model
+    assert main(["sample", str(run), "--steps", "5", "--guidance", "2", "--out", str(png)]) == 2
+    assert "takes no --steps --guidance: --sampler, --steps, --eta and --guidance are for diffusion models" in \
+        capsys.readouterr().err
 
 
 def test_class_conditional_model(painter, tmp_path, capsys):
