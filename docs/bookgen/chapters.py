@@ -48,14 +48,18 @@ CHAPTERS = [
          notebooks=["06", "12"], commands=["train", "sample", "hf"]),
     dict(slug="07_generative", title="Generative models",
          intro="Autoencoders, variational autoencoders (the reparameterisation and the KL term derived by hand), "
-               "GANs with their losses, penalties and spectral normalisation, and a small style-based generator.",
-         modules=["funcdl.nn.latent", "funcdl.nn.losses.gan", "funcdl.nn.spectral", "funcdl.nn.style"],
-         models=["autoencoder", "conv_autoencoder", "vae", "conv_vae", "gan", "dcgan", "cdcgan", "stylegan"],
-         optimizers=[], notebooks=["07"], commands=["train", "sample"]),
+               "GANs with their losses, penalties and spectral normalisation, a small style-based generator, "
+               "denoising diffusion (DDPM, DDIM, classifier-free guidance on a UNet) and neural radiance fields "
+               "(volume rendering with its hand-derived backward).",
+         modules=["funcdl.nn.latent", "funcdl.nn.losses.gan", "funcdl.nn.spectral", "funcdl.nn.style",
+                  "funcdl.nn.timestep", "funcdl.nn.render"],
+         models=["autoencoder", "conv_autoencoder", "vae", "conv_vae", "gan", "dcgan", "cdcgan", "stylegan",
+                 "ddpm", "cddpm", "nerf"],
+         optimizers=[], notebooks=["07", "08"], commands=["train", "sample"]),
     dict(slug="08_explainability", title="Explainability",
          intro="What a trained network attends to and how its loss surface looks: attributions, loss landscapes, "
                "curvature and training dynamics (`funcdl.explain`).",
-         modules=[], models=[], optimizers=[], notebooks=["08", "09", "10"], commands=["explain", "landscape"]),
+         modules=[], models=[], optimizers=[], notebooks=["09", "10"], commands=["explain", "landscape"]),
     dict(slug="09_engineering", title="Training engineering",
          intro="Making training and inference practical: quantization (post-training and quantization-aware), "
                "pruning and lottery tickets, export to StableHLO and ONNX, and the engineering of the training "
