@@ -4,10 +4,11 @@ into the torch network and the two losses compared on the same x_t, t and noise 
 
     python benchmarks/bench_unet.py [--batch 64] [--channels 16,32,64] [--conditional] [--reps 5] [--rounds 3]
 
-PyTorch: nn.Conv2d / GroupNorm / SiLU / Linear / F.scaled_dot_product_attention / F.interpolate in the same
-order, Adam(1e-3) and an EMA (torch._foreach_lerp_), ``torch.set_num_threads`` = the CPU count. Times are medians
-over --rounds interleaved rounds of the median of --reps steps after warm-up; torch is skipped with a line when
-it is not installed.
+PyTorch: nn.Conv2d (at stride 2 after ZeroPad2d((0, 1, 0, 1)): XLA's SAME padding) / GroupNorm / SiLU / Linear /
+F.scaled_dot_product_attention / F.interpolate in the same order, Adam(1e-3) and an EMA (torch._foreach_lerp_),
+``torch.set_num_threads`` = the CPU count. funcdl is timed as one jitted call per step and as 4 steps per
+``lax.scan`` call (how ``funcdl train`` runs). Times are medians over --rounds interleaved rounds of the median of
+--reps calls after warm-up; torch is skipped with a line when it is not installed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from funcdl.training.config import TrainConfig
 from funcdl.training.step import make_players_step, players_optimizer
 from funcdl.training.task import DataInfo
 
+SCAN = 4           # steps per lax.scan call in the "funcdl (scan)" variant
 INFO = DataInfo("mnist", (28, 28, 1), num_classes=10, extras={"normalization": {"mean": 0.1307, "std": 0.3081}})
 
 
@@ -52,7 +54,21 @@ def funcdl_step(task, args, x, y):
         carry[3], key = jax.random.split(carry[3])
         carry[0], carry[1], carry[2], metrics = compiled(carry[0], carry[1], carry[2], batch, key)
         jax.block_until_ready(metrics)
-    return run
+
+    def scanned(params, opt_state, state, key):       # SCAN steps per call, as funcdl train runs its steps
+        def body(c, k):
+            p, o, s, m = step(*c, batch, k)
+            return (p, o, s), m
+        return jax.lax.scan(body, (params, opt_state, state), jax.random.split(key, SCAN))
+
+    in_scan = jax.jit(scanned, compiler_options=fd.xla.compiler_options(scanned, params, opt_state, state,
+                                                                            carry[3]))
+
+    def run_scan():
+        carry[3], key = jax.random.split(carry[3])
+        (carry[0], carry[1], carry[2]), metrics = in_scan(carry[0], carry[1], carry[2], key)
+        jax.block_until_ready(metrics)
+    return run, run_scan
 
 
 def torch_unet(p, config):
@@ -67,10 +83,12 @@ def torch_unet(p, config):
         return nn.Parameter(torch.from_numpy(np.ascontiguousarray(a)))
 
     def conv(q, stride=1):
+        """XLA's SAME padding: k // 2 each side at stride 1; at stride 2 on an even size (3x3 kernel) nothing
+        before and one after, which torch's symmetric padding cannot say: an explicit ZeroPad2d."""
         k = q["w"].shape[0]
-        m = nn.Conv2d(q["w"].shape[2], q["w"].shape[3], k, stride, padding=k // 2)
+        m = nn.Conv2d(q["w"].shape[2], q["w"].shape[3], k, stride, padding=k // 2 if stride == 1 else 0)
         m.weight, m.bias = t(q["w"], True), t(q["b"])
-        return m
+        return m if stride == 1 else nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), m)
 
     def lin(q):
         m = nn.Linear(*q["w"].shape)
@@ -115,7 +133,7 @@ def torch_unet(p, config):
         def __init__(self):
             super().__init__()
             self.t1, self.t2, self.stem = lin(p["time1"]), lin(p["time2"]), conv(p["stem"])
-            self.classes = t(p["classes"]) if "classes" in p else None
+            self.classes = nn.Parameter(torch.from_numpy(np.array(p["classes"]))) if "classes" in p else None
             self.down = nn.ModuleList(blocks(lv) for lv in p["down"])
             self.downs = nn.ModuleList(conv(lv["down"], 2) for lv in p["down"] if "down" in lv)
             self.mid = nn.ModuleList([Res(p["mid"]["res1"]), Attn(p["mid"]["attn"]), Res(p["mid"]["res2"])])
@@ -206,7 +224,8 @@ def main():
     y = rng.integers(0, 10, args.batch).astype(np.int32)
     task = build(args)
     n_params = sum(a.size for a in jax.tree.leaves(task.init(jax.random.PRNGKey(0))[0]))
-    fns = {"funcdl": funcdl_step(task, args, x, y)}
+    one, scanned = funcdl_step(task, args, x, y)
+    fns = {"funcdl": one, "funcdl (scan)": scanned}
     try:
         fns["torch"], diff, torch_params = torch_step(task, args, x, y)
         print(f"same network: {n_params:,} parameters in funcdl, {torch_params:,} in torch; outputs agree to "
@@ -217,13 +236,14 @@ def main():
     for _ in range(args.rounds):
         for name, fn in fns.items():
             times[name].append(timeit(fn, args.reps))
-    ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    ms = {name: 1e3 * statistics.median(t) / (SCAN if "scan" in name else 1) for name, t in times.items()}
     print(f"UNet DDPM step ({'conditional, ' if args.conditional else ''}batch {args.batch}, channels "
           f"{args.channels}, {os.cpu_count()} CPUs)")
     for name, value in ms.items():
-        print(f"  {name:7s} {value:8.2f} ms/step")
+        print(f"  {name:14s} {value:8.2f} ms/step")
     if "torch" in ms:
-        print(f"  torch / funcdl = {ms['torch'] / ms['funcdl']:.2f}")
+        print(f"  torch / funcdl = {ms['torch'] / ms['funcdl']:.2f} (one jitted call per step), "
+              f"{ms['torch'] / ms['funcdl (scan)']:.2f} ({SCAN} steps per lax.scan call, how funcdl train runs)")
 
 
 if __name__ == "__main__":
