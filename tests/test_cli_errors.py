@@ -20,6 +20,8 @@ from funcdl.commands.cli import main
     (["train", "mlp", "--data-dir", "/no/such/folder"], "--data-dir /no/such/folder is not a folder"),
     (["train", "mlp", "--devices", "3"], "--devices 3: JAX sees 1 device"),
     (["train", "mlp", "--set", "nosuch=1"], "unknown option 'nosuch' for model 'mlp'"),
+    (["train", "ddpm", "--set", "report_samplers=1,2"], "option report_samplers=(1, 2): expected words separated "
+                                                        "by commas"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
     out = tmp_path / "run"
