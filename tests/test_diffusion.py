@@ -166,8 +166,8 @@ def test_bad_image_size_and_report_sampler():
 
 @pytest.mark.skipif(not (SHARED / "train-images-idx3-ubyte.gz").exists(), reason="no local MNIST copy")
 def test_train_report_and_sample_command(tmp_path, capsys):
-    """A two-step cddpm run on MNIST (three classes) through the command line: its report (samplers, guidance; no judge) and
-    pictures, then `funcdl sample` with each sampler option, and the sample errors."""
+    """A two-step cddpm run on MNIST (three classes) through the command line: its report (samplers, guidance; no
+    judge) and pictures, then `funcdl sample` with each sampler option, and the sample errors."""
     from funcdl.commands.cli import main
 
     run = tmp_path / "run"
