@@ -38,11 +38,17 @@ def funcdl_step(args, x, y):
     task = get_model(args.model).build(info, latent=args.latent, width=args.width, judge=False)
     config = TrainConfig(batch_size=args.batch, lr=2e-4, optimizer_options={"b1": 0.5, "b2": 0.999},
                          grad=args.grad, steps=1)
+    return players_runners(task, config, {"x": jnp.asarray(x), "y": jnp.asarray(y)})[0]
+
+
+def players_runners(task, config, batch, scan: int = 4):
+    """``(run, run_scan)``: zero-argument functions that run one jitted players step of ``task`` on ``batch``, and
+    ``scan`` steps in one ``lax.scan`` call (how ``funcdl train`` runs its steps), both blocking and compiled with
+    the options a training step gets (``funcdl.core.xla.compiler_options``). They share the carried state."""
     opt, opts, _ = players_optimizer(task, config, 1)
     params, state = task.init(jax.random.PRNGKey(0))
     opt_state = opt.init(params)
     step = make_players_step(task, opts, config)
-    batch = {"x": jnp.asarray(x), "y": jnp.asarray(y)}
     carry = [params, opt_state, state, jax.random.PRNGKey(1)]
     compiled = jax.jit(step, compiler_options=fd.xla.compiler_options(step, params, opt_state, state, batch,
                                                                           carry[3]))
@@ -51,7 +57,21 @@ def funcdl_step(args, x, y):
         carry[3], key = jax.random.split(carry[3])
         carry[0], carry[1], carry[2], metrics = compiled(carry[0], carry[1], carry[2], batch, key)
         jax.block_until_ready(metrics)
-    return run
+
+    def scanned(params, opt_state, state, key):
+        def body(c, k):
+            p, o, s, m = step(*c, batch, k)
+            return (p, o, s), m
+        return jax.lax.scan(body, (params, opt_state, state), jax.random.split(key, scan))
+
+    in_scan = jax.jit(scanned, compiler_options=fd.xla.compiler_options(scanned, params, opt_state, state,
+                                                                            carry[3]))
+
+    def run_scan():
+        carry[3], key = jax.random.split(carry[3])
+        (carry[0], carry[1], carry[2]), metrics = in_scan(carry[0], carry[1], carry[2], key)
+        jax.block_until_ready(metrics)
+    return run, run_scan
 
 
 def torch_step(args, x, y):

@@ -22,12 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from bench_conv import timeit  # noqa: E402  (median of reps after a warm-up; this folder is on sys.path when run)
+from bench_dcgan import players_runners  # noqa: E402  (one players step, jitted and in lax.scan)
 from funcdl.models import get_model
 
-import funcdl as fd
 from funcdl import diffusion as dif
 from funcdl.training.config import TrainConfig
-from funcdl.training.step import make_players_step, players_optimizer
 from funcdl.training.task import DataInfo
 
 SCAN = 4           # steps per lax.scan call in the "funcdl (scan)" variant
@@ -41,34 +40,7 @@ def build(args):
 
 def funcdl_step(task, args, x, y):
     config = TrainConfig(batch_size=args.batch, lr=1e-3, steps=1)
-    opt, opts, _ = players_optimizer(task, config, 1)
-    params, state = task.init(jax.random.PRNGKey(0))
-    opt_state = opt.init(params)
-    step = make_players_step(task, opts, config)
-    batch = {"x": jnp.asarray(x), "y": jnp.asarray(y)}
-    carry = [params, opt_state, state, jax.random.PRNGKey(1)]
-    compiled = jax.jit(step, compiler_options=fd.xla.compiler_options(step, params, opt_state, state, batch,
-                                                                          carry[3]))
-
-    def run():
-        carry[3], key = jax.random.split(carry[3])
-        carry[0], carry[1], carry[2], metrics = compiled(carry[0], carry[1], carry[2], batch, key)
-        jax.block_until_ready(metrics)
-
-    def scanned(params, opt_state, state, key):       # SCAN steps per call, as funcdl train runs its steps
-        def body(c, k):
-            p, o, s, m = step(*c, batch, k)
-            return (p, o, s), m
-        return jax.lax.scan(body, (params, opt_state, state), jax.random.split(key, SCAN))
-
-    in_scan = jax.jit(scanned, compiler_options=fd.xla.compiler_options(scanned, params, opt_state, state,
-                                                                            carry[3]))
-
-    def run_scan():
-        carry[3], key = jax.random.split(carry[3])
-        (carry[0], carry[1], carry[2]), metrics = in_scan(carry[0], carry[1], carry[2], key)
-        jax.block_until_ready(metrics)
-    return run, run_scan
+    return players_runners(task, config, {"x": jnp.asarray(x), "y": jnp.asarray(y)}, scan=SCAN)
 
 
 def torch_unet(p, config):
