@@ -34,6 +34,14 @@ lengths, computed in NumPy at trace time; the bias is ``fd.embedding(table, buck
 hand-derived backward scatters dS (summed over the batch) into the table rows. Unlike T5, the table starts as
 a locality prior (``_relative_init``) rather than small noise.
 
+**The exact-match input feature** (DrQA's, Chen et al. 2017; on by default, ``--set exact_match=false`` for
+the plain T5/BART): the encoder adds a learned vector to the embedding of every context word that also occurs in
+the question, and of every question word that occurs in the context (``exact_match_feature``; the source is
+question, ``context``, context). The subject of "what pet does vera own ?" is then marked where the context
+names it, and the answer is the value next to the mark. Without it the model reads the right relation but, when
+two people have a fact of that relation, often the other person's value (test exact match 82% after 8000 steps,
+88% after 20000); with it the task is learned in ~2000 steps.
+
 Training is teacher-forced cross-entropy on the non-PAD answer tokens (``accuracy`` is the exact-match rate of
 the argmax sequence under teacher forcing, which equals greedy decoding's: a right argmax at every gold prefix
 reproduces the gold prefix). ``decode_greedy`` and ``decode_beam`` (beam search with a length penalty) decode
@@ -81,6 +89,7 @@ class Config:
     d_ff: int | None = None        # default 4 d_model
     num_buckets: int = 32          # T5's relative positions
     max_distance: int = 128
+    question_end: int = -1         # >= 0: the id ending the question; adds the exact-match input feature
     beam: int = 4                  # what ``report`` decodes with
     length_penalty: float = 1.0
 
@@ -170,11 +179,15 @@ def _stack_init(key, config: Config, decoder: bool) -> dict:
         if decoder:
             b |= {"ln_x": _norm_init(config), "cross": _attn_init(k3, config)}
         blocks.append(b)
+    k0, k1 = jax.random.split(ks[0])
+    extra = {}
+    if not decoder and config.question_end >= 0:
+        extra["match"] = (1.0 if config.t5 else 0.02) * jax.random.normal(k1, (config.d_model,))
     if config.t5:
-        return {"rel": _relative_init(ks[0], config, not decoder), "blocks": blocks, "ln_f": _norm_init(config)}
+        return {"rel": _relative_init(k0, config, not decoder), "blocks": blocks, "ln_f": _norm_init(config)} | extra
     length = config.tgt_len if decoder else config.src_len
-    return {"wpe": 0.02 * jax.random.normal(ks[0], (length, config.d_model)), "ln_emb": _norm_init(config),
-            "blocks": blocks}
+    return {"wpe": 0.02 * jax.random.normal(k0, (length, config.d_model)), "ln_emb": _norm_init(config),
+            "blocks": blocks} | extra
 
 
 def _relative_init(key, config: Config, bidirectional: bool):
@@ -240,11 +253,25 @@ def _check_length(what: str, ids, limit: int, option: str):
                          f"build the model with a larger {option}")
 
 
+def exact_match_feature(src, question_end: int):
+    """DrQA's exact-match feature (Chen et al. 2017) of sources laid out as question, ``question_end``, context:
+    (B, S) bool, True on a context token that occurs in the question and on a question token that occurs in the
+    context (PAD and the separator never)."""
+    real = (src != PAD) & (src != question_end)
+    in_question = (jnp.cumsum(src == question_end, axis=1) == 0) & real
+    in_context = ~in_question & real
+    same = src[:, :, None] == src[:, None, :]
+    return (in_context & jnp.any(same & in_question[:, None, :], -1)) | \
+        (in_question & jnp.any(same & in_context[:, None, :], -1))
+
+
 def _embed(params, p, ids, config: Config, *, bidirectional: bool):
     """A stack's input: the shared token embedding, then T5's relative bias table for the stack's self-attention
     (returned as ``bias``) or BART's learned positions and embedding norm (``bias`` None)."""
     t = ids.shape[1]
     x = fd.embedding(params["wte"], ids)
+    if "match" in p:
+        x = x + exact_match_feature(ids, config.question_end)[..., None].astype(x.dtype) * p["match"]
     if config.t5:
         return x, relative_bias(p["rel"], t, t, bidirectional=bidirectional, config=config)
     return _norm(p["ln_emb"], x + p["wpe"][:t], config), None
@@ -412,22 +439,25 @@ def extras(config: Config) -> dict:
 
 
 def build(info: DataInfo, *, style="t5", n_layer=2, n_head=4, d_model=64, d_ff=None, num_buckets=32,
-          max_distance=128, beam=4, length_penalty=1.0):
+          max_distance=128, exact_match=True, beam=4, length_penalty=1.0):
     data_extras = info.extras or {}
     if data_extras.get("task") != "seq2seq" or info.vocab_size is None:
         raise ValueError(f"qa needs a seq2seq data set of token ids (synthetic_qa), not {info.name!r}")
+    if exact_match and "question_end" not in data_extras:
+        raise ValueError(f"qa: the exact-match feature needs the id of the token that ends the question "
+                         f"(extras['question_end']), which {info.name!r} does not give; pass --set exact_match=false")
     return as_task(Config(vocab_size=info.vocab_size, src_len=int(data_extras["src_len"]),
                           tgt_len=int(data_extras["tgt_len"]), style=style, n_layer=n_layer, n_head=n_head,
                           d_model=d_model, d_ff=d_ff, num_buckets=num_buckets, max_distance=max_distance,
+                          question_end=int(data_extras["question_end"]) if exact_match else -1,
                           beam=beam, length_penalty=length_penalty))
 
 
 register("qa", build, data=("synthetic_qa",),
-         # measured on 2 shared CPU cores (seed 0, ~15 min): test exact match 0.8165 greedy, 0.816 beam 4, NOT
-         # the 95% aimed at. The first ~2500 steps sit on a plateau at ~67% (answers chosen by the question's type,
-         # not its subject); then the fact whose value is next to its subject ("zoe plays polo") is bound (99%)
-         # while the templates with the value 3-4 words after the subject stay at 70-80%
-         defaults={"data": "synthetic_qa", "steps": 8000, "batch_size": 64, "optimizer": "adamw", "lr": 2e-3,
+         # without the exact-match feature (--set exact_match=false) seed 0 reached test exact match 0.8165 after
+         # 8000 steps and 0.875 after 20000: every miss was the value of the same relation for another person (the
+         # subject not bound). With it, validation exact match is 0.997 after 1000 steps and 1.0 after 2000
+         defaults={"data": "synthetic_qa", "steps": 4000, "batch_size": 64, "optimizer": "adamw", "lr": 2e-3,
                    "schedule": "cosine", "warmup_steps": 300, "weight_decay": 0.01, "clip_norm": 1.0,
                    "eval_every": 1000, "monitor": "val_accuracy"},
          description="encoder-decoder question answering, T5 (relative position bias, pre-RMSNorm) or BART "
@@ -435,4 +465,4 @@ register("qa", build, data=("synthetic_qa",),
          small={"n_layer": 1, "n_head": 2, "d_model": 8},
          small_data=DataInfo("fake-qa", (10,), vocab_size=12,
                              extras={"task": "seq2seq", "src_len": 10, "tgt_len": 4, "pad": PAD, "bos": BOS,
-                                     "eos": EOS}))
+                                     "eos": EOS, "question_end": 3}))

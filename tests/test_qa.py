@@ -99,7 +99,7 @@ def test_relative_position_buckets_follow_t5():
 def _setup(style):
     """A tiny model (float64), shared by the tests (one compilation of its init)."""
     config = qa.Config(vocab_size=VOCAB, src_len=10, tgt_len=3, style=style, n_layer=1, n_head=2, d_model=8,
-                       num_buckets=8, max_distance=12)
+                       num_buckets=8, max_distance=12, question_end=3)
     key = jax.random.key(0, impl="unsafe_rbg")
     params = jax.jit(lambda k: jax.tree.map(lambda a: a.astype(jnp.float64), qa.init(k, config)[0]))(key)
     x = np.random.default_rng(1).integers(3, VOCAB, (3, 10))
@@ -122,6 +122,17 @@ def test_model_gradient_equals_autodiff(style):
         err = float(jnp.max(jnp.abs(a - b)) / max(1e-12, float(jnp.max(jnp.abs(a)) + jnp.max(jnp.abs(b)))))
         assert err <= TOL, f"{style} {jax.tree_util.keystr(path)}: relative error {err:.2e}"
     assert float(jnp.max(jnp.abs(g_hand["enc"]["rel" if style == "t5" else "wpe"]))) > 0
+    assert float(jnp.max(jnp.abs(g_hand["enc"]["match"]))) > 0
+
+
+def test_exact_match_feature_marks_words_shared_by_question_and_context():
+    words = "who lives in lima ? context : vera lives in oslo . leo lives in lima .".split()
+    ids = jnp.asarray([[qadata.VOCAB.index[w] for w in words] + [qa.PAD] * 3], jnp.int32)
+    flag = np.asarray(qa.exact_match_feature(ids, qadata.VOCAB.index["context"]))[0]
+    shared = {"lives", "in", "lima"}
+    in_question = [w in shared for w in words[:5]]                       # "who", "?" are not in the context
+    in_context = [w in shared for w in words[7:]]                        # nor "vera", "oslo", "leo", "."
+    assert flag.tolist() == in_question + [False, False] + in_context + [False] * 3
 
 
 def test_beam_search_one_is_greedy_and_wide_beam_is_exact():

@@ -169,6 +169,7 @@ def load_synthetic_qa(data_dir=None, val_fraction: float | None = None, n_train:
     return Dataset("synthetic_qa", splits, "classification", num_classes=None, vocab_size=len(VOCAB),
                    extras={"task": "seq2seq", "vocab": VOCAB.tokens, "encode": VOCAB.encode, "decode": VOCAB.decode,
                            "src_len": SRC_LEN, "tgt_len": TGT_LEN, "pad": PAD, "bos": BOS, "eos": EOS,
+                           "question_end": VOCAB.tokens.index("context"),
                            "answers": {k: [a for _, _, a in parts[k]] for k in ("val", "test")},
                            "examples": {k: parts[k][:50] for k in ("val", "test")},
                            "held_out": held_out,
