@@ -32,8 +32,8 @@ def main():
             if name not in samplers:
                 samplers.append(name)
     print("| seed | " + " | ".join(f"FD {s}" for s in samplers) + " | FD real | DDIM50/DDPM1000 | CS " +
-          " | CS ".join(samplers) + " | classes | guided accuracy | N | steps | train time |")
-    print("|---" * (7 + 2 * len(samplers)) + "|")
+          " | CS ".join(samplers) + " | classes | guided accuracy | N | steps | training (wall, with evaluations) |")
+    print("|---" * (8 + 2 * len(samplers)) + "|")
     for r in rows:
         s = r["summary"]
         fd, cs = s.get("frechet_distance", {}), s.get("classifier_score", {})
@@ -44,7 +44,7 @@ def main():
         cells += [f"{cs[k]:.2f}" if k in cs else "-" for k in samplers]
         cells += [str(s.get("classes_present", "-")), "-" if guided is None else f"{100 * guided:.1f}%",
                   str(s.get("report_samples", "-")), str(s.get("steps", "-")),
-                  f"{s.get('train_seconds', float('nan')) / 60:.1f} min"]
+                  f"{s.get('wall_seconds', float('nan')) / 60:.1f} min"]
         print("| " + " | ".join(cells) + " |")
 
 
