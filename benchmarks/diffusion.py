@@ -6,6 +6,11 @@ guided class accuracy, with the training time read from the run.
     python benchmarks/diffusion.py --runs runs/cddpm-0 runs/cddpm-1 runs/cddpm-2
 
 A run whose report sampled fewer samplers (``--set report_samplers=ddim50``) shows the ones it has.
+
+    python benchmarks/diffusion.py --report RUN --samplers ddim50,ddim50eta0.5,ddim50eta1
+
+runs the end-of-run report again on a finished run with other samplers (nothing is written to the run) and prints
+its figures: the judge's Fréchet distance and classifier score per sampler at the run's N.
 """
 
 from __future__ import annotations
@@ -21,10 +26,32 @@ def row(run: Path) -> dict:
     return {"run": run.name, "seed": config.get("train", {}).get("seed", summary.get("seed")), "summary": summary}
 
 
+def report_again(run: str, samplers: tuple) -> None:
+    import dataclasses
+
+    from funcdl.models import ddpm
+
+    from funcdl.commands.sample import load_image_model
+
+    loaded = load_image_model(run)
+    extras = loaded["task"].extras
+    config = dataclasses.replace(extras["config"], report_samplers=samplers)
+    params = extras["sampling_params"](loaded["params"], loaded["opt_state"])
+    out = ddpm.report(params, loaded["data"], None, config)
+    print(json.dumps({k: out[k] for k in ("frechet_distance", "classifier_score", "frechet_distance_real",
+                                          "report_samples") if k in out}))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", nargs="+", required=True, help="run directories of funcdl train ddpm/cddpm")
+    parser.add_argument("--runs", nargs="+", help="run directories of funcdl train ddpm/cddpm")
+    parser.add_argument("--report", help="a run directory to report again with --samplers")
+    parser.add_argument("--samplers", default="ddim50", help="comma-separated report samplers (with --report)")
     args = parser.parse_args()
+    if args.report:
+        return report_again(args.report, tuple(args.samplers.split(",")))
+    if not args.runs:
+        parser.error("give --runs RUN ... (the table) or --report RUN --samplers ... (a new report)")
     rows = [row(Path(r)) for r in args.runs]
     samplers = []
     for r in rows:

@@ -11,11 +11,11 @@ loss of ``funcdl.diffusion``, sampled with DDPM's ancestral sampler or DDIM, and
 * ``sample_images(params, key, n, *, labels=None, sampler="ddim", steps=None, eta=0.0, guidance=None)``: what
   ``funcdl sample RUN --sampler ddim --steps 50 [--class 7 --guidance 3]`` calls.
 * The end-of-run report (``report``) reads ``report_samples`` samples of each sampler in ``report_samplers``
-  (``ddpm1000``, ``ddim25``, ...) with the judge of ``models/judge.py``: ``frechet_distance`` and
-  ``classifier_score`` per sampler, next to ``frechet_distance_real`` (training vs test images at the same N),
-  the class histogram of the first sampler; for ``cddpm`` also ``guided_class_accuracy`` (the share of samples
-  drawn for class c with guidance ``report_guidance`` that the judge reads as c). Pictures: ``forward.png`` (the
-  noising of a few test images), ``reverse.png`` (x_t and the predicted x_0 along a DDIM run),
+  (``ddpm1000``, ``ddim25``, ``ddim50eta0.5`` for DDIM with eta 0.5, ...) with the judge of ``models/judge.py``:
+  ``frechet_distance`` and ``classifier_score`` per sampler, next to ``frechet_distance_real`` (training vs test
+  images at the same N), the class histogram of the first sampler; for ``cddpm`` also ``guided_class_accuracy``
+  (the share of samples drawn for class c with guidance ``report_guidance`` that the judge reads as c). Pictures:
+  ``forward.png`` (the noising of a few test images), ``reverse.png`` (x_t and the predicted x_0 along a DDIM run),
   ``samples_<sampler>.png`` and, conditional, ``classes.png`` (one class per row, guided).
 """
 
@@ -87,16 +87,18 @@ class Config:
         return self.unet.num_classes
 
 
-def parse_sampler(text: str, timesteps: int) -> tuple[str, int]:
-    """``"ddim50"`` -> ("ddim", 50); ``"ddpm1000"`` -> ("ddpm", T) (ddpm runs all T steps)."""
-    m = re.fullmatch(r"(ddpm|ddim)(\d+)", str(text))
-    if not m:
-        raise ValueError(f"report sampler {text!r}: write ddpm{timesteps} or ddimK (K steps), e.g. ddim50")
+def parse_sampler(text: str, timesteps: int) -> tuple[str, int, float]:
+    """``"ddim50"`` -> ("ddim", 50, 0.0); ``"ddim50eta0.5"`` -> ("ddim", 50, 0.5); ``"ddpm1000"`` -> ("ddpm", T,
+    1.0) (ddpm runs all T steps)."""
+    m = re.fullmatch(r"(ddpm|ddim)(\d+)(?:eta(\d+(?:\.\d*)?))?", str(text))
+    if not m or (m[1] == "ddpm" and m[3] is not None) or (m[3] is not None and float(m[3]) > 1):
+        raise ValueError(f"report sampler {text!r}: write ddpm{timesteps}, ddimK (K steps) or ddimKetaE (E in "
+                         f"[0, 1]), e.g. ddim50 or ddim50eta0.5")
     kind, steps = m[1], int(m[2])
     if kind == "ddpm" and steps != timesteps:
         raise ValueError(f"report sampler {text!r}: ddpm runs all {timesteps} steps; write ddpm{timesteps}")
     dif.step_sequence(timesteps, steps)           # 1 <= steps <= T
-    return kind, steps
+    return kind, steps, (1.0 if kind == "ddpm" else float(m[3] or 0.0))
 
 
 def schedule_of(config: Config) -> dif.Schedule:
@@ -247,8 +249,9 @@ def report(params, data, out_dir, config: Config) -> dict:
     fds, scores, seconds, grids = {}, {}, {}, {}
     uncond = "null" if config.conditional else None
     for i, name in enumerate(config.report_samplers):
-        kind, steps = parse_sampler(name, config.timesteps)
-        x, secs = _draw(params, config, n, jax.random.PRNGKey(100 + i), uncond, name, sampler=kind, steps=steps)
+        kind, steps, eta = parse_sampler(name, config.timesteps)
+        options = {"sampler": kind, "steps": steps} | ({"eta": eta} if kind == "ddim" else {})
+        x, secs = _draw(params, config, n, jax.random.PRNGKey(100 + i), uncond, name, **options)
         seconds[name], grids[name] = round(secs, 2), x[:64]
         if judged:
             r = _judge(x, data, config)

@@ -162,6 +162,13 @@ def test_bad_image_size_and_report_sampler():
         entry.build(DataInfo("m", (28, 28, 1), num_classes=10), report_samplers=("ddpm50",))
     with pytest.raises(ValueError, match="needs a classification data set"):
         models.get_model("cddpm").build(DataInfo("m", (28, 28, 1)))
+    from funcdl.models.ddpm import parse_sampler
+
+    assert parse_sampler("ddim50eta0.5", 1000) == ("ddim", 50, 0.5)
+    assert parse_sampler("ddim25", 1000) == ("ddim", 25, 0.0) and parse_sampler("ddpm8", 8) == ("ddpm", 8, 1.0)
+    for bad in ("ddim50eta2", "ddpm1000eta0.5", "ddim50eta"):
+        with pytest.raises(ValueError, match="ddimKetaE"):
+            parse_sampler(bad, 1000)
 
 
 @pytest.mark.skipif(not (SHARED / "train-images-idx3-ubyte.gz").exists(), reason="no local MNIST copy")
