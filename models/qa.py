@@ -34,7 +34,7 @@ lengths, computed in NumPy at trace time; the bias is ``fd.embedding(table, buck
 hand-derived backward scatters dS (summed over the batch) into the table rows. Unlike T5, the table starts as
 a locality prior (``_relative_init``) rather than small noise.
 
-**The exact-match input feature** (DrQA's, Chen et al. 2017; on by default, ``--set exact_match=false`` for
+**The exact-match input feature** (DrQA's, Chen et al. 2017; on by default, ``--set match_feature=false`` for
 the plain T5/BART): the encoder adds a learned vector to the embedding of every context word that also occurs in
 the question, and of every question word that occurs in the context (``exact_match_feature``; the source is
 question, ``context``, context). The subject of "what pet does vera own ?" is then marked where the context
@@ -439,22 +439,22 @@ def extras(config: Config) -> dict:
 
 
 def build(info: DataInfo, *, style="t5", n_layer=2, n_head=4, d_model=64, d_ff=None, num_buckets=32,
-          max_distance=128, exact_match=True, beam=4, length_penalty=1.0):
+          max_distance=128, match_feature=True, beam=4, length_penalty=1.0):
     data_extras = info.extras or {}
     if data_extras.get("task") != "seq2seq" or info.vocab_size is None:
         raise ValueError(f"qa needs a seq2seq data set of token ids (synthetic_qa), not {info.name!r}")
-    if exact_match and "question_end" not in data_extras:
+    if match_feature and "question_end" not in data_extras:
         raise ValueError(f"qa: the exact-match feature needs the id of the token that ends the question "
-                         f"(extras['question_end']), which {info.name!r} does not give; pass --set exact_match=false")
+                         f"(extras['question_end']), which {info.name!r} does not give; pass --set match_feature=false")
     return as_task(Config(vocab_size=info.vocab_size, src_len=int(data_extras["src_len"]),
                           tgt_len=int(data_extras["tgt_len"]), style=style, n_layer=n_layer, n_head=n_head,
                           d_model=d_model, d_ff=d_ff, num_buckets=num_buckets, max_distance=max_distance,
-                          question_end=int(data_extras["question_end"]) if exact_match else -1,
+                          question_end=int(data_extras["question_end"]) if match_feature else -1,
                           beam=beam, length_penalty=length_penalty))
 
 
 register("qa", build, data=("synthetic_qa",),
-         # without the exact-match feature (--set exact_match=false --steps 8000) seed 0 reached test exact match
+         # without the exact-match feature (--set match_feature=false --steps 8000) seed 0 reached test exact match
          # 0.784 (0.875 after 20000 steps); 417 of its 432 misses were another fact's value of the asked relation
          # (the subject not bound). With it (these defaults) seeds 0-2: validation 0.998-1.0 at step 1000, test 1.0
          defaults={"data": "synthetic_qa", "steps": 4000, "batch_size": 64, "optimizer": "adamw", "lr": 2e-3,

@@ -169,3 +169,7 @@ def test_bad_input_gives_one_line_errors():
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="qa needs a seq2seq data set"):
         qa.build(DataInfo("mnist1d", (40,), num_classes=10))
+    no_separator = DataInfo("my-qa", (10,), vocab_size=12, extras={"task": "seq2seq", "src_len": 10, "tgt_len": 4})
+    with pytest.raises(ValueError, match="which 'my-qa' does not give; pass --set match_feature=false"):
+        qa.build(no_separator)
+    assert qa.build(no_separator, match_feature=False).extras["config"].question_end == -1
