@@ -181,7 +181,7 @@ def test_train_report_and_sample_command(tmp_path, capsys):
     # report_samples = the classes picture's 3 x 10 and T = 4, so the guided report, the picture and the sample
     # command below share one compiled sampling program
     small = ["--set", "channels=8,8", "--set", "attention=1", "--set", "heads=2", "--set", "groups=4",
-             "--set", "timesteps=4", "--set", "judge=false", "--set", "report_samples=30",
+             "--set", "timesteps=4", "--set", "judge=false", "--set", "report_samples=30", "--set", "eval_limit=16",
              "--set", "report_samplers=ddim4"]
     assert main(["train", "cddpm", "--data", "mnist", "--data-dir", str(SHARED), "--steps", "2", "--batch-size",
                  "8", "--warmup-steps", "0", "--set", "classes=0-2", "--set", "plots=false", "--quiet",

@@ -194,6 +194,7 @@ def check_values(entry, train_opts: dict, model_opts: dict) -> None:
                       for f in dataclasses.fields(TrainConfig)}
     train_defaults |= {"lr": 1e-3, "weight_decay": 0.0, "clip_norm": 1.0, "devices": 1, "epochs": 1, "steps": 1,
                        "eval_every": 1, "patience": 1, "eval_batch_size": 1, "stop_after": 1, "label_fraction": 1.0,
+                       "eval_limit": 1,
                        "scan": True, "ynn": True, "val_fraction": 0.1, "track_every": 1}
     for k, v in train_opts.items():
         train_opts[k] = _expect(k, v, train_defaults.get(k), "training")

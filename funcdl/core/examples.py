@@ -12,11 +12,13 @@ import numpy as np
 
 from .primitive import Example
 
-__all__ = ["Example", "normal", "uniform", "away_from", "keys", "rng"]
+__all__ = ["Example", "normal", "uniform", "away_from", "keys", "rng", "to_device"]
 
 
 def keys(key, n: int):
-    return list(jax.random.split(key, n))
+    """``n`` independent raw ``uint32[2]`` keys drawn on the host from ``key`` (``jax.random.split`` and unstacking
+    its result would compile small programs per ``n``); they seed :func:`rng` and work as ``jax.random`` keys."""
+    return list(rng(key).integers(0, 2**32, (n, 2), dtype=np.uint32))
 
 
 def rng(key) -> np.random.Generator:
@@ -26,12 +28,18 @@ def rng(key) -> np.random.Generator:
     return np.random.default_rng(np.asarray(data, np.uint32).ravel().tolist())
 
 
+def to_device(x, dtype):
+    """A host array as a JAX array of ``dtype`` (canonicalised: float32 without x64). ``jnp.asarray`` of a NumPy
+    array stages it through a small compiled program per shape; ``device_put`` of the cast copy does not."""
+    return jax.device_put(np.asarray(x, jax.dtypes.canonicalize_dtype(dtype)))
+
+
 def normal(key, shape, dtype=jnp.float64, scale: float = 1.0, shift: float = 0.0):
-    return jnp.asarray(shift + scale * rng(key).standard_normal(shape), dtype)
+    return to_device(shift + scale * rng(key).standard_normal(shape), dtype)
 
 
 def uniform(key, shape, dtype=jnp.float64, low: float = 0.0, high: float = 1.0):
-    return jnp.asarray(rng(key).uniform(low, high, shape), dtype)
+    return to_device(rng(key).uniform(low, high, shape), dtype)
 
 
 def away_from(x, points=(0.0,), margin: float = 0.05):
@@ -44,4 +52,4 @@ def away_from(x, points=(0.0,), margin: float = 0.05):
     for p in points:
         d = x - p
         x = np.where(np.abs(d) < margin, p + np.where(d < 0, -margin, margin), x)
-    return jnp.asarray(x, dtype)
+    return to_device(x, dtype)

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .examples import normal
+from .examples import normal, to_device
 from .primitive import REGISTRY, Example, Primitive, autodiff
 
 TOL = {"vjp64": 1e-10, "vjp32": 1e-5, "fd": 1e-6, "jit": 1e-10, "vmap": 1e-10, "hvp": 1e-8}
@@ -141,7 +141,8 @@ def _inner(a, b) -> float:
 
 
 def _cast(args: tuple, dtype) -> tuple:
-    return tuple(a.astype(dtype) if _is_diff(a) else a for a in args)
+    """The float inputs in ``dtype``, converted on the host (an eager ``astype`` compiles one program per shape)."""
+    return tuple(to_device(np.asarray(a), dtype) if _is_diff(a) else a for a in args)
 
 
 # The checker's own programs are small and run once: XLA's backend optimisations would cost more compile time
@@ -154,7 +155,8 @@ jit_once = functools.partial(jax.jit, compiler_options={"xla_backend_optimizatio
 def _fd_jv(evals, h):
     """J v from f at x + 2hv, x + hv, x - hv, x - 2hv (stacked on a leading axis): the fourth-order central difference
     (-f(x+2h) + 8 f(x+h) - 8 f(x-h) + f(x-2h)) / 12h."""
-    fp2, fp1, fm1, fm2 = (jax.tree.map(lambda x, j=j: np.asarray(x[j], np.float64), evals) for j in range(4))
+    host = jax.tree.map(lambda x: np.asarray(x, np.float64), evals)     # index on the host: x[j] on a device
+    fp2, fp1, fm1, fm2 = (jax.tree.map(lambda x, j=j: x[j], host) for j in range(4))   # array compiles a slice
     # on the host: eager jnp arithmetic would compile one small program per output shape
     return jax.tree.map(lambda a, b, c, d: (-a + 8 * b - 8 * c + d) / (12 * h), fp2, fp1, fm1, fm2)
 
@@ -278,17 +280,19 @@ def _check_vmap(c: _Case, key, ex2: Example):
     other = _cast(ex2.args, jnp.float64)
     try:
         axes = tuple(None if a is None else 0 for a in c.base)
-        stacked = tuple(None if a is None else jnp.stack([jnp.asarray(a), jnp.asarray(b)])
+        # stacked and unstacked on the host (eager jnp.stack and t[j] would compile per shape)
+        stacked = tuple(None if a is None else jax.device_put(np.stack([np.asarray(a), np.asarray(b)]))
                         for a, b in zip(c.base, other, strict=True))
         out_shape = jax.eval_shape(c.hand, *c.base)
         cts = [_random_like(jax.random.fold_in(key, j), out_shape) for j in range(2)]
-        ct_stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), cts[0], cts[1])
+        ct_stacked = jax.tree.map(lambda a, b: np.stack([np.asarray(a), np.asarray(b)]), cts[0], cts[1])
 
         def program(cs, st, a1, a2, c1, c2):
             batched = jax.vmap(lambda t, *a: _vjp(c.hand, a, c.diff, t), in_axes=(0, *axes))(cs, *st)
             return batched, (_vjp(c.hand, a1, c.diff, c1), _vjp(c.hand, a2, c.diff, c2))
 
         (v_out, v_grads), singles = jit_once(program)(ct_stacked, stacked, c.base, other, cts[0], cts[1])
+        v_out, v_grads = jax.tree.map(np.asarray, (v_out, v_grads))
         err = 0.0
         for j in range(2):
             err = max(err, rel_error(jax.tree.map(lambda t, j=j: t[j], v_out), singles[j][0]))

@@ -73,6 +73,15 @@ class Dataset:
             shape = tuple(self.splits["train"]["x"].shape[1:])
         return DataInfo(self.name, shape, self.num_classes, self.vocab_size, self.kind, dict(self.extras))
 
+    def eval_head(self, n: int) -> Dataset:
+        """A copy whose validation and test splits keep only their first ``n`` examples (quick runs); the
+        training split is untouched."""
+        if self.windowed:
+            raise ValueError(f"eval_limit counts examples; language data ({self.name!r}) are evaluated on "
+                             "eval_batches random windows instead (--set eval_batches=N)")
+        splits = {k: v if k == "train" else {a: x[:n] for a, x in v.items()} for k, v in self.splits.items()}
+        return dataclasses.replace(self, splits=splits)
+
     def subset(self, classes=None, label_fraction: float | None = None, seed: int = 0) -> Dataset:
         """A copy restricted to ``classes`` (relabelled 0..k-1 in the order given) in every split, and/or keeping
         ``label_fraction`` of the training examples (the same share of every class, at least one each, fixed

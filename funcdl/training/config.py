@@ -39,6 +39,8 @@ class TrainConfig:
                                            # LANGUAGE_EVAL_EVERY)
     eval_batch_size: int | None = None     # default max(batch_size, MIN_EVAL_BATCH)
     eval_batches: int = 20                 # language data: random validation windows batches per evaluation
+    eval_limit: int | None = None          # evaluate on the first N validation and test examples only (quick
+                                           # runs; Lightning's limit_val_batches); the summary says so
     eval_seed: int = 12345                 # language data: the validation windows are drawn from this key, the
                                            # same for every training seed, so runs compare on the same windows
     seq_len: int = 128                     # language data: window length
@@ -77,7 +79,7 @@ class TrainConfig:
 
     def __post_init__(self):
         _at_least(self, 1, "batch_size", "steps", "epochs", "eval_every", "patience", "log_every", "eval_batches",
-                  "seq_len", "stop_after", "eval_batch_size", "track_every")
+                  "seq_len", "stop_after", "eval_batch_size", "track_every", "eval_limit")
         _at_least(self, 0, "warmup_steps")
         for name, allowed in (("grad", ("manual", "autodiff")), ("windows", ("random", "sequential")),
                               ("monitor", ("val_loss", "val_accuracy")), ("precision", ("fp32", "bf16", "fp16")),

@@ -247,6 +247,8 @@ def train(task: Task, data: Dataset, config: TrainConfig | None = None, out_dir=
 
 def _train(task, data, config, rundir, resume, run_info) -> TrainResult:
     t_start = time.perf_counter()
+    if config.eval_limit is not None:
+        data = data.eval_head(config.eval_limit)
     geo = geometry(data, config)
     key = jax.random.PRNGKey(config.seed)
     init_key, data_key, step_key = jax.random.split(key, 3)
@@ -520,6 +522,8 @@ def _summary(run: _Run, geo: Geometry, config: TrainConfig, run_info: dict, use_
         summary["steps_per_second_steady"] = round(steady, 2)      # without the first (compiling) call
     if config.freeze:
         summary["frozen_params"] = n_frozen
+    if config.eval_limit is not None:
+        summary["eval_limit"] = config.eval_limit        # val_* and test_* are over the first N examples
     if run.error:
         summary["error"] = run.error
     return summary
