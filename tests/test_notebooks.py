@@ -1,7 +1,6 @@
 """Every notebook in notebooks/ runs top to bottom (with FUNCDL_SMALL=1, which the notebooks read to use
 small sizes)."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -18,10 +17,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("FUNCDL_SMALL", "1")
     monkeypatch.setenv("FUNCDL_SHARED_DATA", str(SHARED_DATA))    # the notebooks read the local data copies here
     monkeypatch.setenv("TMPDIR", str(tmp_path))                    # tempfile's folders land in pytest's
-    # the kernel compiles with XLA's older CPU emitters: a third less compile time on these small programs, the
-    # same values to rounding (not bit for bit across programs, which no notebook claims; the suite's bit-exact
-    # resume tests keep the default emitters)
-    monkeypatch.setenv("XLA_FLAGS", f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_use_fusion_emitters=false".strip())
+    # the kernel inherits the suite's cheaper XLA code generation (tests/conftest.py) through XLA_FLAGS
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
