@@ -5,8 +5,8 @@ For each primitive and each example configuration its factory gives:
 1. ``vjp``  hand-derived VJP vs ``jax.vjp`` of the reference, with a random (never all-ones) cotangent, in
    float64 (tolerance 1e-10) and float32 (1e-5);
 2. ``fd``   the reference vs central finite differences in float64, by a dot-product test: for random
-   ``v`` (direction in one input) and ``u`` (cotangent), ``<u, J v>`` from a fourth-order central difference
-   equals ``<J^T u, v>`` from the reference's VJP (tolerance 1e-6);
+   ``v`` (direction in one input) and ``u`` (the vjp check's cotangent), ``<u, J v>`` from a fourth-order
+   central difference equals ``<J^T u, v>`` from the reference's VJP (tolerance 1e-6);
 3. ``jit`` / ``vmap``  values and hand VJPs under ``jit`` and under ``vmap`` (two examples stacked) equal the
    eager ones (tolerance 1e-10 in float64);
 4. ``hvp``  second order, through the hand rules: for random ``u`` (cotangent) and ``w`` (one direction per
@@ -212,7 +212,7 @@ class _Case:
 def _check_float64(c: _Case, key, checks, h):
     """Hand vs reference VJP and the finite-difference test, as ONE compiled program; returns the hand VJP
     and its cotangent (the jit check compares the eager run to them), or None after a crash."""
-    k_ct, k_v, k_u = jax.random.split(key, 3)
+    k_ct, k_v, _ = jax.random.split(key, 3)
     steps = (2 * h, h, -h, -2 * h)
 
     def shifted(a, i, t, v):
@@ -220,21 +220,20 @@ def _check_float64(c: _Case, key, checks, h):
         full[i] = a[i] + t * v
         return tuple(full)
 
-    def program(a, ct, u, vs):
+    def program(a, ct, vs):
         hand_out = _vjp(c.hand, a, c.diff, ct)
-        ref_out = _vjp(c.ref, a, c.diff, ct)
-        ref_u = _vjp(c.ref, a, c.diff, u)[1]
+        ref_out = _vjp(c.ref, a, c.diff, ct)       # also the finite-difference test's J^T u, with u = ct
         # the four shifted evaluations of each input as one batched call: a quarter of the program to compile
         evals = [jax.vmap(lambda t, i=i, v=v: c.ref(*shifted(a, i, t, v)))(jnp.asarray(steps, a[i].dtype))
                  for i, v in zip(c.diff, vs, strict=True)]
-        return hand_out, ref_out, ref_u, evals
+        return hand_out, ref_out, evals
 
     try:
         out_shape = jax.eval_shape(c.hand, *c.base)
-        ct, u = _random_like(k_ct, out_shape), _random_like(k_u, out_shape)
+        ct = _random_like(k_ct, out_shape)
         vkeys = jax.random.split(k_v, max(1, len(c.diff)))
         vs = [normal(kv, c.base[i].shape, c.base[i].dtype) for i, kv in zip(c.diff, vkeys, strict=False)]
-        hand64, ref64, g_u, evals = jit_once(program)(c.base, ct, u, vs)
+        hand64, ref64, evals = jit_once(program)(c.base, ct, vs)
     except Exception as e:
         for check in ("vjp", "fd", "jit"):
             if check in checks:
@@ -246,9 +245,9 @@ def _check_float64(c: _Case, key, checks, h):
         for i in c.diff:
             c.row("fd", c.prim.inputs[i], "float64", 0.0, c.tol("fd"), f"skipped: surrogate ({c.prim.surrogate})")
     elif "fd" in checks:        # <u, J v> by finite differences against <J^T u, v> from the reference's VJP
-        for i, v, g, ev in zip(c.diff, vs, g_u, evals, strict=True):
-            lhs, rhs = _inner(u, _fd_jv(ev, h)), _inner(g, v)
-            den = max(1e-12, abs(lhs) + abs(rhs), _fd_noise(u, ev, h) / c.tol("fd"))
+        for i, v, g, ev in zip(c.diff, vs, ref64[1], evals, strict=True):
+            lhs, rhs = _inner(ct, _fd_jv(ev, h)), _inner(g, v)
+            den = max(1e-12, abs(lhs) + abs(rhs), _fd_noise(ct, ev, h) / c.tol("fd"))
             c.row("fd", c.prim.inputs[i], "float64", abs(lhs - rhs) / den, c.tol("fd"))
     return hand64, ct
 
@@ -338,7 +337,7 @@ def check_example(prim: Primitive, ex: Example, key, *, dtypes=("float64", "floa
     """Run the checks on one example configuration of one primitive.
 
     Cost matters (hundreds of configurations, each compile ~0.2 s): everything in float64 — the hand and
-    reference VJPs, the reference's VJP for the finite-difference cotangent and the 4 x inputs shifted forward
+    reference VJPs (the reference's also serves the finite-difference test) and the 4 x inputs shifted forward
     evaluations — is one compiled program; float32 is a second, the vmap test a third. Only the ``jit`` check
     runs the primitive op by op, because eager execution is what it compares against.
     """
