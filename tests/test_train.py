@@ -255,3 +255,23 @@ def test_compiler_options_ask_for_ynnpack_only_for_convolutions():
     np.testing.assert_allclose(v1, v2, rtol=1e-5)
     np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(g2))))
 
+
+
+def test_eval_limit_evaluates_the_first_examples_only(tmp_path):
+    """eval_limit=N: val_* and test_* are the metrics of the first N examples, what a run on those N alone reports;
+    the summary and config.json say so. Language data (windows) are refused with the option they have instead."""
+    from funcdl.data.base import Dataset
+
+    data = blobs()
+    first = Dataset(data.name, {k: v if k == "train" else {a: x[:7] for a, x in v.items()}
+                                for k, v in data.splits.items()}, data.kind, data.num_classes)
+    limited = train(mlp_task(), data, cfg(epochs=1, eval_limit=7), tmp_path / "a")
+    alone = train(mlp_task(), first, cfg(epochs=1))
+    assert limited.summary["eval_limit"] == 7
+    for k in ("val_loss", "val_accuracy", "test_loss", "test_accuracy"):
+        assert limited.summary[k] == alone.summary[k], k
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["data_size"] == {"train": 240, "val": 7,
+                                                                                       "test": 7}
+    words = Dataset("w", {"train": {"tokens": np.arange(200, dtype=np.int32) % 5}}, "language", vocab_size=5)
+    with pytest.raises(ValueError, match="eval_batches"):
+        words.eval_head(7)
