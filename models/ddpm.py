@@ -374,12 +374,13 @@ def config_from(info: DataInfo, name: str, *, conditional: bool, channels, block
                   report_samplers=samplers, **options)
 
 
-def _build(name, conditional):
+def _build(name, conditional, prediction_default):
     def build(info: DataInfo, *, channels=(16, 32, 64), blocks=1, attention=(2,), heads=4, groups=8,
-              schedule="linear", timesteps=1000, prediction="eps", p_uncond=0.2, ema=0.999, judge=True,
-              report_samples=500, report_samplers=("ddpm1000", "ddim25", "ddim50", "ddim100"), report_guidance=3.0):
+              noise_schedule="linear", timesteps=1000, prediction=prediction_default, p_uncond=0.2, ema=0.999,
+              judge=True, report_samples=500, report_samplers=("ddpm1000", "ddim25", "ddim50", "ddim100"),
+              report_guidance=3.0):
         config = config_from(info, name, conditional=conditional, channels=channels, blocks=blocks,
-                             attention=attention, heads=heads, groups=groups, schedule=schedule,
+                             attention=attention, heads=heads, groups=groups, schedule=noise_schedule,
                              timesteps=timesteps, prediction=prediction, p_uncond=p_uncond, ema=ema, judge=judge,
                              report_samples=report_samples, report_samplers=report_samplers,
                              report_guidance=report_guidance)
@@ -393,10 +394,10 @@ _SMALL_DATA = DataInfo("fake-images", (8, 8, 1), num_classes=10, extras={"normal
 _DEFAULTS = {"data": "mnist", "steps": 5000, "batch_size": 64, "optimizer": "adam", "lr": 1e-3, "warmup_steps": 200,
              "schedule": "cosine", "min_lr": 1e-5, "eval_every": 1000}
 
-register("ddpm", _build("ddpm", False), data=("mnist", "fashion_mnist"), defaults=_DEFAULTS,
+register("ddpm", _build("ddpm", False, "v"), data=("mnist", "fashion_mnist"), defaults=_DEFAULTS,
          description="denoising diffusion (DDPM): UNet with group norm, FiLM timestep embedding and 7x7 "
                      "self-attention; DDPM / DDIM samplers; EMA weights",
          small=_SMALL, small_data=_SMALL_DATA)
-register("cddpm", _build("cddpm", True), data=("mnist", "fashion_mnist"), defaults=_DEFAULTS,
+register("cddpm", _build("cddpm", True, "eps"), data=("mnist", "fashion_mnist"), defaults=_DEFAULTS,
          description="class-conditional DDPM with classifier-free guidance (null class with probability p_uncond)",
          small=_SMALL, small_data=_SMALL_DATA)

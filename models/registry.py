@@ -23,8 +23,10 @@ fails with one line naming it, the model, the valid options and the closest matc
   ``warmup_steps``, ``clip_norm``, ``seq_len`` (window length of language data), ``eval_every``, ``patience``,
   ``val_fraction``, ...) go to ``funcdl.training.loop.TrainConfig``;
 * every other key is a model option and is passed to ``build`` as a keyword argument (``hidden``, ``dropout``,
-  ``n_layers``, ...); ``register`` refuses a model option the builder does not take. (``presets``, a dict of
-  named option sets for ``funcdl train --preset``, is read by the command line.)
+  ``n_layers``, ...); ``register`` refuses a model option the builder does not take, and a builder option named like
+  a training option (``--set schedule=...`` would set the learning-rate schedule, never the model's), except the
+  training batch size (``SHARED_KEYS``), which ``funcdl train`` also hands to a builder that takes it.
+  (``presets``, a dict of named option sets for ``funcdl train --preset``, is read by the command line.)
 
 ``data_defaults={"mnist": {"epochs": 15, ...}}`` replaces defaults for one data set (a model tuned for MNIST-1D
 wants other settings on MNIST). The command line overrides all of them:
@@ -55,6 +57,7 @@ __all__ = ["ModelEntry", "MODELS", "TRAIN_KEYS", "register", "get_model", "split
 # keys of ``defaults`` / ``--set`` that are training options: the fields of TrainConfig, and data
 TRAIN_KEYS = frozenset({f.name for f in dataclasses.fields(TrainConfig)} | {"data"})
 _NOT_OPTIONS = frozenset({"presets"})   # keys of ``defaults`` the command line reads itself
+SHARED_KEYS = frozenset({"batch_size"})  # training options a build may also take (funcdl train passes them on)
 
 
 class ModelEntry(NamedTuple):
@@ -115,6 +118,9 @@ def _check_builder(name: str, build: Callable) -> None:
         if p.kind is not p.KEYWORD_ONLY or p.default is p.empty:
             raise TypeError(f"register({name!r}): build's option {p.name!r} must be keyword-only with a default "
                             "(build(info, *, option=default, ...); no *args or **kwargs)")
+        if p.name in TRAIN_KEYS and p.name not in SHARED_KEYS:     # --set NAME=... would reach training only
+            raise TypeError(f"register({name!r}): build's option {p.name!r} is also a training option, so "
+                            f"`--set {p.name}=...` could never reach the model; rename it")
 
 
 def register(name: str, build: Callable, *, defaults: dict, description: str, data: tuple = (),

@@ -187,4 +187,10 @@ def test_registration_checks_the_builder():
         register("test-only", fine, defaults={"hiden": 3}, description="", small={}, small_data=info)
     with pytest.raises(ValueError, match="unknown option 'width'"):
         register("test-only", fine, defaults={}, description="", small={"width": 3}, small_data=info)
+
+    def shadowed(info, *, schedule="linear"):       # --set schedule=... sets the learning-rate schedule
+        return None
+
+    with pytest.raises(TypeError, match="'schedule' is also a training option"):
+        register("test-only", shadowed, defaults={}, description="", small={}, small_data=info)
     assert "test-only" not in MODELS
