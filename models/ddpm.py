@@ -4,6 +4,9 @@ loss of ``funcdl.diffusion``, sampled with DDPM's ancestral sampler or DDIM, and
 * ``ddpm``: unconditional. ``cddpm``: class-conditional; in training each label is replaced by the null class
   with probability ``p_uncond``, so the same network also models p(x) (sampled with the null class) and the
   sampler can guide: eps~ = (1 + w) eps(x, c) - w eps(x, null).
+* ``ddpm`` regresses v by default, ``cddpm`` eps (``--set prediction=eps|v``): on MNIST, v-prediction brings the
+  deterministic DDIM samples closer to DDPM's ancestral ones (README, diffusion). The noise schedule is
+  ``--set noise_schedule=linear|cosine`` (``schedule`` is the learning rate's).
 * Pixels live in [-1, 1] (the data's inputs mapped back to [0, 1] with ``extras["normalization"]``, then 2p - 1).
 * Training: one player (``unet``) with an EMA of its weights (``ema``) kept in the optimizer state; samples
   are drawn from the EMA copy (``sampling_params``). Metric ``loss``: the simple loss (mean squared error of the
@@ -242,8 +245,9 @@ def _draw(params, config, n, key, labels, name, **options):
     return x, time.perf_counter() - t0
 
 
-def report(params, data, out_dir, config: Config) -> dict:
-    """The judge's figures for each sampler of ``report_samplers`` (see the module docstring)."""
+def report(params, data, out_dir, config: Config, *, first_key: int = 100) -> dict:
+    """The judge's figures for each sampler of ``report_samplers`` (see the module docstring); sampler i starts
+    from the noise of ``PRNGKey(first_key + i)``."""
     n, out = config.report_samples, {"report_samples": config.report_samples}
     judged = config.judge and tuple(config.unet.image) == (28, 28, 1)
     fds, scores, seconds, grids = {}, {}, {}, {}
@@ -251,7 +255,7 @@ def report(params, data, out_dir, config: Config) -> dict:
     for i, name in enumerate(config.report_samplers):
         kind, steps, eta = parse_sampler(name, config.timesteps)
         options = {"sampler": kind, "steps": steps} | ({"eta": eta} if kind == "ddim" else {})
-        x, secs = _draw(params, config, n, jax.random.PRNGKey(100 + i), uncond, name, **options)
+        x, secs = _draw(params, config, n, jax.random.PRNGKey(first_key + i), uncond, name, **options)
         seconds[name], grids[name] = round(secs, 2), x[:64]
         if judged:
             r = _judge(x, data, config)
