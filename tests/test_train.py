@@ -256,7 +256,6 @@ def test_compiler_options_ask_for_ynnpack_only_for_convolutions():
     np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(g2))))
 
 
-
 def test_eval_limit_evaluates_the_first_examples_only(tmp_path):
     """eval_limit=N: val_* and test_* are the metrics of the first N examples, what a run on those N alone reports;
     the summary and config.json say so. Language data (windows) are refused with the option they have instead."""
