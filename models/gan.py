@@ -59,6 +59,8 @@ class Config:
     num_classes: int = 0                # > 0: class-conditional
     loss: str = "non_saturating"
     n_critic: int = 1
+    disc_lr_scale: float = 1.0          # each player's learning rate: the training lr times this (TTUR)
+    gen_lr_scale: float = 1.0
     ema: float | None = 0.999
     gp: float = 0.0
     disc_norm: str = "none"             # "batch": batch norm after the discriminator's second conv (DCGAN)
@@ -82,6 +84,9 @@ class Config:
             raise ValueError(f"{self.name}: disc_norm must be 'none' or 'batch', got {self.disc_norm!r}")
         if not self.gp >= 0:
             raise ValueError(f"{self.name}: gp must be >= 0, got {self.gp!r}")
+        for what in ("disc_lr_scale", "gen_lr_scale"):
+            if not getattr(self, what) > 0:
+                raise ValueError(f"{self.name}: {what} must be > 0, got {getattr(self, what)!r}")
         ARCHS[self.arch].check(self)
 
     @property
@@ -330,8 +335,10 @@ def loss(params, state, batch, config: Config, *, key=None, train: bool = False)
 
 def players(config: Config) -> tuple:
     """The discriminator (``n_critic`` updates per step), then the generator (with its EMA when asked)."""
-    return (Player("disc", lambda p, s, b, k, t: disc_loss(p, s, b, k, config), steps=config.n_critic),
-            Player("gen", lambda p, s, b, k, t: gen_loss(p, s, b, k, config), ema=config.ema))
+    return (Player("disc", lambda p, s, b, k, t: disc_loss(p, s, b, k, config), steps=config.n_critic,
+                   lr_scale=config.disc_lr_scale),
+            Player("gen", lambda p, s, b, k, t: gen_loss(p, s, b, k, config), ema=config.ema,
+                   lr_scale=config.gen_lr_scale))
 
 
 def gan_task(config: Config):
@@ -453,8 +460,10 @@ def config_from(info: DataInfo, name: str, arch: str, *, conditional=False, **op
                          f"loss={loss_kind!r}")
     if "disc_norm" in options:
         norm_kind = options.pop("disc_norm")
-        if norm_kind is None:          # batch norm, except where a gradient penalty needs a per-sample critic
+        if norm_kind == "auto":        # batch norm, except where a gradient penalty needs a per-sample critic
             norm_kind = "none" if options.get("gp", 0.0) > 0 else "batch"
+        elif norm_kind is None:        # --set disc_norm=none reads as None
+            norm_kind = "none"
         elif norm_kind == "batch" and options.get("gp", 0.0) > 0:
             raise ValueError(f"{name}: a gradient penalty differentiates the critic one sample at a time, which "
                              "batch norm couples; use --set disc_norm=none with gp")
@@ -464,21 +473,24 @@ def config_from(info: DataInfo, name: str, arch: str, *, conditional=False, **op
 
 
 def build_gan(info: DataInfo, *, latent=64, width=64, loss="non_saturating", n_critic=1, ema=0.999, gp=0.0,
-              conditional=False, judge=True):
+              disc_lr_scale=1.0, gen_lr_scale=1.0, conditional=False, judge=True):
     return gan_task(config_from(info, "gan", "dense", conditional=conditional, latent=latent, width=width,
-                                loss=loss, n_critic=n_critic, ema=ema, gp=gp, judge=judge))
+                                loss=loss, n_critic=n_critic, ema=ema, gp=gp, disc_lr_scale=disc_lr_scale,
+                                gen_lr_scale=gen_lr_scale, judge=judge))
 
 
 def build_dcgan(info: DataInfo, *, latent=64, width=32, loss="non_saturating", n_critic=1, ema=0.999, gp=0.0,
-                disc_norm=None, conditional=False, judge=True):
+                disc_norm="auto", disc_lr_scale=1.0, gen_lr_scale=1.0, conditional=False, judge=True):
     return gan_task(config_from(info, "dcgan", "dcgan", conditional=conditional, latent=latent, width=width,
-                                loss=loss, n_critic=n_critic, ema=ema, gp=gp, disc_norm=disc_norm, judge=judge))
+                                loss=loss, n_critic=n_critic, ema=ema, gp=gp, disc_norm=disc_norm,
+                                disc_lr_scale=disc_lr_scale, gen_lr_scale=gen_lr_scale, judge=judge))
 
 
 def build_cdcgan(info: DataInfo, *, latent=64, width=32, loss="non_saturating", n_critic=1, ema=0.999, gp=0.0,
-                 disc_norm=None, judge=True):
+                 disc_norm="auto", disc_lr_scale=1.0, gen_lr_scale=1.0, judge=True):
     return gan_task(config_from(info, "cdcgan", "dcgan", conditional=True, latent=latent, width=width,
-                                loss=loss, n_critic=n_critic, ema=ema, gp=gp, disc_norm=disc_norm, judge=judge))
+                                loss=loss, n_critic=n_critic, ema=ema, gp=gp, disc_norm=disc_norm,
+                                disc_lr_scale=disc_lr_scale, gen_lr_scale=gen_lr_scale, judge=judge))
 
 
 SMALL_DATA = DataInfo("fake-images", (8, 8, 1), num_classes=10, extras={"normalization": {"mean": 0.5, "std": 0.5}})

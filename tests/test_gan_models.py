@@ -85,6 +85,7 @@ def test_the_critic_is_batch_normalised_unless_a_gradient_penalty_needs_it_per_s
     build = get_model("dcgan").build
     assert "bn2" in build(INFO, **SMALL).init(jax.random.PRNGKey(0))[0]["disc"]
     assert "bn2" not in build(INFO, **SMALL, gp=1.0).init(jax.random.PRNGKey(0))[0]["disc"]
+    assert "bn2" not in build(INFO, **SMALL, disc_norm=None).init(jax.random.PRNGKey(0))[0]["disc"]   # --set =none
     with pytest.raises(ValueError, match="use --set disc_norm=none with gp") as err:
         build(INFO, **SMALL, gp=1.0, disc_norm="batch")
     assert "\n" not in str(err.value)
@@ -142,3 +143,27 @@ def test_report_without_the_judge(name, tmp_path):
     assert "classifier_score" not in out
     assert extras["report"](params, state, opt.init(params), data, tmp_path) == out      # same samples, pictures
     assert (tmp_path / "samples.png").is_file() and (tmp_path / "interpolation.png").is_file()
+
+
+def test_lr_scale_gives_each_player_its_own_learning_rate():
+    """TTUR: a player's lr_scale runs the training options' optimizer (here SGD, whose update is -lr * grad) at
+    lr * lr_scale on the same schedule; a scale that is not positive is refused in one line."""
+    from funcdl.training.task import Player, Task
+
+    def quad(name):
+        return lambda p, s, b, k, t: (jnp.sum(p[name] ** 2), (s, {"loss": jnp.sum(p[name] ** 2)}))
+
+    players = (Player("a", quad("a")), Player("b", quad("b"), lr_scale=3.0))
+    task = Task(init=lambda key: ({"a": jnp.ones(2), "b": jnp.ones(2)}, {}), loss=quad("a"), players=players)
+    config = TrainConfig(optimizer="sgd", lr=0.1, steps=1, batch_size=1)
+    opt, opts, _ = players_optimizer(task, config, 1)
+    params, state = task.init(None)
+    new = jax.jit(make_players_step(task, opts, config))(params, opt.init(params), state, {"x": jnp.zeros((1, 1))},
+                                                         jax.random.PRNGKey(0))[0]
+    np.testing.assert_allclose(np.asarray(new["a"]), 1 - 0.1 * 2, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(new["b"]), 1 - 0.3 * 2, rtol=1e-6)
+    with pytest.raises(ValueError, match="lr_scale must be > 0") as err:
+        players_optimizer(task._replace(players=(players[0], players[1]._replace(lr_scale=0.0))), config, 1)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="disc_lr_scale must be > 0"):
+        get_model("dcgan").build(INFO, **SMALL, disc_lr_scale=-1.0)

@@ -14,6 +14,8 @@ optimizer divides it out, skips steps whose gradients overflow and adapts the sc
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,12 +61,17 @@ def make_optimizer(config: TrainConfig, total_steps: int):
 
 
 def players_optimizer(task: Task, config: TrainConfig, total_steps: int):
-    """One optimizer per player (its own, or the training options'), each with its EMA when asked, as one
-    GradientTransformation over ``{player: group}`` whose state is ``{player: state}``. Returns (opt, schedule)."""
+    """One optimizer per player (its own, or the training options' at the player's ``lr_scale``), each with its
+    EMA when asked, as one GradientTransformation over ``{player: group}`` whose state is ``{player: state}``.
+    Returns (opt, schedule): the schedule of the training options' learning rate (scale 1)."""
     default, schedule = make_optimizer(config, total_steps)
     opts = {}
     for p in task.players:
-        opt = p.optimizer if p.optimizer is not None else default
+        if not p.lr_scale > 0:
+            raise ValueError(f"player {p.name!r}: lr_scale must be > 0, got {p.lr_scale!r}")
+        opt = p.optimizer if p.optimizer is not None else default if p.lr_scale == 1 else make_optimizer(
+            dataclasses.replace(config, lr=config.lr * p.lr_scale, min_lr=config.min_lr * p.lr_scale),
+            total_steps)[0]
         opts[p.name] = optim.ema_params(opt, p.ema, warmup=True) if p.ema is not None else opt
 
     def init(params):

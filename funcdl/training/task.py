@@ -44,6 +44,9 @@ class Player(NamedTuple):
     optimizer: Any = None               # a GradientTransformation; None: the training options' optimizer
     ema: float | None = None            # decay of an EMA copy of params[name] kept in its optimizer state (with
                                         # optim.ema_params' warm-up: min(ema, (1 + t) / (10 + t)))
+    lr_scale: float = 1.0               # the training options' optimizer at lr * lr_scale (and min_lr *
+                                        # lr_scale) on the same schedule: two time-scale updates (TTUR, Heusel
+                                        # et al. 2017); ignored when ``optimizer`` is given
 
 
 class Task(NamedTuple):
