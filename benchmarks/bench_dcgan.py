@@ -1,12 +1,13 @@
 """One DCGAN training step (a discriminator update, then a generator update, with the generator's EMA) in funcdl
 (jitted, as ``funcdl train dcgan`` runs it) and the same network and step in PyTorch on the CPU.
 
-    python benchmarks/bench_dcgan.py [--batch 64] [--width 32] [--latent 64] [--reps 20] [--rounds 3]
-                                     [--grad manual|autodiff] [--model dcgan|cdcgan]
+    python benchmarks/bench_dcgan.py [--batch 64] [--width 32] [--latent 64] [--disc-depth 3] [--reps 20]
+                                     [--rounds 3] [--grad manual|autodiff] [--model dcgan|cdcgan]
 
 funcdl: ``funcdl.training.step.make_players_step`` of the registered model, compiled with the options a training
 step gets (``funcdl.core.xla.compiler_options``). PyTorch: the same layers (Linear, BatchNorm2d, ConvTranspose2d
-4x4/2, Conv2d 4x4/2, LeakyReLU 0.2), the same losses (non-saturating), Adam(2e-4, betas (0.5, 0.999)) and an EMA
+4x4/2, Conv2d 4x4/2 and, with --disc-depth 3 (the registered dcgan's), 3x3/2, the critic's batch norm after each
+conv but the first, LeakyReLU 0.2), the same losses (non-saturating), Adam(2e-4, betas (0.5, 0.999)) and an EMA
 of the generator, with ``torch.set_num_threads`` = the CPU count. Times are medians over --rounds interleaved
 rounds of the median of --reps steps after warm-up; torch is skipped with a line when it is not installed.
 """
@@ -35,7 +36,8 @@ def funcdl_step(args, x, y):
     from funcdl.training.task import DataInfo
 
     info = DataInfo("mnist", (28, 28, 1), num_classes=10, extras=INFO_EXTRAS)
-    task = get_model(args.model).build(info, latent=args.latent, width=args.width, judge=False)
+    task = get_model(args.model).build(info, latent=args.latent, width=args.width, disc_depth=args.disc_depth,
+                                       judge=False)
     config = TrainConfig(batch_size=args.batch, lr=2e-4, optimizer_options={"b1": 0.5, "b2": 0.999},
                          grad=args.grad, steps=1)
     return players_runners(task, config, {"x": jnp.asarray(x), "y": jnp.asarray(y)})[0]
@@ -83,8 +85,12 @@ def torch_step(args, x, y):
     gen = nn.Sequential(nn.Linear(args.latent, h * h * 4 * w), nn.Unflatten(1, (4 * w, h, h)), nn.BatchNorm2d(4 * w),
                         nn.ReLU(), nn.ConvTranspose2d(4 * w, 2 * w, 4, 2, 1), nn.BatchNorm2d(2 * w), nn.ReLU(),
                         nn.ConvTranspose2d(2 * w, 1, 4, 2, 1), nn.Tanh())
-    disc = nn.Sequential(nn.Conv2d(1, w, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(w, 2 * w, 4, 2, 1), nn.LeakyReLU(0.2),
-                         nn.Flatten(), nn.Linear(h * h * 2 * w, 1))
+    layers = [nn.Conv2d(1, w, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(w, 2 * w, 4, 2, 1), nn.BatchNorm2d(2 * w),
+              nn.LeakyReLU(0.2)]
+    if args.disc_depth == 3:
+        layers += [nn.Conv2d(2 * w, 4 * w, 3, 2, 1), nn.BatchNorm2d(4 * w), nn.LeakyReLU(0.2)]
+    features = h * h * 2 * w if args.disc_depth == 2 else 4 * 4 * 4 * w
+    disc = nn.Sequential(*layers, nn.Flatten(), nn.Linear(features, 1))
     ema = [p.detach().clone() for p in gen.parameters()]
     opt_g = torch.optim.Adam(gen.parameters(), 2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), 2e-4, betas=(0.5, 0.999))
@@ -110,6 +116,7 @@ def main():
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--latent", type=int, default=64)
+    parser.add_argument("--disc-depth", type=int, choices=(2, 3), default=3)
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--grad", choices=("manual", "autodiff"), default="manual")
@@ -133,6 +140,7 @@ def main():
             times[name].append(timeit(fn, args.reps))
     ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
     print(f"{args.model} step (D then G, batch {args.batch}, width {args.width}, latent {args.latent}, "
+          f"critic depth {args.disc_depth}, "
           f"{os.cpu_count()} CPUs, grad {args.grad})")
     for name, value in ms.items():
         print(f"  {name:7s} {value:8.2f} ms/step")

@@ -6,8 +6,14 @@ generator, each with its own Adam state, in one training step.
                           -> conv_transpose 4x4 stride 2 -> (H/2, W/2, 2 width) -> BN -> ReLU
                           -> conv_transpose 4x4 stride 2 -> (H, W, C) -> tanh
     dcgan discriminator:  x -> conv 4x4 stride 2 (width) -> LeakyReLU(0.2) -> conv 4x4 stride 2 (2 width)
-                          -> BN (``disc_norm="batch"``, the default without a gradient penalty)
-                          -> LeakyReLU(0.2) -> flatten -> dense -> one logit [+ <embed(class), features>]
+                          -> BN (``disc_norm="batch"``, the default without a gradient penalty) -> LeakyReLU(0.2)
+                          [-> conv 3x3 stride 2 (4 width) -> BN -> LeakyReLU(0.2): ``disc_depth=3``]
+                          -> flatten -> dense -> one logit [+ <embed(class), features>]
+
+The registered ``dcgan`` uses ``disc_depth=3``: a unit of the second conv sees a 10x10 patch, so a two-conv critic
+judges local strokes and its dense head can only add that evidence up, while the third conv's units see the whole
+digit. On MNIST that moved the unconditional DCGAN's Frechet distance at 1500 steps from 209 to 144 (lr 4e-4), at
+the same speed. ``cdcgan`` keeps two convs by default, the critic its published figures were measured with.
 
 The conditional discriminator is a projection discriminator (Miyato & Koyama 2018): the class enters as the inner
 product of a learned class embedding with the features. The data's standardised images are mapped to [-1, 1]
@@ -59,6 +65,8 @@ class Config:
     num_classes: int = 0                # > 0: class-conditional
     loss: str = "non_saturating"
     n_critic: int = 1
+    disc_width: int | None = None       # dcgan: the discriminator's first width (None: width)
+    disc_depth: int = 2                 # dcgan: strided convolutions of the discriminator (2 or 3)
     disc_lr_scale: float = 1.0          # each player's learning rate: the training lr times this (TTUR)
     gen_lr_scale: float = 1.0
     ema: float | None = 0.999
@@ -84,6 +92,11 @@ class Config:
             raise ValueError(f"{self.name}: disc_norm must be 'none' or 'batch', got {self.disc_norm!r}")
         if not self.gp >= 0:
             raise ValueError(f"{self.name}: gp must be >= 0, got {self.gp!r}")
+        if self.disc_width is not None and not (isinstance(self.disc_width, int) and self.disc_width >= 1):
+            raise ValueError(f"{self.name}: disc_width must be an integer >= 1 or None, got {self.disc_width!r}")
+        if self.disc_depth not in (2, 3):
+            raise ValueError(f"{self.name}: disc_depth must be 2 or 3 (strided convolutions of the "
+                             f"discriminator), got {self.disc_depth!r}")
         for what in ("disc_lr_scale", "gen_lr_scale"):
             if not getattr(self, what) > 0:
                 raise ValueError(f"{self.name}: {what} must be > 0, got {getattr(self, what)!r}")
@@ -226,22 +239,28 @@ def _dcgan_gen(p, z, onehot, config, ref, key):
 
 
 def _dcgan_disc_init(key, config):
-    (h, w), c, wd = quarter(config), config.image[2], config.width
+    (h, w), c, wd = quarter(config), config.image[2], config.disc_width or config.width
     k = jax.random.split(key, 3)
-    p = {"conv1": conv_p(k[0], 4, c, wd), "conv2": conv_p(k[1], 4, wd, 2 * wd),
-         **project_p(k[2], h * w * 2 * wd, config)}
+    p = {"conv1": conv_p(k[0], 4, c, wd), "conv2": conv_p(k[1], 4, wd, 2 * wd)}
+    features = h * w * 2 * wd
+    if config.disc_depth == 3:
+        p["conv3"] = conv_p(jax.random.fold_in(key, 3), 3, 2 * wd, 4 * wd)
+        features = -(-h // 2) * -(-w // 2) * 4 * wd
     if config.disc_norm == "batch":
-        p["bn2"] = bn_p(2 * wd)
-    return p
+        p |= {f"bn{i}": bn_p(2 ** (i - 1) * wd) for i in range(2, config.disc_depth + 1)}
+    return p | project_p(k[2], features, config)
 
 
 def _dcgan_disc(p, x, onehot, config):
-    """With ``disc_norm="batch"`` the second conv's output is batch-normalised over the batch the discriminator
-    is given: real and generated images are scored in separate calls, so each is normalised by its own
-    statistics, as in DCGAN."""
+    """Strided convolutions: 4x4 to H/2 (``width`` channels) and H/4 (2 width); with ``disc_depth=3`` a third,
+    3x3 to H/8 (4 width), whose units see the whole 28x28 image, where the second's see 10x10 patches that the
+    dense head can only add up. With ``disc_norm="batch"`` every conv after the first is batch-normalised over
+    the batch the discriminator is given: real and generated images are scored in separate calls, so each is
+    normalised by its own statistics, as in DCGAN."""
     h = lrelu(fd.conv2d(x, p["conv1"]["w"], p["conv1"]["b"], stride=2, padding=1))
-    h = fd.conv2d(h, p["conv2"]["w"], p["conv2"]["b"], stride=2, padding=1)
-    h = lrelu(norm(p["bn2"], h, None) if "bn2" in p else h)
+    for i in range(2, config.disc_depth + 1):
+        h = fd.conv2d(h, p[f"conv{i}"]["w"], p[f"conv{i}"]["b"], stride=2, padding=1)
+        h = lrelu(norm(p[f"bn{i}"], h, None) if f"bn{i}" in p else h)
     return project(p, h.reshape(h.shape[0], -1), onehot)
 
 
@@ -474,23 +493,21 @@ def config_from(info: DataInfo, name: str, arch: str, *, conditional=False, **op
 
 def build_gan(info: DataInfo, *, latent=64, width=64, loss="non_saturating", n_critic=1, ema=0.999, gp=0.0,
               disc_lr_scale=1.0, gen_lr_scale=1.0, conditional=False, judge=True):
-    return gan_task(config_from(info, "gan", "dense", conditional=conditional, latent=latent, width=width,
-                                loss=loss, n_critic=n_critic, ema=ema, gp=gp, disc_lr_scale=disc_lr_scale,
-                                gen_lr_scale=gen_lr_scale, judge=judge))
+    options = {k: v for k, v in locals().items() if k not in ("info", "conditional")}
+    return gan_task(config_from(info, "gan", "dense", conditional=conditional, **options))
 
 
-def build_dcgan(info: DataInfo, *, latent=64, width=32, loss="non_saturating", n_critic=1, ema=0.999, gp=0.0,
-                disc_norm="auto", disc_lr_scale=1.0, gen_lr_scale=1.0, conditional=False, judge=True):
-    return gan_task(config_from(info, "dcgan", "dcgan", conditional=conditional, latent=latent, width=width,
-                                loss=loss, n_critic=n_critic, ema=ema, gp=gp, disc_norm=disc_norm,
-                                disc_lr_scale=disc_lr_scale, gen_lr_scale=gen_lr_scale, judge=judge))
+def build_dcgan(info: DataInfo, *, latent=64, width=32, disc_width=None, disc_depth=2, loss="non_saturating",
+                n_critic=1, ema=0.999, gp=0.0, disc_norm="auto", disc_lr_scale=1.0, gen_lr_scale=1.0,
+                conditional=False, judge=True):
+    options = {k: v for k, v in locals().items() if k not in ("info", "conditional")}
+    return gan_task(config_from(info, "dcgan", "dcgan", conditional=conditional, **options))
 
 
-def build_cdcgan(info: DataInfo, *, latent=64, width=32, loss="non_saturating", n_critic=1, ema=0.999, gp=0.0,
-                 disc_norm="auto", disc_lr_scale=1.0, gen_lr_scale=1.0, judge=True):
-    return gan_task(config_from(info, "cdcgan", "dcgan", conditional=True, latent=latent, width=width,
-                                loss=loss, n_critic=n_critic, ema=ema, gp=gp, disc_norm=disc_norm,
-                                disc_lr_scale=disc_lr_scale, gen_lr_scale=gen_lr_scale, judge=judge))
+def build_cdcgan(info: DataInfo, *, latent=64, width=32, disc_width=None, disc_depth=2, loss="non_saturating",
+                 n_critic=1, ema=0.999, gp=0.0, disc_norm="auto", disc_lr_scale=1.0, gen_lr_scale=1.0, judge=True):
+    options = {k: v for k, v in locals().items() if k != "info"}
+    return gan_task(config_from(info, "cdcgan", "dcgan", conditional=True, **options))
 
 
 SMALL_DATA = DataInfo("fake-images", (8, 8, 1), num_classes=10, extras={"normalization": {"mean": 0.5, "std": 0.5}})
@@ -502,7 +519,8 @@ register("gan", build_gan, data=("mnist", "fashion_mnist"),
                      "(LeakyReLU 0.2), non-saturating loss, generator EMA",
          small={"latent": 4, "width": 2, "judge": False}, small_data=SMALL_DATA)
 register("dcgan", build_dcgan, data=("mnist", "fashion_mnist"),
-         defaults={"data": "mnist", "steps": 5000, "batch_size": 64, **ADAM},
+         defaults={"data": "mnist", "steps": 7500, "batch_size": 64, **ADAM, "lr": 8e-4, "schedule": "cosine",
+                   "disc_depth": 3},
          description="DCGAN: generator z-dense-(H/4,W/4,4w)-convT-convT-tanh with BN+ReLU, discriminator "
                      "strided convs + LeakyReLU 0.2, non-saturating loss, generator EMA",
          small={"latent": 4, "width": 2, "judge": False}, small_data=SMALL_DATA)

@@ -167,3 +167,17 @@ def test_lr_scale_gives_each_player_its_own_learning_rate():
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="disc_lr_scale must be > 0"):
         get_model("dcgan").build(INFO, **SMALL, disc_lr_scale=-1.0)
+
+
+def test_a_deeper_wider_critic():
+    """disc_depth=3 adds a third strided conv (4 width channels of disc_width, batch-normalised like the second);
+    both players still train; a depth the model does not have is refused in one line."""
+    task = get_model("dcgan").build(INFO, **SMALL, disc_depth=3, disc_width=3)
+    params, (new, _, _, metrics) = run_steps(task, fake_images())
+    disc = params["disc"]
+    assert disc["conv1"]["w"].shape[-1] == 3 and disc["conv3"]["w"].shape[-1] == 12 and "bn3" in disc
+    assert disc["out"]["w"].shape[0] == 1 * 1 * 12             # 8x8 images: 4x4 -> 2x2 -> 1x1
+    assert moved(params["disc"], new["disc"]) and finite(new) and finite(metrics)
+    with pytest.raises(ValueError, match="disc_depth must be 2 or 3") as err:
+        get_model("dcgan").build(INFO, **SMALL, disc_depth=4)
+    assert "\n" not in str(err.value)
