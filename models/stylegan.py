@@ -143,9 +143,9 @@ ARCHS["stylegan"] = Arch(_gen_init, _gen, _disc_init, _disc, check_quarter)
 
 
 def build(info: DataInfo, *, latent=64, width=16, loss="non_saturating", n_critic=1, ema=0.999, gp=0.0,
-          conditional=False, judge=True):
-    return gan_task(config_from(info, "stylegan", "stylegan", conditional=conditional, latent=latent, width=width,
-                                loss=loss, n_critic=n_critic, ema=ema, gp=gp, judge=judge))
+          disc_lr_scale=1.0, gen_lr_scale=1.0, conditional=False, judge=True):
+    options = {k: v for k, v in locals().items() if k not in ("info", "conditional")}
+    return gan_task(config_from(info, "stylegan", "stylegan", conditional=conditional, **options))
 
 
 register("stylegan", build, data=("mnist", "fashion_mnist"),
