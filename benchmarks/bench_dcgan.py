@@ -9,7 +9,8 @@ step gets (``funcdl.core.xla.compiler_options``). PyTorch: the same layers (Line
 4x4/2, Conv2d 4x4/2 and, with --disc-depth 3 (the registered dcgan's), 3x3/2, the critic's batch norm after each
 conv but the first, LeakyReLU 0.2), the same losses (non-saturating), Adam(2e-4, betas (0.5, 0.999)) and an EMA
 of the generator, with ``torch.set_num_threads`` = the CPU count. Times are medians over --rounds interleaved
-rounds of the median of --reps steps after warm-up; torch is skipped with a line when it is not installed.
+rounds of the median of --reps steps after warm-up, funcdl also as SCAN steps per ``lax.scan`` call (reported per
+step); torch is skipped with a line when it is not installed.
 """
 
 from __future__ import annotations
@@ -31,8 +32,12 @@ from funcdl.training.step import make_players_step, players_optimizer
 INFO_EXTRAS = {"normalization": {"mean": 0.1307, "std": 0.3081}}
 
 
+SCAN = 4                   # steps per lax.scan call in the scanned timing (funcdl train scans its steps)
+
+
 def funcdl_step(args, x, y):
-    """A zero-argument function that runs one jitted players step (blocking)."""
+    """``(one, scanned)``: zero-argument functions that run one jitted players step, and SCAN steps in one
+    ``lax.scan`` call (blocking)."""
     from funcdl.training.task import DataInfo
 
     info = DataInfo("mnist", (28, 28, 1), num_classes=10, extras=INFO_EXTRAS)
@@ -40,7 +45,7 @@ def funcdl_step(args, x, y):
                                        judge=False)
     config = TrainConfig(batch_size=args.batch, lr=2e-4, optimizer_options={"b1": 0.5, "b2": 0.999},
                          grad=args.grad, steps=1)
-    return players_runners(task, config, {"x": jnp.asarray(x), "y": jnp.asarray(y)})[0]
+    return players_runners(task, config, {"x": jnp.asarray(x), "y": jnp.asarray(y)}, scan=SCAN)
 
 
 def players_runners(task, config, batch, scan: int = 4):
@@ -125,7 +130,8 @@ def main():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.batch, 28, 28, 1)).astype(np.float32)
     y = rng.integers(0, 10, args.batch).astype(np.int32)
-    fns = {"funcdl": funcdl_step(args, x, y)}
+    one, scanned = funcdl_step(args, x, y)
+    fns = {"funcdl": one, "funcdl (scan)": scanned}
     try:
         import torch  # noqa: F401
         if args.model == "dcgan":
@@ -138,14 +144,15 @@ def main():
     for _ in range(args.rounds):
         for name, fn in fns.items():
             times[name].append(timeit(fn, args.reps))
-    ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    ms = {name: 1e3 * statistics.median(t) / (SCAN if "scan" in name else 1) for name, t in times.items()}
     print(f"{args.model} step (D then G, batch {args.batch}, width {args.width}, latent {args.latent}, "
           f"critic depth {args.disc_depth}, "
           f"{os.cpu_count()} CPUs, grad {args.grad})")
     for name, value in ms.items():
-        print(f"  {name:7s} {value:8.2f} ms/step")
+        print(f"  {name:14s} {value:8.2f} ms/step")
     if "torch" in ms:
-        print(f"  funcdl / torch = {ms['funcdl'] / ms['torch']:.2f}")
+        print(f"  funcdl / torch = {ms['funcdl'] / ms['torch']:.2f} (one jitted call per step), "
+              f"{ms['funcdl (scan)'] / ms['torch']:.2f} ({SCAN} steps per lax.scan call, how funcdl train runs)")
 
 
 if __name__ == "__main__":

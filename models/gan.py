@@ -71,7 +71,7 @@ class Config:
     gen_lr_scale: float = 1.0
     ema: float | None = 0.999
     gp: float = 0.0
-    disc_norm: str = "none"             # "batch": batch norm after the discriminator's second conv (DCGAN)
+    disc_norm: str = "none"             # "batch": batch norm after each dcgan critic conv but the first (DCGAN)
     mean: float = 0.0                   # the data's normalization: pixel = x * std + mean, in [0, 1]
     std: float = 1.0
     judge: bool = True                  # report: score the samples with models.judge

@@ -69,9 +69,13 @@ def players_optimizer(task: Task, config: TrainConfig, total_steps: int):
     for p in task.players:
         if not p.lr_scale > 0:
             raise ValueError(f"player {p.name!r}: lr_scale must be > 0, got {p.lr_scale!r}")
-        opt = p.optimizer if p.optimizer is not None else default if p.lr_scale == 1 else make_optimizer(
-            dataclasses.replace(config, lr=config.lr * p.lr_scale, min_lr=config.min_lr * p.lr_scale),
-            total_steps)[0]
+        if p.optimizer is not None:
+            opt = p.optimizer
+        elif p.lr_scale == 1:
+            opt = default
+        else:
+            scaled = dataclasses.replace(config, lr=config.lr * p.lr_scale, min_lr=config.min_lr * p.lr_scale)
+            opt = make_optimizer(scaled, total_steps)[0]
         opts[p.name] = optim.ema_params(opt, p.ema, warmup=True) if p.ema is not None else opt
 
     def init(params):
