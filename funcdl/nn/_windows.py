@@ -100,9 +100,12 @@ def stack_windows(x, kernel, stride, pads, dilation, value):
 
 
 def scatter_taps(contributions, kernel, in_spatial, stride, pads, dilation):
-    """The transpose of ``patches``: dxp[n, o*s + k*d, c] += contribution_k[n, o, c]. Each tap's (N, *O, C)
-    array is put back on the strided grid it was read from (``lax.pad`` with interior padding s-1), the K of
-    them are summed and the padding is cropped (a negative pad)."""
+    """The transpose of ``patches``: dxp[n, o*s + k*d, c] += contribution_k[n, o, c], then the padding cropped.
+
+    Stride 1: each tap's (N, *O, C) array is shifted to where it was read from (``lax.pad``), the K of them
+    are summed and the padding is cropped (a negative pad). Strided: see :func:`_scatter_by_phase`."""
+    if any(s > 1 for s in stride):
+        return _scatter_by_phase(contributions, kernel, in_spatial, stride, pads, dilation)
     n = len(kernel)
     out_spatial = contributions[0].shape[1:1 + n]
     padded = tuple(length + lo + hi for length, (lo, hi) in zip(in_spatial, pads, strict=True))
@@ -114,3 +117,35 @@ def scatter_taps(contributions, kernel, in_spatial, stride, pads, dilation):
         term = lax.pad(g, zero, cfg)
         total = term if total is None else total + term
     return lax.pad(total, zero, ((0, 0, 0), *((-lo, -hi, 0) for lo, hi in pads), (0, 0, 0)))
+
+
+def _scatter_by_phase(contributions, kernel, in_spatial, stride, pads, dilation):
+    """The strided scatter, phase by phase. Padded position p = start_k + o*s (per axis) has phase r = p mod s
+    and coarse index q = p // s = start_k // s + o, so a tap's whole contribution lands on one phase, shifted
+    by start_k // s on the coarse grid of Q = ceil(P / s) rows (P the padded length). The taps of each phase
+    are summed there (plain shifts, no interior padding), and the s^n phase grids are interleaved (stack,
+    transpose, reshape: row q*s + r of the result is row q of phase r), cropped to P and then by the padding.
+    The same sum as putting each tap on a grid dilated by s - 1 zeros and adding, which XLA's CPU backend
+    materialises tap by tap (16 full-size arrays for a 4x4 kernel) when the result has two consumers, as a
+    transposed convolution's output in a training step does: its backward reads it for dx and for dw."""
+    n = len(kernel)
+    first = contributions[0]
+    out_spatial = first.shape[1:1 + n]
+    padded = tuple(length + lo + hi for length, (lo, hi) in zip(in_spatial, pads, strict=True))
+    coarse = tuple(-(-p // s) for p, s in zip(padded, stride, strict=True))
+    zero = jnp.zeros((), first.dtype)
+    phases = {}
+    for g, (_, start, _) in zip(contributions, _taps(kernel, dilation, stride, out_spatial), strict=True):
+        phase = tuple(st % s for st, s in zip(start, stride, strict=True))
+        cfg = ((0, 0, 0), *((st // s, q - st // s - o, 0) for st, s, q, o in zip(start, stride, coarse,
+                                                                                   out_spatial, strict=True)),
+               (0, 0, 0))
+        term = lax.pad(g, zero, cfg)
+        phases[phase] = term if phase not in phases else phases[phase] + term
+    blank = jnp.zeros((first.shape[0], *coarse, first.shape[-1]), first.dtype)
+    grid = jnp.stack([phases.get(r, blank) for r in ndindex(stride)], axis=1 + n)         # (N, *Q, S, C)
+    grid = grid.reshape(first.shape[0], *coarse, *stride, first.shape[-1])
+    grid = jnp.transpose(grid, (0, *(a for i in range(n) for a in (1 + i, 1 + n + i)), 1 + 2 * n))
+    grid = grid.reshape(first.shape[0], *(q * s for q, s in zip(coarse, stride, strict=True)), first.shape[-1])
+    return lax.pad(grid, zero, ((0, 0, 0), *((-lo, -(hi + q * s - p), 0) for (lo, hi), q, s, p in
+                                            zip(pads, coarse, stride, padded, strict=True)), (0, 0, 0)))

@@ -119,13 +119,16 @@ def _modulated_conv2d_examples(key, dtype):
 
 def _modulated_conv2d_space(rng, dtype):
     """Batches 1-3, 1-4 channels in and out, kernels 1-3 per axis, every padding form, styles around 1 (as a
-    mapping network's affine layer initialised at bias 1 gives) or signed, demodulation either way."""
-    cin, cout = integer(rng, 1, 4), integer(rng, 1, 4)
+    mapping network's affine layer initialised at bias 1 gives) or signed, demodulation either way. Demodulated
+    draws have at least 2 input channels: with one, the demodulation divides the style out exactly (up to eps),
+    so its gradient is zero up to rounding and a relative error of it measures nothing."""
+    demodulate = pick(rng, [True, False])
+    cin, cout = integer(rng, 2 if demodulate else 1, 4), integer(rng, 1, 4)
     kernel = (integer(rng, 1, 3), integer(rng, 1, 3))
     n = integer(rng, 1, 3)
     x = arr(rng, (n, kernel[0] + integer(rng, 0, 3), kernel[1] + integer(rng, 0, 3), cin), dtype)
     style = unif(rng, (n, cin), dtype, 0.5, 1.5) if rng.random() < 0.7 else arr(rng, (n, cin), dtype)
-    settings = {"demodulate": pick(rng, [True, False]), "padding": padding(rng, 2),
+    settings = {"demodulate": demodulate, "padding": padding(rng, 2),
                 "eps": pick(rng, [1e-8, num(rng, 1e-4, 0.1, 4)])}
     return Example((x, arr(rng, (*kernel, cin, cout), dtype, 0.5), style), settings)
 
