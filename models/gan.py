@@ -10,10 +10,11 @@ generator, each with its own Adam state, in one training step.
                           [-> conv 3x3 stride 2 (4 width) -> BN -> LeakyReLU(0.2): ``disc_depth=3``]
                           -> flatten -> dense -> one logit [+ <embed(class), features>]
 
-The registered ``dcgan`` uses ``disc_depth=3``: a unit of the second conv sees a 10x10 patch, so a two-conv critic
-judges local strokes and its dense head can only add that evidence up, while the third conv's units see the whole
-digit. On MNIST (seed 0, 1500 steps, lr 4e-4) it moved the unconditional DCGAN's Frechet distance from 209 to 144 at
-the same speed. ``cdcgan`` keeps two convs by default, the critic its published figures were measured with.
+The registered ``dcgan`` and ``cdcgan`` use ``disc_depth=3``: a unit of the second conv sees a 10x10 patch, so a
+two-conv critic judges local strokes and its dense head can only add that evidence up, while the third conv's units
+see the whole digit. On MNIST (seed 0, 1500 steps, constant lr) it moved the unconditional DCGAN's Frechet distance
+from 209 to 144 at lr 4e-4, and the conditional one's from 53.6 (two convs, lr 2e-4) to 14.4 (three convs, lr 8e-4),
+at the same speed. Both train at Adam 8e-4 on a cosine schedule for 7500 steps.
 
 The conditional discriminator is a projection discriminator (Miyato & Koyama 2018): the class enters as the inner
 product of a learned class embedding with the features. The data's standardised images are mapped to [-1, 1]
@@ -525,6 +526,7 @@ register("dcgan", build_dcgan, data=("mnist", "fashion_mnist"),
                      "strided convs + LeakyReLU 0.2, non-saturating loss, generator EMA",
          small={"latent": 4, "width": 2, "judge": False}, small_data=SMALL_DATA)
 register("cdcgan", build_cdcgan, data=("mnist", "fashion_mnist"),
-         defaults={"data": "mnist", "steps": 5000, "batch_size": 64, **ADAM},
+         defaults={"data": "mnist", "steps": 7500, "batch_size": 64, **ADAM, "lr": 8e-4, "schedule": "cosine",
+                   "disc_depth": 3},
          description="class-conditional DCGAN: one-hot class into the generator, projection discriminator",
          small={"latent": 4, "width": 2, "judge": False}, small_data=SMALL_DATA)
