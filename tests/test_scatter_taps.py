@@ -14,10 +14,11 @@ from funcdl.nn._windows import _taps, conv_output_shape, scatter_taps
 def dilated_sum(contributions, kernel, in_spatial, stride, pads, dilation):
     n = len(kernel)
     out = contributions[0].shape[1:1 + n]
-    padded = tuple(length + lo + hi for length, (lo, hi) in zip(in_spatial, pads))
+    padded = tuple(length + lo + hi for length, (lo, hi) in zip(in_spatial, pads, strict=True))
     total = 0.0
-    for g, (_, start, limit) in zip(contributions, _taps(kernel, dilation, stride, out)):
-        cfg = ((0, 0, 0), *((st, p - lim, s - 1) for st, lim, p, s in zip(start, limit, padded, stride)), (0, 0, 0))
+    for g, (_, start, limit) in zip(contributions, _taps(kernel, dilation, stride, out), strict=True):
+        cfg = ((0, 0, 0), *((st, p - lim, s - 1) for st, lim, p, s in zip(start, limit, padded, stride, strict=True)),
+               (0, 0, 0))
         total = total + lax.pad(g, 0.0, cfg)
     return lax.pad(total, 0.0, ((0, 0, 0), *((-lo, -hi, 0) for lo, hi in pads), (0, 0, 0)))
 
