@@ -1,14 +1,15 @@
 """One DCGAN training step (a discriminator update, then a generator update, with the generator's EMA) in funcdl
 (jitted, as ``funcdl train dcgan`` runs it) and the same network and step in PyTorch on the CPU.
 
-    python benchmarks/bench_dcgan.py [--batch 64] [--width 32] [--latent 64] [--disc-depth 3] [--reps 20]
-                                     [--rounds 3] [--grad manual|autodiff] [--model dcgan|cdcgan]
+    python benchmarks/bench_dcgan.py [--batch 64] [--width 32] [--latent 64] [--disc-depth 3] [--gen-head conv3]
+                                     [--reps 20] [--rounds 3] [--grad manual|autodiff] [--model dcgan|cdcgan]
 
 funcdl: ``funcdl.training.step.make_players_step`` of the registered model, compiled with the options a training
 step gets (``funcdl.core.xla.compiler_options``). PyTorch: the same layers (Linear, BatchNorm2d, ConvTranspose2d
-4x4/2, Conv2d 4x4/2 and, with --disc-depth 3 (the registered dcgan's), 3x3/2, the critic's batch norm after each
-conv but the first, LeakyReLU 0.2), the same losses (non-saturating), Adam(2e-4, betas (0.5, 0.999)) and an EMA
-of the generator, with ``torch.set_num_threads`` = the CPU count. Times are medians over --rounds interleaved
+4x4/2, with --gen-head conv3 (the registered models') a BatchNorm2d, ReLU and a 3x3 Conv2d at full resolution
+after the last; Conv2d 4x4/2 and, with --disc-depth 3 (the registered models'), 3x3/2, the critic's batch norm
+after each conv but the first, LeakyReLU 0.2), the same losses (non-saturating), Adam(2e-4, betas (0.5, 0.999))
+and an EMA of the generator, with ``torch.set_num_threads`` = the CPU count. Times are medians over --rounds interleaved
 rounds of the median of --reps steps after warm-up, funcdl also as SCAN steps per ``lax.scan`` call (reported per
 step); torch is skipped with a line when it is not installed.
 """
@@ -42,7 +43,7 @@ def funcdl_step(args, x, y):
 
     info = DataInfo("mnist", (28, 28, 1), num_classes=10, extras=INFO_EXTRAS)
     task = get_model(args.model).build(info, latent=args.latent, width=args.width, disc_depth=args.disc_depth,
-                                       judge=False)
+                                       gen_head=args.gen_head, judge=False)
     config = TrainConfig(batch_size=args.batch, lr=2e-4, optimizer_options={"b1": 0.5, "b2": 0.999},
                          grad=args.grad, steps=1)
     return players_runners(task, config, {"x": jnp.asarray(x), "y": jnp.asarray(y)}, scan=SCAN)
@@ -87,9 +88,11 @@ def torch_step(args, x, y):
 
     torch.set_num_threads(os.cpu_count() or 1)
     w, h = args.width, 7
+    head = [nn.ConvTranspose2d(2 * w, 1, 4, 2, 1)] if args.gen_head == "convT" else \
+        [nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.BatchNorm2d(w), nn.ReLU(), nn.Conv2d(w, 1, 3, 1, 1)]
     gen = nn.Sequential(nn.Linear(args.latent, h * h * 4 * w), nn.Unflatten(1, (4 * w, h, h)), nn.BatchNorm2d(4 * w),
                         nn.ReLU(), nn.ConvTranspose2d(4 * w, 2 * w, 4, 2, 1), nn.BatchNorm2d(2 * w), nn.ReLU(),
-                        nn.ConvTranspose2d(2 * w, 1, 4, 2, 1), nn.Tanh())
+                        *head, nn.Tanh())
     layers = [nn.Conv2d(1, w, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(w, 2 * w, 4, 2, 1), nn.BatchNorm2d(2 * w),
               nn.LeakyReLU(0.2)]
     if args.disc_depth == 3:
@@ -122,6 +125,7 @@ def main():
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--latent", type=int, default=64)
     parser.add_argument("--disc-depth", type=int, choices=(2, 3), default=3)
+    parser.add_argument("--gen-head", choices=("convT", "conv3"), default="conv3")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--grad", choices=("manual", "autodiff"), default="manual")
@@ -146,7 +150,7 @@ def main():
             times[name].append(timeit(fn, args.reps))
     ms = {name: 1e3 * statistics.median(t) / (SCAN if "scan" in name else 1) for name, t in times.items()}
     print(f"{args.model} step (D then G, batch {args.batch}, width {args.width}, latent {args.latent}, "
-          f"critic depth {args.disc_depth}, "
+          f"critic depth {args.disc_depth}, generator head {args.gen_head}, "
           f"{os.cpu_count()} CPUs, grad {args.grad})")
     for name, value in ms.items():
         print(f"  {name:14s} {value:8.2f} ms/step")

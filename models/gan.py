@@ -4,7 +4,9 @@ generator, each with its own Adam state, in one training step.
 
     dcgan generator:      z (latent) [+ one-hot class] -> dense -> (H/4, W/4, 4 width) -> BN -> ReLU
                           -> conv_transpose 4x4 stride 2 -> (H/2, W/2, 2 width) -> BN -> ReLU
-                          -> conv_transpose 4x4 stride 2 -> (H, W, C) -> tanh
+                          -> conv_transpose 4x4 stride 2 -> (H, W, C) -> tanh           (``gen_head="convT"``)
+                          -> conv_transpose 4x4 stride 2 -> (H, W, width) -> BN -> ReLU
+                          -> conv 3x3 -> (H, W, C) -> tanh                               (``gen_head="conv3"``)
     dcgan discriminator:  x -> conv 4x4 stride 2 (width) -> LeakyReLU(0.2) -> conv 4x4 stride 2 (2 width)
                           -> BN (``disc_norm="batch"``, the default without a gradient penalty) -> LeakyReLU(0.2)
                           [-> conv 3x3 stride 2 (4 width) -> BN -> LeakyReLU(0.2): ``disc_depth=3``]
@@ -15,6 +17,12 @@ two-conv critic judges local strokes and its dense head can only add that eviden
 see the whole digit. On MNIST (seed 0, 1500 steps, constant lr) it moved the unconditional DCGAN's Frechet distance
 from 209 to 144 at lr 4e-4, and the conditional one's from 53.6 (two convs, lr 2e-4) to 14.4 (three convs, lr 8e-4),
 at the same speed. Both train at Adam 8e-4 on a cosine schedule for 7500 steps.
+
+Both also use ``gen_head="conv3"``: the last transposed conv makes ``width`` feature maps and a 3x3 conv at full
+resolution mixes them into the image, where with ``"convT"`` each output pixel is the sum of four taps of one
+transposed conv, a stride-2 pattern the judge's features see. The conditional model's Frechet distance (7500
+steps, seeds 0-2) went from 10.5 / 11.7 / 10.7 to 7.2 / 6.1 / 6.7, the unconditional one's (seed 0) from 50.5
+to 19.8, at about half the speed (11.7 vs 22 steps/s); a wider generator (``width=48``) did not help.
 
 The conditional discriminator is a projection discriminator (Miyato & Koyama 2018): the class enters as the inner
 product of a learned class embedding with the features. The data's standardised images are mapped to [-1, 1]
@@ -68,6 +76,7 @@ class Config:
     n_critic: int = 1
     disc_width: int | None = None       # dcgan: the discriminator's first width (None: width)
     disc_depth: int = 2                 # dcgan: strided convolutions of the discriminator (2 or 3)
+    gen_head: str = "convT"             # dcgan: "convT" (the last transposed conv makes the image) or "conv3"
     disc_lr_scale: float = 1.0          # each player's learning rate: the training lr times this (TTUR)
     gen_lr_scale: float = 1.0
     ema: float | None = 0.999
@@ -95,6 +104,8 @@ class Config:
             raise ValueError(f"{self.name}: gp must be >= 0, got {self.gp!r}")
         if self.disc_width is not None and not (isinstance(self.disc_width, int) and self.disc_width >= 1):
             raise ValueError(f"{self.name}: disc_width must be an integer >= 1 or None, got {self.disc_width!r}")
+        if self.gen_head not in ("convT", "conv3"):
+            raise ValueError(f"{self.name}: gen_head must be 'convT' or 'conv3', got {self.gen_head!r}")
         if self.disc_depth not in (2, 3):
             raise ValueError(f"{self.name}: disc_depth must be 2 or 3 (strided convolutions of the "
                              f"discriminator), got {self.disc_depth!r}")
@@ -225,9 +236,12 @@ def check_quarter(config):
 
 def _dcgan_gen_init(key, config):
     (h, w), c, wd = quarter(config), config.image[2], config.width
-    k = jax.random.split(key, 3)
-    return {"fc": dense_p(k[0], config.latent + config.num_classes, h * w * 4 * wd), "bn0": bn_p(4 * wd),
-            "up1": conv_p(k[1], 4, 4 * wd, 2 * wd), "bn1": bn_p(2 * wd), "up2": conv_p(k[2], 4, 2 * wd, c)}
+    k = jax.random.split(key, 4)
+    p = {"fc": dense_p(k[0], config.latent + config.num_classes, h * w * 4 * wd), "bn0": bn_p(4 * wd),
+         "up1": conv_p(k[1], 4, 4 * wd, 2 * wd), "bn1": bn_p(2 * wd)}
+    if config.gen_head == "conv3":
+        return p | {"up2": conv_p(k[2], 4, 2 * wd, wd), "bn2": bn_p(wd), "out": conv_p(k[3], 3, wd, c)}
+    return p | {"up2": conv_p(k[2], 4, 2 * wd, c)}
 
 
 def _dcgan_gen(p, z, onehot, config, ref, key):
@@ -236,7 +250,10 @@ def _dcgan_gen(p, z, onehot, config, ref, key):
     x = fd.relu(norm(p["bn0"], x, ref))
     x = fd.conv_transpose2d(x, p["up1"]["w"], p["up1"]["b"], stride=2, padding=1)
     x = fd.relu(norm(p["bn1"], x, ref))
-    return fd.tanh(fd.conv_transpose2d(x, p["up2"]["w"], p["up2"]["b"], stride=2, padding=1))
+    x = fd.conv_transpose2d(x, p["up2"]["w"], p["up2"]["b"], stride=2, padding=1)
+    if "out" in p:         # gen_head="conv3": a 3x3 conv at full resolution makes the image
+        x = fd.conv2d(fd.relu(norm(p["bn2"], x, ref)), p["out"]["w"], p["out"]["b"], padding=1)
+    return fd.tanh(x)
 
 
 def _dcgan_disc_init(key, config):
@@ -498,15 +515,16 @@ def build_gan(info: DataInfo, *, latent=64, width=64, loss="non_saturating", n_c
     return gan_task(config_from(info, "gan", "dense", conditional=conditional, **options))
 
 
-def build_dcgan(info: DataInfo, *, latent=64, width=32, disc_width=None, disc_depth=2, loss="non_saturating",
-                n_critic=1, ema=0.999, gp=0.0, disc_norm="auto", disc_lr_scale=1.0, gen_lr_scale=1.0,
-                conditional=False, judge=True):
+def build_dcgan(info: DataInfo, *, latent=64, width=32, disc_width=None, disc_depth=2, gen_head="convT",
+                loss="non_saturating", n_critic=1, ema=0.999, gp=0.0, disc_norm="auto", disc_lr_scale=1.0,
+                gen_lr_scale=1.0, conditional=False, judge=True):
     options = {k: v for k, v in locals().items() if k not in ("info", "conditional")}
     return gan_task(config_from(info, "dcgan", "dcgan", conditional=conditional, **options))
 
 
-def build_cdcgan(info: DataInfo, *, latent=64, width=32, disc_width=None, disc_depth=2, loss="non_saturating",
-                 n_critic=1, ema=0.999, gp=0.0, disc_norm="auto", disc_lr_scale=1.0, gen_lr_scale=1.0, judge=True):
+def build_cdcgan(info: DataInfo, *, latent=64, width=32, disc_width=None, disc_depth=2, gen_head="convT",
+                 loss="non_saturating", n_critic=1, ema=0.999, gp=0.0, disc_norm="auto", disc_lr_scale=1.0,
+                 gen_lr_scale=1.0, judge=True):
     options = {k: v for k, v in locals().items() if k != "info"}
     return gan_task(config_from(info, "cdcgan", "dcgan", conditional=True, **options))
 
@@ -521,12 +539,13 @@ register("gan", build_gan, data=("mnist", "fashion_mnist"),
          small={"latent": 4, "width": 2, "judge": False}, small_data=SMALL_DATA)
 register("dcgan", build_dcgan, data=("mnist", "fashion_mnist"),
          defaults={"data": "mnist", "steps": 7500, "batch_size": 64, **ADAM, "lr": 8e-4, "schedule": "cosine",
-                   "disc_depth": 3},
-         description="DCGAN: generator z-dense-(H/4,W/4,4w)-convT-convT-tanh with BN+ReLU, discriminator "
+                   "disc_depth": 3, "gen_head": "conv3"},
+         description="DCGAN: generator z-dense-(H/4,W/4,4w)-convT-convT-conv3x3-tanh with BN+ReLU, discriminator "
                      "strided convs + LeakyReLU 0.2, non-saturating loss, generator EMA",
          small={"latent": 4, "width": 2, "judge": False}, small_data=SMALL_DATA)
 register("cdcgan", build_cdcgan, data=("mnist", "fashion_mnist"),
          defaults={"data": "mnist", "steps": 7500, "batch_size": 64, **ADAM, "lr": 8e-4, "schedule": "cosine",
-                   "disc_depth": 3},
-         description="class-conditional DCGAN: one-hot class into the generator, projection discriminator",
+                   "disc_depth": 3, "gen_head": "conv3"},
+         description="class-conditional DCGAN: one-hot class into the generator (a 3x3 conv at full resolution "
+                     "makes the image), projection discriminator",
          small={"latent": 4, "width": 2, "judge": False}, small_data=SMALL_DATA)

@@ -181,3 +181,18 @@ def test_a_deeper_wider_critic():
     with pytest.raises(ValueError, match="disc_depth must be 2 or 3") as err:
         get_model("dcgan").build(INFO, **SMALL, disc_depth=4)
     assert "\n" not in str(err.value)
+
+
+def test_a_generator_with_a_full_resolution_conv_head():
+    """gen_head="conv3": the last transposed conv makes ``width`` channels, batch-normalised, and a 3x3 conv at
+    full resolution makes the image; both players train; an unknown head is refused in one line."""
+    task = get_model("cdcgan").build(INFO, **SMALL, gen_head="conv3")
+    params, (new, _, _, metrics) = run_steps(task, fake_images())
+    gen = params["gen"]
+    assert gen["up2"]["w"].shape[-1] == 2 and "bn2" in gen and gen["out"]["w"].shape == (3, 3, 2, 1)
+    assert moved(params["gen"], new["gen"]) and finite(new) and finite(metrics)
+    images = task.extras["sample_images"](new, jax.random.PRNGKey(0), 4, labels=jnp.arange(4))
+    assert images.shape == (4, 8, 8, 1) and float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+    with pytest.raises(ValueError, match="gen_head must be 'convT' or 'conv3'") as err:
+        get_model("dcgan").build(INFO, **SMALL, gen_head="conv5")
+    assert "\n" not in str(err.value)
