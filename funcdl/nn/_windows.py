@@ -143,9 +143,15 @@ def _scatter_by_phase(contributions, kernel, in_spatial, stride, pads, dilation)
         term = lax.pad(g, zero, cfg)
         phases[phase] = term if phase not in phases else phases[phase] + term
     blank = jnp.zeros((first.shape[0], *coarse, first.shape[-1]), first.dtype)
-    grid = jnp.stack([phases.get(r, blank) for r in ndindex(stride)], axis=1 + n)         # (N, *Q, S, C)
-    grid = grid.reshape(first.shape[0], *coarse, *stride, first.shape[-1])
-    grid = jnp.transpose(grid, (0, *(a for i in range(n) for a in (1 + i, 1 + n + i)), 1 + 2 * n))
+
+    def interleave(prefix):
+        """The phases whose first len(prefix) residues are ``prefix``, stacked after each of their axes."""
+        axis = len(prefix)
+        if axis == n:
+            return phases.get(prefix, blank)
+        return jnp.stack([interleave((*prefix, r)) for r in range(stride[axis])], axis=2 + axis)
+
+    grid = interleave(())                                                      # (N, Q_1, S_1, ..., Q_n, S_n, C)
     grid = grid.reshape(first.shape[0], *(q * s for q, s in zip(coarse, stride, strict=True)), first.shape[-1])
     return lax.pad(grid, zero, ((0, 0, 0), *((-lo, -(hi + q * s - p), 0) for (lo, hi), q, s, p in
                                             zip(pads, coarse, stride, padded, strict=True)), (0, 0, 0)))
