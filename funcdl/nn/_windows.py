@@ -123,8 +123,10 @@ def _scatter_by_phase(contributions, kernel, in_spatial, stride, pads, dilation)
     """The strided scatter, phase by phase. Padded position p = start_k + o*s (per axis) has phase r = p mod s
     and coarse index q = p // s = start_k // s + o, so a tap's whole contribution lands on one phase, shifted
     by start_k // s on the coarse grid of Q = ceil(P / s) rows (P the padded length). The taps of each phase
-    are summed there (plain shifts, no interior padding), and the s^n phase grids are interleaved (stack,
-    transpose, reshape: row q*s + r of the result is row q of phase r), cropped to P and then by the padding.
+    are summed there (plain shifts, no interior padding), and the s^n phase grids are interleaved (nested
+    stacks, each phase axis right after its coarse axis, and one reshape: row q*s + r of the result is row q of
+    phase r), cropped to P and then by the padding. A stack then a 2n-D transpose computes the same, but XLA's
+    CPU backend fused that transpose with a consumer's own (the kernel gradient's moveaxis) into a slow loop.
     The same sum as putting each tap on a grid dilated by s - 1 zeros and adding, which XLA's CPU backend
     materialises tap by tap (16 full-size arrays for a 4x4 kernel) when the result has two consumers, as a
     transposed convolution's output in a training step does: its backward reads it for dx and for dw."""
