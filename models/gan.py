@@ -22,7 +22,8 @@ Both also use ``gen_head="conv3"``: the last transposed conv makes ``width`` fea
 resolution mixes them into the image, where with ``"convT"`` each output pixel is the sum of four taps of one
 transposed conv, a stride-2 pattern the judge's features see. The conditional model's Frechet distance (7500
 steps, seeds 0-2) went from 10.5 / 11.7 / 10.7 to 7.2 / 6.1 / 6.7, the unconditional one's from 50.5 / 50.0 /
-53.2 to 19.8 / 16.4 / 21.2, at a little over half the speed (13 vs 23 steps/s idle); a wider generator (``width=48``) did not help.
+53.2 to 19.8 / 16.4 / 21.2, at a little over half the speed (13 vs 23 steps/s idle); a wider generator
+(``width=48``) did not help.
 
 The conditional discriminator is a projection discriminator (Miyato & Koyama 2018): the class enters as the inner
 product of a learned class embedding with the features. The data's standardised images are mapped to [-1, 1]
