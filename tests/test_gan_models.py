@@ -196,3 +196,28 @@ def test_a_generator_with_a_full_resolution_conv_head():
     with pytest.raises(ValueError, match="gen_head must be 'convT' or 'conv3'") as err:
         get_model("dcgan").build(INFO, **SMALL, gen_head="conv5")
     assert "\n" not in str(err.value)
+
+
+def test_conditional_batch_norm_and_the_critics_minibatch_stddev():
+    """gen_cond="bn": every generator batch norm gets a per-class gain and shift (zero at first) that training
+    moves; disc_mbstd: the critic's head sees one more channel, so a logit depends on the other examples of its
+    group of 4; both refuse a wrong value in one line."""
+    task = get_model("cdcgan").build(INFO, **SMALL, gen_head="conv3", gen_cond="bn", disc_mbstd=True,
+                                             disc_depth=3)
+    params, (new, _, _, metrics) = run_steps(task, fake_images())
+    for bn in ("bn0", "bn1", "bn2"):
+        assert params["gen"][bn]["gain"].shape == (10, params["gen"][bn]["scale"].shape[0])
+        assert not np.any(params["gen"][bn]["gain"]) and np.any(new["gen"][bn]["gain"])
+    assert new["disc"]["out"]["w"].shape[0] == 1 * 1 * (4 * 2 + 1)        # (8/8)^2 pixels, 4 width + 1 channels
+    assert finite(new) and finite(metrics)
+    config = gan.Config(image=(8, 8, 1), latent=4, width=2, num_classes=10, disc_depth=3, disc_mbstd=True)
+    x = jnp.asarray(fake_images(8)["x"])
+    labels = jnp.arange(8)
+    logits = gan.discriminate(new["disc"], x, labels, config)
+    other = gan.discriminate(new["disc"], x.at[4].multiply(3.0), labels, config)
+    assert float(jnp.abs(logits[0] - other[0])) > 0        # example 0 shares its group with example 4
+    images = task.extras["sample_images"](new, jax.random.PRNGKey(0), 4, labels=jnp.arange(4))
+    assert images.shape == (4, 8, 8, 1) and finite(images)
+    with pytest.raises(ValueError, match="gen_cond must be 'input' or 'bn'") as err:
+        get_model("cdcgan").build(INFO, **SMALL, gen_cond="film")
+    assert "\n" not in str(err.value)
