@@ -22,18 +22,18 @@ machine's judge; 3.2e-3 was worse at 3000 steps: 7.06 against 6.64), the uncondi
 
 Both also use ``gen_head="conv3"``: the last transposed conv makes ``width`` feature maps and a 3x3 conv at full
 resolution mixes them into the image, where with ``"convT"`` each output pixel is the sum of four taps of one
-transposed conv, a stride-2 pattern the judge's features see. The conditional model's Frechet distance (7500
-steps, Adam 8e-4, seeds 0-2, read by the earlier machine's judge) went from 10.5 / 11.7 / 10.7 to 7.2 / 6.1 / 6.7, the unconditional one's from 50.5 / 50.0 /
-53.2 to 19.8 / 16.4 / 21.2, at a little over half the speed (13 vs 23 steps/s idle); a wider generator
-(``width=48``) did not help.
+transposed conv, a stride-2 pattern the judge's features see. The conditional model's Frechet distance (7500 steps,
+Adam 8e-4, seeds 0-2, read by the earlier machine's judge) went from 10.5 / 11.7 / 10.7 to 7.2 / 6.1 / 6.7, the
+unconditional one's from 50.5 / 50.0 / 53.2 to 19.8 / 16.4 / 21.2, at a little over half the speed (13 vs 23 steps/s
+idle); a wider generator (``width=48``) did not help.
 
 The conditional discriminator is a projection discriminator (Miyato & Koyama 2018): the class enters as the inner
 product of a learned class embedding with the features. Two options from the later GANs are there to try, off by
 default because neither helped here (cdcgan, seed 0, 3000 steps, Adam 1.6e-3, the shipped judge: Frechet distance
-6.64 without, 6.89 with ``gen_cond="bn"``, 6.80 with ``disc_mbstd=True``): conditional batch norm in the generator (de Vries et
-al. 2017, as in SNGAN and BigGAN: each batch norm's scale and shift get a per-class gain and shift) and a
-minibatch standard deviation channel before the critic's head (Karras et al. 2018). The data's standardised images are mapped to [-1, 1]
-(the generator's tanh range) through ``extras["normalization"]``.
+6.64 without, 6.89 with ``gen_cond="bn"``, 6.80 with ``disc_mbstd=True``): conditional batch norm in the generator
+(de Vries et al. 2017, as in SNGAN and BigGAN: each batch norm's scale and shift get a per-class gain and shift) and
+a minibatch standard deviation channel before the critic's head (Karras et al. 2018). The data's standardised images
+are mapped to [-1, 1] (the generator's tanh range) through ``extras["normalization"]``.
 
 Losses: ``fd.gan_d_loss`` / ``fd.gan_g_loss`` of kind ``loss``; ``gp > 0`` adds a gradient penalty to the
 discriminator: WGAN-GP (Gulrajani et al. 2017: (||grad D(x_hat)|| - 1)^2 at interpolates, weight gp) with
@@ -544,15 +544,15 @@ def build_gan(info: DataInfo, *, latent=64, width=64, loss="non_saturating", n_c
 
 
 def build_dcgan(info: DataInfo, *, latent=64, width=32, disc_width=None, disc_depth=2, gen_head="convT",
-                disc_mbstd=False, loss="non_saturating", n_critic=1, ema=0.999, gp=0.0, disc_norm="auto", disc_lr_scale=1.0,
-                gen_lr_scale=1.0, conditional=False, judge=True):
+                disc_mbstd=False, loss="non_saturating", n_critic=1, ema=0.999, gp=0.0, disc_norm="auto",
+                disc_lr_scale=1.0, gen_lr_scale=1.0, conditional=False, judge=True):
     options = {k: v for k, v in locals().items() if k not in ("info", "conditional")}
     return gan_task(config_from(info, "dcgan", "dcgan", conditional=conditional, **options))
 
 
 def build_cdcgan(info: DataInfo, *, latent=64, width=32, disc_width=None, disc_depth=2, gen_head="convT",
-                 gen_cond="input", disc_mbstd=False, loss="non_saturating", n_critic=1, ema=0.999, gp=0.0, disc_norm="auto", disc_lr_scale=1.0,
-                 gen_lr_scale=1.0, judge=True):
+                 gen_cond="input", disc_mbstd=False, loss="non_saturating", n_critic=1, ema=0.999, gp=0.0,
+                 disc_norm="auto", disc_lr_scale=1.0, gen_lr_scale=1.0, judge=True):
     options = {k: v for k, v in locals().items() if k != "info"}
     return gan_task(config_from(info, "cdcgan", "dcgan", conditional=True, **options))
 
