@@ -398,7 +398,7 @@ def judge_report(images01, data: Dataset, *, labels=None, judge: Judge | None = 
     is a copy); and ``conditional_accuracy`` (share of samples read as their ``labels``) when ``labels`` (N,) are
     given. N is capped at the test split's size for the real figures. With the shipped judge, 10000 MNIST test images
     score a classifier score of 9.73, a Frechet distance to the training images of 2.85 and a nearest-neighbour
-    distance of 4.72; uniform noise 1.0, 4718 and 15.0. The Frechet floor grows as N shrinks (14.0 at N = 1000, 4.6
+    distance of 4.72; uniform noise 1.0, 4715 and 15.0. The Frechet floor grows as N shrinks (14.0 at N = 1000, 4.6
     at 5000), so
     compare models at the same N, 5000 or more where possible. ``data`` is the data set the model trained
     on (standardised or binarised MNIST); ``judge`` defaults to ``load_judge(data_dir, data=data)`` (a judge not
