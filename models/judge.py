@@ -399,10 +399,10 @@ def judge_report(images01, data: Dataset, *, labels=None, judge: Judge | None = 
     given. N is capped at the test split's size for the real figures. With the shipped judge, 10000 MNIST test images
     score a classifier score of 9.73, a Frechet distance to the training images of 2.85 and a nearest-neighbour
     distance of 4.72; uniform noise 1.0, 4715 and 15.0. The Frechet floor grows as N shrinks (14.0 at N = 1000, 4.6
-    at 5000), so
-    compare models at the same N, 5000 or more where possible. ``data`` is the data set the model trained
-    on (standardised or binarised MNIST); ``judge`` defaults to ``load_judge(data_dir, data=data)`` (a judge not
-    trained yet trains on ``data`` itself when that is ``mnist``, else on MNIST from ``data_dir`` or the cache).
+    at 5000; ``benchmarks/judge_floors.py``), so compare models at the same N, 5000 or more where possible. ``data``
+    is the data set the model trained on (standardised or binarised MNIST); ``judge`` defaults to
+    ``load_judge(data_dir, data=data)``: the shipped judge (without it, one trained on ``data`` itself when that is
+    ``mnist``, else on MNIST from ``data_dir`` or the cache).
     """
     x = _check_images(images01)
     if len(x) < 2:
