@@ -71,7 +71,6 @@ KIND = "regression"
 LOSSES = ("minimax", "non_saturating", "least_squares", "hinge", "wasserstein")
 REFERENCE = 256            # latents of the fixed reference batch that gives the sampling batch-norm statistics
 SLOPE = 0.2                # LeakyReLU slope of the discriminators
-MBSTD_GROUP = 4            # group size of the critic's minibatch standard deviation (disc_mbstd)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +119,9 @@ class Config:
             raise ValueError(f"{self.name}: gen_head must be 'convT' or 'conv3', got {self.gen_head!r}")
         if self.gen_cond not in ("input", "bn"):
             raise ValueError(f"{self.name}: gen_cond must be 'input' or 'bn', got {self.gen_cond!r}")
+        if self.gen_cond == "bn" and not self.num_classes:
+            raise ValueError(f"{self.name}: gen_cond='bn' needs a class-conditional model (cdcgan); an unconditional "
+                             f"generator has no class to condition its batch norms on")
         if self.disc_depth not in (2, 3):
             raise ValueError(f"{self.name}: disc_depth must be 2 or 3 (strided convolutions of the "
                              f"discriminator), got {self.disc_depth!r}")
@@ -202,6 +204,11 @@ def project_p(key, features, config, std=0.02):
     if config.conditional:
         p["embed"] = normal(ke, (config.num_classes, features), std)
     return p
+
+
+def mbstd_group(n):
+    """The minibatch standard deviation's group size: the largest size <= 4 (StyleGAN's) that divides the batch."""
+    return next(g for g in (4, 3, 2, 1) if n % g == 0)
 
 
 def with_labels(z, onehot):
@@ -307,7 +314,7 @@ def _dcgan_disc(p, x, onehot, config):
         h = fd.conv2d(h, p[f"conv{i}"]["w"], p[f"conv{i}"]["b"], stride=2, padding=1)
         h = lrelu(norm(p[f"bn{i}"], h, None) if f"bn{i}" in p else h)
     if config.disc_mbstd:
-        h = fd.minibatch_stddev(h, group_size=MBSTD_GROUP if h.shape[0] % MBSTD_GROUP == 0 else 1)
+        h = fd.minibatch_stddev(h, group_size=mbstd_group(h.shape[0]))
     return project(p, h.reshape(h.shape[0], -1), onehot)
 
 

@@ -38,6 +38,7 @@ from .gan import (
     dense_p,
     gan_task,
     lrelu,
+    mbstd_group,
     project,
     project_p,
     quarter,
@@ -129,14 +130,9 @@ def _disc(p, x, onehot, config):
     h = lrelu(fd.conv2d(x, p["conv0"]["w"], p["conv0"]["b"], padding=1))
     h = lrelu(fd.conv2d(h, p["conv1"]["w"], p["conv1"]["b"], stride=2, padding=1))
     h = lrelu(fd.conv2d(h, p["conv2"]["w"], p["conv2"]["b"], stride=2, padding=1))
-    h = fd.minibatch_stddev(h, group_size=_group(h.shape[0]))
+    h = fd.minibatch_stddev(h, group_size=mbstd_group(h.shape[0]))
     h = lrelu(fd.conv2d(h, p["conv3"]["w"], p["conv3"]["b"], padding=1))
     return project(p, h.reshape(h.shape[0], -1), onehot)
-
-
-def _group(n):
-    """The largest group size <= 4 that divides the batch."""
-    return next(g for g in (4, 3, 2, 1) if n % g == 0)
 
 
 ARCHS["stylegan"] = Arch(_gen_init, _gen, _disc_init, _disc, check_quarter)

@@ -202,8 +202,7 @@ def test_conditional_batch_norm_and_the_critics_minibatch_stddev():
     """gen_cond="bn": every generator batch norm gets a per-class gain and shift (zero at first) that training
     moves; disc_mbstd: the critic's head sees one more channel, so a logit depends on the other examples of its
     group of 4; both refuse a wrong value in one line."""
-    task = get_model("cdcgan").build(INFO, **SMALL, gen_head="conv3", gen_cond="bn", disc_mbstd=True,
-                                             disc_depth=3)
+    task = get_model("cdcgan").build(INFO, **SMALL, gen_head="conv3", gen_cond="bn", disc_mbstd=True, disc_depth=3)
     params, (new, _, _, metrics) = run_steps(task, fake_images())
     for bn in ("bn0", "bn1", "bn2"):
         assert params["gen"][bn]["gain"].shape == (10, params["gen"][bn]["scale"].shape[0])
@@ -221,3 +220,5 @@ def test_conditional_batch_norm_and_the_critics_minibatch_stddev():
     with pytest.raises(ValueError, match="gen_cond must be 'input' or 'bn'") as err:
         get_model("cdcgan").build(INFO, **SMALL, gen_cond="film")
     assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="gen_cond='bn' needs a class-conditional model"):
+        gan.Config(image=(8, 8, 1), gen_cond="bn")

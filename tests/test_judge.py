@@ -143,20 +143,14 @@ def test_checksum_mismatch_then_retrain(tiny_judge, tmp_path, capsys):
     assert json.loads((copy / "judge.json").read_text())["sha256"] == J._sha256(copy / "judge.npz")
 
 
-def test_the_shipped_judge(tmp_path, monkeypatch, shared_data):
-    """load_judge() reads the judge that ships with funcdl (no training, sha256 checked) and it classifies MNIST's
-    test images at >= 99%; a damaged copy is refused in one line."""
-    import funcdl.data as fdata
-
+def test_the_shipped_judge_loads_without_training_and_refuses_a_damaged_copy(tmp_path, monkeypatch, capsys):
+    """load_judge() reads the judge that ships with funcdl (sha256 checked, nothing trained or read from data); a
+    damaged copy is refused in one line that says what to do."""
+    monkeypatch.setenv("FUNCDL_DATA", str(tmp_path / "cache"))
     judge = J.load_judge(data_dir=tmp_path / "never-read")
     assert judge.record["recipe"] == json.loads(json.dumps(J.RECIPE)) and judge.record["test_accuracy"] >= 0.99
-    if not (shared_data / "mnist").is_dir():
-        pytest.skip("no local MNIST")
-    data = fdata.load("mnist", data_dir=shared_data / "mnist", val_fraction=0.0)
-    test = data.splits["test"]
-    x01 = J.pixels01(test["x"], data)
-    accuracy = float(np.mean(judge.probs(x01).argmax(1) == np.asarray(test["y"])))
-    assert abs(accuracy - judge.record["test_accuracy"]) < 1e-3, accuracy
+    assert judge.record["sha256"] == J._sha256(J.SHIPPED)
+    assert "training the MNIST judge" not in capsys.readouterr().out and not (tmp_path / "cache" / "judge").exists()
     damaged = tmp_path / "judge_weights.npz"
     damaged.write_bytes(J.SHIPPED.read_bytes() + b"x")
     (tmp_path / "judge_weights.json").write_bytes(J.SHIPPED.with_suffix(".json").read_bytes())
@@ -164,6 +158,18 @@ def test_the_shipped_judge(tmp_path, monkeypatch, shared_data):
     with pytest.raises(ValueError, match="do not match the sha256.*reinstall funcdl") as err:
         J.load_judge()
     assert "\n" not in str(err.value)
+
+
+def test_the_shipped_judge_reads_mnist_at_its_recorded_accuracy(shared_data):
+    import funcdl.data as fdata
+
+    if not (shared_data / "mnist").is_dir():
+        pytest.skip("no local MNIST")
+    judge = J.load_judge()
+    data = fdata.load("mnist", data_dir=shared_data / "mnist", val_fraction=0.0)
+    test = data.splits["test"]
+    accuracy = float(np.mean(judge.probs(J.pixels01(test["x"], data)).argmax(1) == np.asarray(test["y"])))
+    assert accuracy >= 0.99 and abs(accuracy - judge.record["test_accuracy"]) < 1e-3, accuracy
 
 
 def test_load_judge_trains_into_funcdl_cache(tmp_path, monkeypatch, capsys):
