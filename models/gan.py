@@ -20,9 +20,9 @@ at the same speed. Both train at Adam 1.6e-3 on a cosine schedule, the unconditi
 conditional one for 10000. Against 8e-4 that took the Frechet distance (seeds 0-2, the shipped judge, 7500 steps,
 classes drawn in turn) of the conditional one to 5.71 / 5.24 / 5.04, of the unconditional one to 13.6 / 13.0 / 15.4
 (at 8e-4: 7.2 / 6.1 / 6.7 and 19.8 / 16.4 / 21.2, read by the earlier machine's judge); 3.2e-3 was worse (cdcgan,
-seed 0, 3000 steps: 7.06 against 6.64). The conditional report now draws classes in the training set's proportions
-(:func:`prior_labels`); read so, 7500 steps gave 5.00 / 5.07 / 5.08 and 10000 steps (the default, about 16 minutes
-here) 4.71 / 4.85 / 4.70.
+seed 0, 3000 steps: 7.06 against 6.64). The conditional report now draws classes in the training set's
+proportions (``judge.sample_classes``; ``--set report_classes=turn`` draws them in turn, as before); read so, 7500
+steps gave 5.00 / 5.07 / 5.08 and 10000 steps (the default, about 16 minutes here) 4.71 / 4.85 / 4.70.
 
 Both also use ``gen_head="conv3"``: the last transposed conv makes ``width`` feature maps and a 3x3 conv at full
 resolution mixes them into the image, where with ``"convT"`` each output pixel is the sum of four taps of one
@@ -59,7 +59,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import funcdl as fd
 from funcdl import optim
@@ -101,6 +100,7 @@ class Config:
     std: float = 1.0
     judge: bool = True                  # report: score the samples with models.judge
     report_samples: int = 10000
+    report_classes: str = "prior"       # conditional report: classes in the training set's proportions, or in "turn"
     name: str = "dcgan"                 # the registered name (messages)
 
     def __post_init__(self):
@@ -126,6 +126,8 @@ class Config:
         if self.gen_cond == "bn" and not self.num_classes:
             raise ValueError(f"{self.name}: gen_cond='bn' needs a class-conditional model (cdcgan); an unconditional "
                              f"generator has no class to condition its batch norms on")
+        if self.report_classes not in ("prior", "turn"):
+            raise ValueError(f"{self.name}: report_classes must be 'prior' or 'turn', got {self.report_classes!r}")
         if self.disc_depth not in (2, 3):
             raise ValueError(f"{self.name}: disc_depth must be 2 or 3 (strided convolutions of the "
                              f"discriminator), got {self.disc_depth!r}")
@@ -478,30 +480,16 @@ def extras(config: Config) -> dict:
     return {"sample_images": sample_images, "sampling_params": sampling_params, "report": report}
 
 
-def prior_labels(data, n: int, num_classes: int):
-    """``n`` class labels in the training set's class proportions (largest-remainder rounding, then a fixed
-    shuffle), or the classes in turn when ``data`` has no training labels.
-
-    A conditional generator models p(x | y); its samples stand for p(x) only when y is drawn from the data's p(y).
-    The Frechet distance compares them with test images in their natural proportions (MNIST's test set has 1135
-    ones and 892 fives), so classes drawn in turn would add a mismatch of class proportions that the generator did
-    not make: it moved cdcgan's seed 0 from 5.00 to 5.71."""
-    y = None if data is None else (data.splits.get("train") or {}).get("y")
-    if y is None:
-        return jnp.arange(n) % num_classes
-    freq = np.bincount(np.asarray(y).reshape(-1), minlength=num_classes)[:num_classes] / np.asarray(y).size
-    counts = np.floor(freq * n).astype(int)
-    counts[np.argsort(counts - freq * n, kind="stable")[:n - counts.sum()]] += 1
-    labels = np.repeat(np.arange(num_classes), counts)
-    return jnp.asarray(labels[np.random.default_rng(0).permutation(n)], jnp.int32)
-
-
 def sample_report(config: Config, sample_images, params, data, out_dir) -> dict:
-    """Draw ``report_samples`` samples (classes in the training set's proportions when conditional,
-    :func:`prior_labels`), score them with the judge (MNIST-sized images, ``judge=True``), write samples.png and
+    """Draw ``report_samples`` samples (when conditional, classes drawn as ``report_classes`` says:
+    ``judge.sample_classes``), score them with the judge (MNIST-sized images, ``judge=True``), write samples.png and
     interpolation.png into ``out_dir`` (when not None)."""
     n = config.report_samples
-    labels = prior_labels(data, n, config.num_classes) if config.conditional else None
+    labels = None
+    if config.conditional:
+        from .judge import sample_classes
+
+        labels = jnp.asarray(sample_classes(data, n, config.num_classes, config.report_classes))
     images = sample_images(params, jax.random.PRNGKey(2024), n, labels=labels)
     out = {"report_samples": n, "sample_pixel_mean": round(float(jnp.mean(images)), 6),
            "sample_pixel_std": round(float(jnp.std(images)), 6)}
@@ -583,7 +571,7 @@ def build_dcgan(info: DataInfo, *, latent=64, width=32, disc_width=None, disc_de
 
 def build_cdcgan(info: DataInfo, *, latent=64, width=32, disc_width=None, disc_depth=2, gen_head="convT",
                  gen_cond="input", disc_mbstd=False, loss="non_saturating", n_critic=1, ema=0.999, gp=0.0,
-                 disc_norm="auto", disc_lr_scale=1.0, gen_lr_scale=1.0, judge=True):
+                 disc_norm="auto", disc_lr_scale=1.0, gen_lr_scale=1.0, report_classes="prior", judge=True):
     options = {k: v for k, v in locals().items() if k != "info"}
     return gan_task(config_from(info, "cdcgan", "dcgan", conditional=True, **options))
 

@@ -381,7 +381,7 @@ def _judge(params, data, config, n=1000) -> dict:
     except ImportError:
         return {}
     key_z, key_bits = jax.random.split(jax.random.PRNGKey(4))
-    labels = np.arange(n) % config.num_classes if config.conditional else None
+    labels = judge_module.sample_classes(data, n, config.num_classes, "turn") if config.conditional else None
     images = np.asarray(sample_images(params, key_z, n, labels=labels, config=config))
     if data.name == "binarized_mnist":
         images = np.asarray(jax.random.bernoulli(key_bits, images), np.float32)

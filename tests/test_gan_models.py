@@ -146,17 +146,25 @@ def test_report_without_the_judge(name, tmp_path):
 
 
 def test_a_conditional_report_draws_classes_in_the_training_sets_proportions():
-    """prior_labels: n labels whose counts are the training labels' proportions rounded by largest remainder,
-    shuffled by a fixed seed; without training labels, the classes in turn."""
+    """judge.sample_classes: n labels whose counts are the training labels' proportions rounded by largest
+    remainder, shuffled by a fixed seed; "turn" (or no training labels): the classes in turn; cdcgan's report_classes
+    picks the draw and refuses anything else in one line."""
+    from funcdl.models import judge
+
     y = np.array([0] * 30 + [1] * 50 + [2] * 20)          # proportions 0.3 / 0.5 / 0.2
     data = Dataset("fake", {"train": {"x": np.zeros((100, 8, 8, 1), np.float32), "y": y}}, "classification",
                    num_classes=3, extras=NORM)
-    labels = np.asarray(gan.prior_labels(data, 7, 3))    # 2.1 / 3.5 / 1.4 -> 2 / 4 / 1
+    labels = judge.sample_classes(data, 7, 3)            # 2.1 / 3.5 / 1.4 -> 2 / 4 / 1
     assert np.bincount(labels, minlength=3).tolist() == [2, 4, 1]
-    assert np.array_equal(labels, np.asarray(gan.prior_labels(data, 7, 3)))
+    assert np.array_equal(labels, judge.sample_classes(data, 7, 3))
     assert not np.array_equal(labels, np.sort(labels))     # shuffled, so no class owns the first latents
-    assert np.bincount(np.asarray(gan.prior_labels(data, 1000, 3))).tolist() == [300, 500, 200]
-    assert np.asarray(gan.prior_labels(None, 5, 3)).tolist() == [0, 1, 2, 0, 1]
+    assert np.bincount(judge.sample_classes(data, 1000, 3)).tolist() == [300, 500, 200]
+    assert judge.sample_classes(None, 5, 3).tolist() == [0, 1, 2, 0, 1]
+    assert judge.sample_classes(data, 5, 3, "turn").tolist() == [0, 1, 2, 0, 1]
+    assert get_model("cdcgan").build(INFO, **SMALL, report_classes="turn").extras["config"].report_classes == "turn"
+    with pytest.raises(ValueError, match="report_classes must be 'prior' or 'turn'") as err:
+        get_model("cdcgan").build(INFO, **SMALL, report_classes="uniform")
+    assert "\n" not in str(err.value)
 
 
 def test_lr_scale_gives_each_player_its_own_learning_rate():
